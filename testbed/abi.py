@@ -1,0 +1,107 @@
+"""The layout contract between the harness, the kernels and the variants.
+
+Kernels take numpy arrays and scalars (style.md, 4 and 6). Tunable numbers
+travel in one int64 parameter array ``p``, indexed by the ``P_*`` names below;
+the names themselves are compile-time constants, the values are not. Per-vCPU
+counters live in the vCPU's own cache-line-padded row of ``stats``, indexed by
+the ``S_*`` names. Status codes (``ST_*``) are how a kernel reports what it
+cannot handle: kernels never raise.
+"""
+
+# --- parameters (p[...]) ------------------------------------------------------------
+P_VARIANT = 0          # variant id (registry)
+P_FAULT = 1            # negative-control fault bits, 0 for the real variants
+P_VCPUS = 2
+P_FRAMES = 3           # machine frames in the arena
+P_FRAME_WORDS = 4      # int64 words per frame
+P_ENTRIES = 5          # MAPCACHE_VCPU_ENTRIES
+P_HASH = 6             # MAPHASH_ENTRIES
+P_LEVELS = 7           # PAGING_LEVELS
+P_SLOTS = 8            # slots in the domain (vcpus * entries)
+P_WORKLOAD = 9
+P_NEST = 10            # mappings held at once by the nested workload
+P_TLB_SETS = 11
+P_TLB_WAYS = 12
+P_COST_FLUSH_ONE = 13  # cycles added per single-entry flush
+P_COST_FLUSH_ALL = 14  # cycles added per full flush
+P_COST_WALK = 15       # cycles added per page walk
+P_WORKING_SET = 16     # MFNs the workload draws from
+P_GUEST_WORK = 17      # guest workload: private work units between bursts
+P_BURST = 18           # guest workload: map operations per burst
+P_LAT_EVERY = 19       # sample the map latency every 2**k operations
+P_LONG_HOLD = 20       # cycles to spin inside critical sections
+P_HOT = 21             # hot workload: size of the hot set
+N_PARAMS = 32
+
+# --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
+S_OPS = 0              # operations completed
+S_WRITES = 1           # frame writes performed
+S_MAPS = 2
+S_HASH_HITS = 3
+S_TLB_HITS = 4
+S_TLB_MISSES = 5
+S_FLUSH_ONE = 6
+S_FLUSH_ALL = 7
+S_LOCK_ACQ = 8
+S_LOCK_CONTENDED = 9
+S_LOCK_SPIN = 10       # cycles spent spinning for the lock
+S_LOCK_HOLD = 11       # cycles the lock was held
+S_STALE = 12           # accesses that reached a frame other than the one mapped
+S_REFCNT_ERR = 13
+S_EXHAUSTED = 14
+S_EPOCH_FLUSH = 15
+S_HARVEST = 16         # garbage harvests (wraps that reclaimed slots)
+S_WORK = 17            # guest work units completed
+S_INVARIANT = 18       # violations found by the variant's own checks
+S_LAT_SAMPLES = 19
+S_LAT_CYCLES = 20
+S_LAT_MAX = 21
+N_COUNTERS = 24        # counters summed into totals live below this column
+# harness words in the same row (written by the vCPU only)
+S_HEARTBEAT = 24       # monotonic ns of the last finished chunk
+S_STATUS = 25          # kernel status that ended the run, ST_*
+S_STATE = 26           # W_* below
+S_CORE = 27            # host CPU the vCPU is pinned to
+S_PID = 28
+S_NIVCSW = 29          # involuntary context switches
+S_NVCSW = 30
+S_LIVE = 31            # mappings live when the kernel stopped
+S_CHUNKS = 32
+N_STATS = 40
+LAT_BINS = 64          # log2 histogram of map latency in cycles
+
+COUNTER_NAMES = {
+    S_OPS: "ops", S_WRITES: "writes", S_MAPS: "maps", S_HASH_HITS: "hash_hits",
+    S_TLB_HITS: "tlb_hits", S_TLB_MISSES: "tlb_misses", S_FLUSH_ONE: "tlb_flush_one",
+    S_FLUSH_ALL: "tlb_flush_all", S_LOCK_ACQ: "lock_acquisitions", S_LOCK_CONTENDED: "lock_contended",
+    S_LOCK_SPIN: "lock_spin_cycles", S_LOCK_HOLD: "lock_hold_cycles", S_STALE: "stale_translations",
+    S_REFCNT_ERR: "refcount_errors", S_EXHAUSTED: "exhaustion", S_EPOCH_FLUSH: "epoch_flushes",
+    S_HARVEST: "garbage_harvests", S_WORK: "guest_work", S_INVARIANT: "invariant_violations",
+    S_LAT_SAMPLES: "lat_samples", S_LAT_CYCLES: "lat_cycles", S_LAT_MAX: "lat_max_cycles",
+}
+
+# --- worker states (stats[vcpu, S_STATE]) -------------------------------------------
+W_BOOT = 0
+W_READY = 1
+W_RUNNING = 2
+W_DONE = 3
+
+# --- control words (ctl[...]), each on its own cache line ---------------------------
+C_START = 0
+C_STOP = 8
+N_CTL = 16
+
+# --- kernel status codes --------------------------------------------------------------
+ST_OK = 0
+ST_EXHAUSTED = 1       # no free mapcache slot: Xen's BUG()
+ST_REFCOUNT = 2        # a refcount wrapped or went negative
+ST_BAD_VA = 3          # unmap of an address that is not mapped
+
+STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap"}
+
+# Virtual addresses handed out by map: mapcache slots sit above this bit, the direct map below.
+MAPCACHE_VA = 1 << 40
+
+# Words reserved at the start of each vCPU's variant-state row for the harness and TLB.
+V_TLBFLUSH_TIME = 0    # this CPU's TLB clock stamp of its last full flush
+V_RESERVED = 8

@@ -1,0 +1,155 @@
+"""One frozen configuration per run, validated before anything starts (style.md, 6).
+
+The command line becomes a ``RunConfig``; ``validate`` turns every bad value
+into a one-line ``UsageError`` that names the problem and the fix; ``params``
+turns the config into the int64 array the kernels read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import abi, kernels, tlb
+from . import variants as registry
+from .errors import UsageError
+
+WORKLOADS = {
+    "uniform": (kernels.WL_UNIFORM, "map / access / unmap one MFN drawn uniformly from the working set"),
+    "hot": (kernels.WL_HOT, "9 maps in 10 from a small hot set (--hot-set), so most hit the per-vCPU hash"),
+    "ptwalk": (kernels.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
+    "guest": (kernels.WL_GUEST, "guest work (--guest-work units) between single map / access / unmap operations"),
+}
+
+MAX_VCPUS = 1024
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    variant: str = "directmap"
+    vcpus: int = 2
+    duration: float = 3.0
+    warmup: float = 1.0
+    seed: int = 1
+    cpus: str | None = None
+    oversubscribe: bool = False
+    workload: str = "uniform"
+    frames: int = 4096
+    working_set: int | None = None     # default: all frames
+    hot_set: int = 8
+    entries: int | None = None         # MAPCACHE_VCPU_ENTRIES; default per variant
+    hash_entries: int = 8              # MAPHASH_ENTRIES
+    levels: int = 4                    # PAGING_LEVELS
+    nest: int | None = None            # default PAGING_LEVELS**2
+    tlb_entries: int = 64
+    tlb_ways: int = 4
+    cost_flush_one: int = tlb.COST_FLUSH_ONE
+    cost_flush_all: int = tlb.COST_FLUSH_ALL
+    cost_walk: int = tlb.COST_WALK
+    guest_work: int = 2000
+    lat_every: int = 6                 # sample map latency every 2**lat_every maps
+    long_hold: int = 0
+    chunk_ms: float = 5.0
+    unchecked: bool = False            # run a lockless geometry that cannot hold a nested walk
+
+    def resolved(self) -> "RunConfig":
+        """Fill the defaults that depend on other fields."""
+        v = registry.get(self.variant)
+        return dataclasses.replace(
+            self,
+            entries=self.entries if self.entries is not None else v.module.DEFAULT_ENTRIES,
+            working_set=self.working_set if self.working_set is not None else self.frames,
+            nest=self.nest if self.nest is not None else self.levels ** 2,
+        )
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """A resolved, checked config; raises UsageError naming the problem and the fix."""
+    v = registry.get(cfg.variant)
+    if cfg.vcpus < 1:
+        raise UsageError(f"--vcpus {cfg.vcpus}: need at least 1 vCPU")
+    if cfg.vcpus > MAX_VCPUS:
+        raise UsageError(f"--vcpus {cfg.vcpus}: at most {MAX_VCPUS} vCPUs are supported")
+    if not cfg.duration > 0:
+        raise UsageError(f"--duration {cfg.duration}: must be a positive number of seconds")
+    if not cfg.warmup >= 0:
+        raise UsageError(f"--warmup {cfg.warmup}: must be 0 or more seconds")
+    if cfg.seed < 0 or cfg.seed >= 2**63:
+        raise UsageError(f"--seed {cfg.seed}: must be between 0 and 2**63-1")
+    if cfg.workload not in WORKLOADS:
+        raise UsageError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
+    cfg = cfg.resolved()
+    if cfg.frames < 1:
+        raise UsageError(f"--frames {cfg.frames}: need at least 1 frame")
+    if not 1 <= cfg.working_set <= cfg.frames:
+        raise UsageError(f"--working-set {cfg.working_set}: must be between 1 and --frames ({cfg.frames})")
+    if not _pow2(cfg.hash_entries):
+        raise UsageError(
+            f"--hash {cfg.hash_entries}: MAPHASH_ENTRIES must be a power of two (the hash is mfn & (hash - 1))"
+        )
+    if cfg.levels < 1 or cfg.levels > 8:
+        raise UsageError(f"--levels {cfg.levels}: PAGING_LEVELS must be between 1 and 8")
+    if cfg.entries < 1 or cfg.entries > v.module.MAX_ENTRIES:
+        raise UsageError(
+            f"--entries {cfg.entries}: {v.module.NAME} holds at most {v.module.MAX_ENTRIES} slots per vCPU in its bitmap"
+        )
+    if v.module is registry.lockless and cfg.entries - cfg.hash_entries < cfg.levels ** 2 and not cfg.unchecked:
+        raise UsageError(
+            f"--entries {cfg.entries} with --hash {cfg.hash_entries}: lockless needs entries - hash >= "
+            f"levels**2 ({cfg.levels ** 2}) slots beside the hash for a nested walk; raise --entries to "
+            f"{cfg.hash_entries + cfg.levels ** 2} (the seed's BUILD_BUG_ON states this check inverted), or "
+            "pass --unchecked to run it anyway and watch it exhaust"
+        )
+    if cfg.nest < 1 or cfg.nest > 4096:
+        raise UsageError(f"--nest {cfg.nest}: must be between 1 and 4096")
+    if cfg.hot_set < 1:
+        raise UsageError(f"--hot-set {cfg.hot_set}: must be at least 1")
+    if cfg.tlb_ways < 1 or cfg.tlb_entries < cfg.tlb_ways or cfg.tlb_entries % cfg.tlb_ways:
+        raise UsageError(
+            f"--tlb-entries {cfg.tlb_entries} --tlb-ways {cfg.tlb_ways}: entries must be a positive multiple of ways"
+        )
+    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "guest_work", "long_hold"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be 0 or more")
+    if not 0 <= cfg.lat_every <= 40:
+        raise UsageError(f"--lat-every {cfg.lat_every}: must be between 0 and 40 (sample every 2**k maps)")
+    if not cfg.chunk_ms > 0:
+        raise UsageError(f"--chunk-ms {cfg.chunk_ms}: must be positive")
+    return cfg
+
+
+def params(cfg: RunConfig) -> np.ndarray:
+    """The kernels' parameter array for a validated config."""
+    v = registry.get(cfg.variant)
+    p = np.zeros(abi.N_PARAMS, dtype=np.int64)
+    p[abi.P_VARIANT] = v.vid
+    p[abi.P_FAULT] = v.fault
+    p[abi.P_VCPUS] = cfg.vcpus
+    p[abi.P_FRAMES] = cfg.frames
+    p[abi.P_FRAME_WORDS] = kernels.frame_words(cfg.vcpus)
+    p[abi.P_ENTRIES] = cfg.entries
+    p[abi.P_HASH] = cfg.hash_entries
+    p[abi.P_LEVELS] = cfg.levels
+    p[abi.P_SLOTS] = cfg.vcpus * cfg.entries
+    p[abi.P_WORKLOAD] = WORKLOADS[cfg.workload][0]
+    p[abi.P_NEST] = cfg.nest
+    p[abi.P_TLB_SETS] = cfg.tlb_entries // cfg.tlb_ways
+    p[abi.P_TLB_WAYS] = cfg.tlb_ways
+    p[abi.P_COST_FLUSH_ONE] = cfg.cost_flush_one
+    p[abi.P_COST_FLUSH_ALL] = cfg.cost_flush_all
+    p[abi.P_COST_WALK] = cfg.cost_walk
+    p[abi.P_WORKING_SET] = cfg.working_set
+    p[abi.P_GUEST_WORK] = cfg.guest_work
+    p[abi.P_LAT_EVERY] = cfg.lat_every
+    p[abi.P_LONG_HOLD] = cfg.long_hold
+    p[abi.P_HOT] = cfg.hot_set
+    return p

@@ -1,0 +1,206 @@
+"""The compiled operation loop every vCPU runs, whatever the variant.
+
+One operation of the standard workload maps an MFN, accesses the frame through
+the returned address and unmaps it. The access is the oracle: it translates
+the address (through the vCPU's TLB for a mapcache slot), checks that the
+frame reached carries the MFN that was mapped in its first word, and bumps this
+vCPU's write counter in that frame. Separately, the vCPU records how many
+writes it meant for each MFN (its ``expect`` row); after the run the two must
+agree frame by frame, or writes were lost.
+
+The variant is chosen by the small integer ``p[P_VARIANT]`` in one dispatch
+function (style.md, 2): a loop-invariant branch that keeps the whole loop in
+one cached compiled function per argument type, with no closures.
+"""
+
+import numpy as np
+from .jit import inline_kernel, kernel
+
+from . import abi, tlb
+from .atomics import rdtsc
+from .variants import directmap, locked, lockless
+
+# Workloads (p[P_WORKLOAD]).
+WL_UNIFORM = 0
+WL_HOT = 1
+WL_PTWALK = 2
+WL_GUEST = 3
+
+FRAME_HDR = 8          # words: the MFN in word 0, then padding to the first counter line
+
+
+def frame_words(vcpus: int) -> int:
+    """Frame size in words: at least a 4 KiB page, and one cache line per vCPU's counter."""
+    return max(512, FRAME_HDR + 8 * vcpus)
+
+
+@kernel
+def counter_col(vcpu):
+    return FRAME_HDR + 8 * vcpu
+
+
+# --- the per-vCPU random generator: xorshift64*, seeded from seed + vcpu -------------
+
+
+def seed_state(seed: int, vcpu: int) -> np.ndarray:
+    """splitmix64 of (seed, vcpu): a non-zero xorshift state."""
+    z = (seed * 0x9E3779B97F4A7C15 + vcpu * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    z ^= z >> 31
+    return np.array([z or 1], dtype=np.uint64)
+
+
+@inline_kernel
+def next_rand(rng):
+    x = rng[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    rng[0] = x
+    return x * np.uint64(0x2545F4914F6CDD1D)
+
+
+@inline_kernel
+def draw(rng, n):
+    """Uniform integer in [0, n), n < 2**32: Lemire's multiply-shift, no division."""
+    return np.int64(((next_rand(rng) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+
+
+@inline_kernel
+def draw_mfn(rng, p):
+    ws = p[abi.P_WORKING_SET]
+    if p[abi.P_WORKLOAD] == WL_HOT and p[abi.P_HOT] > 0:
+        # 9 draws in 10 from the hot set, the rest from the whole working set.
+        if draw(rng, 10) != 0:
+            return draw(rng, min(p[abi.P_HOT], ws))
+    return draw(rng, ws)
+
+
+# --- the variant dispatch --------------------------------------------------------------
+
+
+@inline_kernel
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+    """Map ``mfn``: its virtual address, or -status when the variant cannot."""
+    vid = p[abi.P_VARIANT]
+    if vid == locked.VID:
+        return locked.map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    if vid == lockless.VID:
+        return lockless.map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    return directmap.map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+
+
+@inline_kernel
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+    """Unmap ``va``: a status code, 0 when all went well."""
+    vid = p[abi.P_VARIANT]
+    if vid == locked.VID:
+        return locked.unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
+    if vid == lockless.VID:
+        return lockless.unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
+    return directmap.unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
+
+
+# --- one operation ---------------------------------------------------------------------
+
+
+@kernel
+def log2_bin(x):
+    b = 0
+    while x > 1 and b < abi.LAT_BINS - 1:
+        x >>= 1
+        b += 1
+    return b
+
+
+@inline_kernel
+def timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
+    n = srow[abi.S_MAPS]
+    srow[abi.S_MAPS] = n + 1
+    mask = (np.int64(1) << p[abi.P_LAT_EVERY]) - 1
+    if (n & mask) != 0:
+        return map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    t0 = rdtsc()
+    va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    dt = rdtsc() - t0
+    hrow[log2_bin(dt)] += 1
+    srow[abi.S_LAT_SAMPLES] += 1
+    srow[abi.S_LAT_CYCLES] += dt
+    if dt > srow[abi.S_LAT_MAX]:
+        srow[abi.S_LAT_MAX] = dt
+    return va
+
+
+@inline_kernel
+def access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv):
+    """Touch the frame behind ``va``, checking it is ``mfn``'s. Counts what is wrong."""
+    if va >= abi.MAPCACHE_VA:
+        pfn = tlb.translate(tlbv, p, pte, va - abi.MAPCACHE_VA, srow)
+    else:
+        pfn = va
+    erow[mfn] += 1
+    srow[abi.S_WRITES] += 1
+    if pfn < 0 or pfn >= p[abi.P_FRAMES]:
+        srow[abi.S_STALE] += 1        # a fault, or a translation to no frame: the write is lost
+        return
+    if frames[pfn, 0] != mfn:
+        srow[abi.S_STALE] += 1
+    frames[pfn, counter_col(vcpu)] += 1
+
+
+@kernel
+def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
+    """Run ``n`` operations of the configured workload; a status code (0 = all fine).
+
+    Mappings held when the loop stops (an error in the middle of a nested walk)
+    stay listed in ``live[vcpu]`` as (va, mfn) pairs, their count in S_LIVE.
+    """
+    srow = stats[vcpu]
+    vrow = vst[vcpu]
+    erow = expect[vcpu]
+    hrow = hist[vcpu]
+    lrow = live[vcpu]
+    wl = p[abi.P_WORKLOAD]
+    nest = p[abi.P_NEST] if wl == WL_PTWALK else 1
+    done = 0
+    status = abi.ST_OK
+    for _ in range(n):
+        if wl == WL_GUEST:
+            guest_work(p, rng, srow)
+        depth = nest if wl != WL_PTWALK else 1 + draw(rng, nest)
+        held = 0
+        for k in range(depth):
+            mfn = draw_mfn(rng, p)
+            va = timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
+            if va < 0:
+                status = -va
+                break
+            lrow[2 * k] = va
+            lrow[2 * k + 1] = mfn
+            held = k + 1
+            access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
+        srow[abi.S_LIVE] = held
+        if status != abi.ST_OK:
+            break
+        for k in range(held - 1, -1, -1):
+            st = unmap_page(vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
+            if st != abi.ST_OK:
+                status = st
+                break
+            srow[abi.S_LIVE] = k
+        if status != abi.ST_OK:
+            break
+        done += 1
+    srow[abi.S_OPS] += done
+    return status
+
+
+@kernel
+def guest_work(p, rng, srow):
+    """The guest computing on private data: a fixed amount of integer work."""
+    acc = rng[0]
+    for _ in range(p[abi.P_GUEST_WORK]):
+        acc = acc * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+    rng[0] = acc | np.uint64(1)
+    srow[abi.S_WORK] += 1

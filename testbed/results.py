@@ -1,0 +1,155 @@
+"""Run results: plain data that describes itself (style.md, 8).
+
+Schema history (bump SCHEMA on any change a reader must know about):
+
+- 1: first version. Keys: schema, kind, variant, vcpus, seed, config, host,
+  placement, startup, window, samples, totals, per_vcpu, latency, checks,
+  failure, partial, interrupted, verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from . import abi, hostinfo
+
+SCHEMA = 1
+KIND = "testbed.run"
+
+CHECK_KEYS = ("stale_translations", "lost_writes", "slot_leaks", "refcount_errors", "exhaustion",
+              "invariant_violations", "worker_failures")
+
+
+def _percentile_from_hist(hist: np.ndarray, q: float) -> int | None:
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    rank = math.ceil(q * total)
+    acc = 0
+    for b, c in enumerate(hist):
+        acc += int(c)
+        if acc >= rank:
+            return 1 << (b + 1)          # upper bound of the log2 bin, in cycles
+    return 1 << len(hist)
+
+
+def latency(hist: np.ndarray, max_cycles: int, every: int) -> dict:
+    """Map latency from the log2 histogram: percentiles are bin upper bounds (cycles)."""
+    h = hist.sum(axis=0) if hist.ndim == 2 else hist
+    return {
+        "unit": "cycles",
+        "sampled_every_maps": 1 << every,
+        "samples": int(h.sum()),
+        "p50": _percentile_from_hist(h, 0.50),
+        "p90": _percentile_from_hist(h, 0.90),
+        "p99": _percentile_from_hist(h, 0.99),
+        "p99_9": _percentile_from_hist(h, 0.999),
+        "max": int(max_cycles),
+        "histogram_log2": [int(x) for x in h],
+    }
+
+
+def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writes_reported, writes_counted,
+          variant_checks, failure, interrupted, startup, exitcodes, complete) -> dict:
+    n = cfg.vcpus
+    totals = {name: int(stats[:, col].sum()) for col, name in abi.COUNTER_NAMES.items()}
+    measured_s = float(window[1] - window[0])
+    if len(ops_at[0]) == n and measured_s > 0:
+        window_ops = np.asarray(ops_at[1]) - np.asarray(ops_at[0])
+    else:
+        window_ops = np.zeros(n, dtype=np.int64)
+    totals["all_ops"] = totals.pop("ops")
+    totals["ops"] = int(window_ops.sum())
+    totals["ops_per_s"] = float(window_ops.sum() / measured_s) if measured_s > 0 else 0.0
+    totals["measured_s"] = measured_s
+    totals["writes_counted_in_frames"] = writes_counted
+    maps = totals["maps"]
+    totals["hash_hit_rate"] = totals["hash_hits"] / maps if maps else 0.0
+
+    per_vcpu = []
+    for v in range(n):
+        row = stats[v]
+        d = {name: int(row[col]) for col, name in abi.COUNTER_NAMES.items()}
+        d["all_ops"] = d.pop("ops")
+        d.update(
+            vcpu=v, core=int(cores[v]), ops=int(window_ops[v]),
+            ops_per_s=float(window_ops[v] / measured_s) if measured_s > 0 else 0.0,
+            involuntary_ctx_switches=int(row[abi.S_NIVCSW]), voluntary_ctx_switches=int(row[abi.S_NVCSW]),
+            pid=int(row[abi.S_PID]), status=abi.STATUS_NAMES.get(int(row[abi.S_STATUS]), int(row[abi.S_STATUS])),
+            exitcode=exitcodes[v] if v < len(exitcodes) else None,
+        )
+        per_vcpu.append(d)
+    ops = [d["ops"] for d in per_vcpu]
+    fairness = {
+        "min_ops": int(min(ops)) if ops else 0,
+        "max_ops": int(max(ops)) if ops else 0,
+        "starvation": bool(ops and max(ops) > 0 and min(ops) < max(ops) / 2),
+    }
+
+    checks = {
+        "stale_translations": totals["stale_translations"],
+        "lost_writes": int(lost_writes),
+        "slot_leaks": int(variant_checks.get("slot_leaks", 0)),
+        "refcount_errors": totals["refcount_errors"],
+        "exhaustion": totals["exhaustion"],
+        "invariant_violations": totals["invariant_violations"] + int(variant_checks.get("invariant_violations", 0)),
+        "worker_failures": 1 if failure is not None and failure.get("kind") in ("killed", "stalled", "exited",
+                                                                               "start_timeout") else 0,
+    }
+    # Frame counters must add up to the writes the vCPUs report; a worker killed
+    # mid-operation may have counted a write it never made, so only a complete run is held to it.
+    if complete and writes_counted != writes_reported:
+        checks["lost_writes"] = max(checks["lost_writes"], abs(writes_reported - writes_counted))
+    checks["violations"] = int(sum(checks[k] for k in CHECK_KEYS))
+    partial = interrupted is not None or (failure is not None and checks["worker_failures"] > 0)
+    verdict = "SUCCESS" if checks["violations"] == 0 and failure is None and interrupted is None else "FAILURE"
+
+    return {
+        "schema": SCHEMA,
+        "kind": KIND,
+        "variant": cfg.variant,
+        "vcpus": n,
+        "seed": cfg.seed,
+        "workload": cfg.workload,
+        "config": cfg.as_dict(),
+        "host": hostinfo.host(),
+        "placement": [int(c) for c in cores],
+        "startup": {k: round(v, 4) for k, v in startup.items()},
+        "window": {"warmup_s": cfg.warmup, "start_s": window[0], "end_s": window[1]},
+        "samples": [s.as_dict() for s in samples],
+        "totals": totals,
+        "fairness": fairness,
+        "per_vcpu": per_vcpu,
+        "latency": latency(hist, max((d["lat_max_cycles"] for d in per_vcpu), default=0), cfg.lat_every),
+        "checks": checks,
+        "failure": failure,
+        "partial": partial,
+        "interrupted": interrupted,
+        "verdict": verdict,
+    }
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: str) -> dict:
+    from .errors import ResultsError
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such results file") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not a complete results file ({e.msg} at line {e.lineno}); rerun to recreate it") from None
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise ResultsError(f"{path}: not a testbed results file")
+    if data.get("schema") != SCHEMA:
+        raise ResultsError(f"{path}: results schema {data.get('schema')} but this testbed reads schema {SCHEMA}")
+    return data

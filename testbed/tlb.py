@@ -1,0 +1,153 @@
+"""A simulated TLB, one per vCPU process and private to it, and Xen's TLB clock.
+
+The TLB caches translations of mapcache slots (a slot is one virtual page) to
+machine frames. It is set-associative: ``sets * ways`` entries, a slot goes to
+set ``slot % sets`` (the low bits of the virtual page number, as in hardware).
+Replacement is least-recently-used within the set: each entry records the value
+of a per-TLB tick when it was last used, and a fill takes an invalid way if
+there is one, else the way with the smallest tick.
+
+A miss walks the shared page table: an acquire load of the slot's L1 entry,
+which another vCPU may be writing at that moment. A non-present entry is a
+page fault, reported to the caller as -1. ``flush_one`` drops one slot's entry
+(``invlpg``); ``flush_all`` drops every entry (a CR3 write) and ticks the TLB
+clock exactly as Xen's ``pre_flush`` / ``post_flush`` do.
+
+The cost model spins for a configurable number of cycles on each walk, single
+flush and full flush, because the simulated TLB itself is nearly free while the
+real operations are not, and the old design (batched full flushes) and the new
+one (an ``invlpg`` per slot reuse) differ precisely there. Defaults, in cycles,
+are orders of magnitude from published measurements and can be set to 0:
+
+- single-entry flush (``invlpg``): 200. Amit, "Optimizing the TLB Shootdown
+  Algorithm with Page-Access Tracking" (USENIX ATC 2017) measures a local
+  INVLPG at roughly 100-250 cycles on Haswell/Broadwell.
+- full local flush (CR3 reload without PCID): 500, same source; the refill
+  misses that follow are paid separately through the walk cost.
+- page walk on a miss: 30. Bhattacharjee & Lustig, "Architectural and Operating
+  System Support for Virtual Memory" (2017): a walk that hits the paging-
+  structure caches and the data caches costs a few tens of cycles.
+
+Simplification: the 32-bit clock's wrap to 0 (Xen then flushes every CPU) is
+modelled by restarting the clock at 1 without flushing the other vCPUs; at one
+full flush per microsecond it takes over an hour to reach.
+"""
+
+import numpy as np
+from .jit import kernel
+
+from . import abi
+from .atomics import cas, load_acquire, rdtsc
+
+COST_FLUSH_ONE = 200
+COST_FLUSH_ALL = 500
+COST_WALK = 30
+
+T_TAG = 0      # slot + 1; 0 means invalid
+T_PFN = 1
+T_AGE = 2
+T_COLS = 3
+
+PTE_PRESENT = np.int64(1) << np.int64(62)
+PTE_MFN_MASK = PTE_PRESENT - np.int64(1)
+
+# Domain words used by the clock (dom[...]); each on its own cache line.
+D_TLBCLOCK = 0
+CLOCK_MASK = 0xFFFFFFFF
+
+
+def make_tlb(sets: int, ways: int) -> np.ndarray:
+    """A private TLB: sets * ways entries, plus a last row holding the LRU tick."""
+    return np.zeros((sets * ways + 1, T_COLS), dtype=np.int64)
+
+
+@kernel
+def spin_cycles(cycles):
+    if cycles <= 0:
+        return
+    t0 = rdtsc()
+    while rdtsc() - t0 < cycles:
+        pass
+
+
+@kernel
+def translate(tlb, p, pte, slot, srow):
+    """Machine frame that ``slot`` maps to, through the TLB; -1 if not present."""
+    ways = p[abi.P_TLB_WAYS]
+    base = (slot % p[abi.P_TLB_SETS]) * ways
+    meta = tlb.shape[0] - 1
+    tick = tlb[meta, 0] + 1
+    tlb[meta, 0] = tick
+    victim = base
+    oldest = np.int64(1) << np.int64(62)
+    for w in range(base, base + ways):
+        tag = tlb[w, T_TAG]
+        if tag == slot + 1:
+            tlb[w, T_AGE] = tick
+            srow[abi.S_TLB_HITS] += 1
+            return tlb[w, T_PFN]
+        age = -1 if tag == 0 else tlb[w, T_AGE]   # an invalid way is taken first
+        if age < oldest:
+            oldest = age
+            victim = w
+    srow[abi.S_TLB_MISSES] += 1
+    spin_cycles(p[abi.P_COST_WALK])
+    e = load_acquire(pte, slot)
+    if (e & PTE_PRESENT) == 0:
+        return -1
+    pfn = e & PTE_MFN_MASK
+    tlb[victim, T_TAG] = slot + 1
+    tlb[victim, T_PFN] = pfn
+    tlb[victim, T_AGE] = tick
+    return pfn
+
+
+@kernel
+def flush_one(tlb, p, slot, srow):
+    """invlpg: drop the entry for one slot, if cached."""
+    ways = p[abi.P_TLB_WAYS]
+    base = (slot % p[abi.P_TLB_SETS]) * ways
+    for w in range(base, base + ways):
+        if tlb[w, T_TAG] == slot + 1:
+            tlb[w, T_TAG] = 0
+    srow[abi.S_FLUSH_ONE] += 1
+    spin_cycles(p[abi.P_COST_FLUSH_ONE])
+
+
+@kernel
+def clock_now(dom):
+    return load_acquire(dom, D_TLBCLOCK)
+
+
+@kernel
+def pre_flush(dom):
+    """Advance the TLB clock by compare-and-swap; the new time, or 0 while it wraps."""
+    while True:
+        t1 = load_acquire(dom, D_TLBCLOCK)
+        if t1 == 0:
+            return 0
+        t2 = (t1 + 1) & CLOCK_MASK
+        if cas(dom, D_TLBCLOCK, t1, t2) == t1:
+            if t2 == 0:
+                cas(dom, D_TLBCLOCK, 0, 1)
+            return t2
+
+
+@kernel
+def flush_all(tlb, p, dom, vrow, srow):
+    """Full local flush: tick the clock, drop every entry, record this CPU's flush time."""
+    t = pre_flush(dom)
+    n = tlb.shape[0] - 1
+    for w in range(n):
+        tlb[w, T_TAG] = 0
+    vrow[abi.V_TLBFLUSH_TIME] = t
+    srow[abi.S_FLUSH_ALL] += 1
+    spin_cycles(p[abi.P_COST_FLUSH_ALL])
+
+
+@kernel
+def need_flush(cpu_stamp, lastuse, now):
+    """Xen's NEED_FLUSH: has this CPU not flushed since ``lastuse``?"""
+    if now == 0:
+        return True
+    return cpu_stamp <= lastuse and lastuse <= now

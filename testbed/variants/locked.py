@@ -1,0 +1,290 @@
+"""locked: Xen's per-domain mapcache under one ticket spinlock (4.14, still upstream).
+
+Algorithm. The domain owns ``vcpus * MAPCACHE_VCPU_ENTRIES`` slots (E, default
+16 per vCPU), shared by all its vCPUs: a ``cursor``, an ``inuse`` and a
+``garbage`` bitmap over all slots, an ``epoch`` and the TLB-clock time of the
+last wrap, all guarded by one ticket spinlock. Each vCPU has a ``shadow_epoch``
+and a hash of ``MAPHASH_ENTRIES`` (H, default 8) buckets ``{mfn, idx,
+refcnt}`` with 32-bit refcounts.
+
+- map, fast path: the MFN's bucket caches it: bump the refcount, no lock.
+- map, slow path, under the lock: if the epoch moved since this vCPU last
+  looked and this CPU has not flushed its TLB since that wrap (``NEED_FLUSH``),
+  flush it. Take the first free slot at or after the cursor. None: wrap, that
+  is, harvest the garbage bitmap into ``inuse`` (atomic exchange per word), and
+  if still none evict one of this vCPU's idle hash entries, else BUG (here: an
+  exhaustion report). A wrap flushes the local TLB, bumps the epoch and stamps
+  it with the TLB clock. Mark the slot in use (atomic set-bit), move the
+  cursor, drop the lock, then write the PTE.
+- unmap, no lock: a slot that its bucket caches loses a reference. Otherwise,
+  if the bucket is idle, the bucket's old slot goes to garbage and the bucket
+  caches this slot instead; if not, this slot goes to garbage. Garbage slots
+  get their PTE cleared but are not reused before the next wrap, which is what
+  makes one batched flush per wrap enough.
+
+Invariants: the lock is free whenever no vCPU is inside ``map``; a bucket's slot
+is in use and its PTE maps the bucket's MFN; an in-use slot that is neither held
+nor cached is garbage waiting for the next wrap.
+
+The ticket lock follows Xen's: FIFO, PAUSE in the spin, no backoff, no
+sleeping. Xen packs head and tail into the two halves of one 32-bit word; here
+they are two 64-bit words on the same cache line (same coherence traffic, and
+no 16-bit carry to handle); trylock, unused by the mapcache, would be a
+compare-and-swap of the tail against the head.
+
+Simplifications: no ``local_irq_save`` until simulated interrupts exist; the
+32-bit refcount is an int64 checked against 2**32 (a wrap is a refcount error).
+
+Negative controls: ``locked-nolock`` (``FAULT_NO_LOCK``) runs the slow path
+without the lock, so two vCPUs can take the same slot; ``locked-noflush``
+(``FAULT_NO_EPOCH_FLUSH``) skips the lazy flush after another vCPU's wrap, so a
+TLB keeps translating a reused slot to its old frame.
+"""
+
+import numpy as np
+from ..jit import kernel
+
+from .. import abi, tlb
+from ..atomics import cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
+
+NAME = "locked"
+VID = 1
+DESCRIPTION = "Xen's per-domain mapcache: ticket spinlock, garbage bitmap, epochs, lazy TLB flush"
+DEFAULT_ENTRIES = 16
+FAULT_NO_LOCK = 1
+FAULT_NO_EPOCH_FLUSH = 2
+MAX_ENTRIES = 1 << 16
+REFCNT_LIMIT = 1 << 32
+
+# Domain words, each group on its own cache line (dom[...]); tlb.D_TLBCLOCK is word 0.
+D_LOCK_HEAD = 8
+D_LOCK_TAIL = 9
+D_CURSOR = 16
+D_EPOCH = 24
+D_TLBFLUSH_TS = 32
+DOM_WORDS = 40
+
+# Per-vCPU row (vst[vcpu, ...]) after the harness's reserved words.
+V_SHADOW_EPOCH = abi.V_RESERVED
+V_HASH = abi.V_RESERVED + 8     # then hash_mfn[H], hash_idx[H], hash_ref[H]
+
+NOTINUSE = -1
+
+
+@kernel
+def bitmap_words(slots):
+    return (slots + 63) // 64
+
+
+@kernel
+def garbage_base(slots):
+    """Index in ``dbits`` of the garbage bitmap: its own cache line after ``inuse``."""
+    return (bitmap_words(slots) + 7) // 8 * 8
+
+
+def state_shape(cfg):
+    """Words of shared state: (domain words, domain bitmap words, per-vCPU row words)."""
+    slots = cfg.vcpus * cfg.entries
+    return DOM_WORDS, garbage_base(slots) + bitmap_words(slots), V_HASH + 3 * cfg.hash_entries
+
+
+def init_state(views, cfg):
+    h = cfg.hash_entries
+    views["vst"][:, V_HASH:V_HASH + 2 * h] = NOTINUSE
+    views["vst"][:, V_HASH + 2 * h:V_HASH + 3 * h] = 0
+    views["dom"][D_EPOCH] = 0
+
+
+@kernel
+def lock(dom, srow):
+    my = fetch_add(dom, D_LOCK_TAIL, 1)
+    srow[abi.S_LOCK_ACQ] += 1
+    if load_acquire(dom, D_LOCK_HEAD) != my:
+        srow[abi.S_LOCK_CONTENDED] += 1
+        t0 = rdtsc()
+        while load_acquire(dom, D_LOCK_HEAD) != my:
+            cpu_relax()
+        srow[abi.S_LOCK_SPIN] += rdtsc() - t0
+    return my
+
+
+@kernel
+def unlock(dom, my):
+    store_release(dom, D_LOCK_HEAD, my + 1)
+
+
+@kernel
+def find_zero(dbits, start, slots):
+    """First slot at or after ``start`` whose inuse bit is clear; ``slots`` if none."""
+    i = start
+    while i < slots:
+        w = load_acquire(dbits, i // 64)
+        free = ~(w >> np.int64(i % 64))
+        if free != 0:
+            bit = 0
+            while (free >> bit) & 1 == 0:
+                bit += 1
+            # a free bit past the end of this word means the next word
+            if i % 64 + bit < 64:
+                j = i + bit
+                return j if j < slots else slots
+        i = (i // 64 + 1) * 64
+    return slots
+
+
+@kernel
+def set_bit(dbits, base, idx):
+    fetch_or(dbits, base + idx // 64, np.int64(1) << np.int64(idx % 64))
+
+
+@kernel
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+    h = p[abi.P_HASH]
+    slots = p[abi.P_SLOTS]
+    fault = p[abi.P_FAULT]
+    hm = V_HASH
+    hi = V_HASH + h
+    hr = V_HASH + 2 * h
+    b = mfn & (h - 1)
+    if vrow[hm + b] == mfn:
+        r = vrow[hr + b] + 1
+        vrow[hr + b] = r
+        srow[abi.S_HASH_HITS] += 1
+        if r >= REFCNT_LIMIT:
+            srow[abi.S_REFCNT_ERR] += 1
+            return -abi.ST_REFCOUNT
+        return abi.MAPCACHE_VA + vrow[hi + b]
+
+    nolock = (fault & FAULT_NO_LOCK) != 0
+    my = 0
+    if not nolock:
+        my = lock(dom, srow)
+    t_hold = rdtsc()
+    epoch = dom[D_EPOCH]
+    if epoch != vrow[V_SHADOW_EPOCH]:
+        vrow[V_SHADOW_EPOCH] = epoch
+        if (fault & FAULT_NO_EPOCH_FLUSH) == 0 and tlb.need_flush(
+            vrow[abi.V_TLBFLUSH_TIME], dom[D_TLBFLUSH_TS], tlb.clock_now(dom)
+        ):
+            tlb.flush_all(tlbv, p, dom, vrow, srow)
+            srow[abi.S_EPOCH_FLUSH] += 1
+
+    idx = find_zero(dbits, dom[D_CURSOR], slots)
+    if idx >= slots:
+        gb = garbage_base(slots)
+        freed = 0
+        for i in range(bitmap_words(slots)):
+            g = exchange(dbits, gb + i, 0)
+            if g != 0:
+                fetch_and(dbits, i, ~g)
+                freed += 1
+        if freed:
+            srow[abi.S_HARVEST] += 1
+        idx = find_zero(dbits, 0, slots)
+        if idx >= slots:
+            # Replace one of this vCPU's idle hash entries, starting at the MFN's bucket.
+            i = b
+            for _ in range(h):
+                if vrow[hi + i] != NOTINUSE and vrow[hr + i] == 0:
+                    idx = vrow[hi + i]
+                    store_release(pte, idx, 0)
+                    vrow[hi + i] = NOTINUSE
+                    vrow[hm + i] = NOTINUSE
+                    break
+                i = (i + 1) & (h - 1)
+        if idx >= slots:
+            srow[abi.S_EXHAUSTED] += 1
+            if not nolock:
+                srow[abi.S_LOCK_HOLD] += rdtsc() - t_hold
+                unlock(dom, my)
+            return -abi.ST_EXHAUSTED
+        tlb.flush_all(tlbv, p, dom, vrow, srow)
+        epoch = dom[D_EPOCH] + 1
+        dom[D_EPOCH] = epoch
+        vrow[V_SHADOW_EPOCH] = epoch
+        dom[D_TLBFLUSH_TS] = tlb.clock_now(dom)
+
+    set_bit(dbits, 0, idx)
+    dom[D_CURSOR] = idx + 1
+    tlb.spin_cycles(p[abi.P_LONG_HOLD])
+    if not nolock:
+        srow[abi.S_LOCK_HOLD] += rdtsc() - t_hold
+        unlock(dom, my)
+    store_release(pte, idx, mfn | tlb.PTE_PRESENT)
+    return abi.MAPCACHE_VA + idx
+
+
+@kernel
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+    h = p[abi.P_HASH]
+    slots = p[abi.P_SLOTS]
+    hm = V_HASH
+    hi = V_HASH + h
+    hr = V_HASH + 2 * h
+    idx = va - abi.MAPCACHE_VA
+    if idx < 0 or idx >= slots:
+        return abi.ST_BAD_VA
+    e = pte[idx]
+    if (e & tlb.PTE_PRESENT) == 0:
+        return abi.ST_BAD_VA
+    mfn = e & tlb.PTE_MFN_MASK
+    b = mfn & (h - 1)
+    gb = garbage_base(slots)
+    if vrow[hi + b] == idx:
+        r = vrow[hr + b]
+        if r == 0:
+            srow[abi.S_REFCNT_ERR] += 1
+            return abi.ST_REFCOUNT
+        vrow[hr + b] = r - 1
+    elif vrow[hr + b] == 0:
+        old = vrow[hi + b]
+        if old != NOTINUSE:
+            store_release(pte, old, 0)
+            set_bit(dbits, gb, old)
+        vrow[hm + b] = mfn
+        vrow[hi + b] = idx
+    else:
+        store_release(pte, idx, 0)
+        set_bit(dbits, gb, idx)
+    return abi.ST_OK
+
+
+def check(views, cfg, live_by_vcpu):
+    """Invariants after a run; live mappings (va, mfn) per vCPU come from the harness.
+
+    slot_leaks: in-use slots that no live mapping, hash entry or garbage bit
+    explains. invariant_violations: the lock not free; a hash entry whose slot
+    is not in use or whose PTE does not map its MFN; a hash refcount that
+    disagrees with the live mappings through it; a live mapping's slot not in
+    use.
+    """
+    h, slots = cfg.hash_entries, cfg.vcpus * cfg.entries
+    dom, dbits, pte, vst = views["dom"], views["dbits"], views["pte"], views["vst"]
+    gb = garbage_base(slots)
+
+    def bit(base, i):
+        return (int(dbits[base + i // 64]) >> (i % 64)) & 1
+
+    bad = 0 if dom[D_LOCK_HEAD] == dom[D_LOCK_TAIL] else 1
+    explained = set()
+    for v in range(cfg.vcpus):
+        row = vst[v]
+        held = {}
+        for va, _ in live_by_vcpu.get(v, []):
+            held[va - abi.MAPCACHE_VA] = held.get(va - abi.MAPCACHE_VA, 0) + 1
+        for b in range(h):
+            idx = int(row[V_HASH + h + b])
+            if idx == NOTINUSE:
+                continue
+            explained.add(idx)
+            mfn = int(row[V_HASH + b])
+            if not bit(0, idx) or pte[idx] != (mfn | int(tlb.PTE_PRESENT)):
+                bad += 1
+            if row[V_HASH + 2 * h + b] != held.get(idx, 0):
+                bad += 1
+        for idx in held:
+            explained.add(idx)
+            if not bit(0, idx):
+                bad += 1
+    leaks = sum(1 for i in range(slots) if bit(0, i) and not bit(gb, i) and i not in explained)
+    return {"slot_leaks": leaks, "invariant_violations": bad}

@@ -1,0 +1,171 @@
+"""lockless: the seed's per-vCPU mapcache, no lock and no atomic on the map path.
+
+Algorithm. Each vCPU owns ``MAPCACHE_VCPU_ENTRIES`` (E, default 32) slots, at
+global indices ``vcpu * E + idx``; nothing but that vCPU ever touches them, so
+no lock is needed. Per vCPU: a hash of ``MAPHASH_ENTRIES`` (H, default 8)
+buckets ``hash_mfn`` / ``hash_idx`` keyed by ``mfn & (H - 1)``, an 8-bit
+refcount per slot, and an ``inuse`` bitmap.
+
+- map: a bucket hit reuses the bucket's slot. A miss takes the first free slot,
+  writes its PTE, flushes that one slot from the local TLB (``invlpg``: the
+  slot may still be cached for the MFN it held before), frees the bucket's
+  previous slot if nobody holds it, and points the bucket at the new slot.
+  Either way the slot's refcount goes up.
+- unmap: the refcount goes down; a slot at zero whose MFN is not the one its
+  bucket caches is freed. Hash-held slots stay in use.
+
+Invariants: a free slot has refcount 0; each in-use slot is held (refcount > 0)
+or cached by its bucket; the PTE of a hash-held slot maps the bucket's MFN.
+
+Flaws of the seed kept on purpose, for the oracle to find: the refcount is 8
+bits and wraps after 255 nested maps of one MFN (reported as a refcount error,
+the run stops); exhaustion is per vCPU, with no borrowing; and unmap frees a
+slot only when its bucket does not cache the same MFN, so a slot whose MFN was
+evicted from the bucket and then mapped again elsewhere while still held is
+never freed (a slot leak). A page-table walk maps distinct frames, so the
+``ptwalk`` workload never hits that leak; nesting the same MFN with a colliding
+MFN in between does.
+
+Simplifications: ``local_irq_save`` has no analogue until simulated interrupts
+exist (the hook is the vCPU's own loop); the PTE write is a release store to
+the shared page table, read by this vCPU's own TLB only.
+
+Negative control ``lockless-noflush`` (fault bit ``FAULT_NO_FLUSH``) skips the
+``invlpg`` on slot reuse: the TLB then keeps translating the slot to the frame
+it held before, which the access check reports as a stale translation.
+"""
+
+import numpy as np
+from ..jit import kernel
+
+from .. import abi, tlb
+from ..atomics import store_release
+
+NAME = "lockless"
+VID = 2
+DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
+DEFAULT_ENTRIES = 32
+FAULT_NO_FLUSH = 1
+MAX_ENTRIES = 256           # the inuse bitmap of one row; the 8-bit refcount caps nothing here
+REFCNT_MASK = 0xFF
+
+
+def _offsets(h, e):
+    hm = abi.V_RESERVED
+    hi = hm + h
+    rc = hi + h
+    iu = rc + e
+    return hm, hi, rc, iu, iu + (e + 63) // 64
+
+
+def state_shape(cfg):
+    """Words of shared state: (domain words, domain bitmap words, per-vCPU row words)."""
+    return 8, 0, _offsets(cfg.hash_entries, cfg.entries)[4]
+
+
+def init_state(views, cfg):
+    hm, hi, _, _, _ = _offsets(cfg.hash_entries, cfg.entries)
+    vst = views["vst"]
+    vst[:, hm:hi] = -1
+    vst[:, hi:hi + cfg.hash_entries] = -1
+
+
+@kernel
+def _layout(p):
+    h = p[abi.P_HASH]
+    e = p[abi.P_ENTRIES]
+    hm = abi.V_RESERVED
+    return h, e, hm, hm + h, hm + 2 * h, hm + 2 * h + e
+
+
+@kernel
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+    h, e, hm, hi, rc, iu = _layout(p)
+    base = vcpu * e
+    b = hm + (mfn & (h - 1))
+    old = vrow[hi - hm + b]
+    if vrow[b] != mfn:
+        idx = -1
+        for w in range((e + 63) // 64):
+            free = ~vrow[iu + w]
+            if free != 0:
+                bit = 0
+                while (free >> bit) & 1 == 0:
+                    bit += 1
+                if w * 64 + bit < e:
+                    idx = w * 64 + bit
+                break
+        if idx < 0:
+            srow[abi.S_EXHAUSTED] += 1
+            return -abi.ST_EXHAUSTED
+        vrow[iu + idx // 64] |= np.int64(1) << np.int64(idx % 64)
+        store_release(pte, base + idx, mfn | tlb.PTE_PRESENT)
+        if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
+            tlb.flush_one(tlbv, p, base + idx, srow)
+        if old >= 0 and vrow[rc + old] == 0:
+            vrow[iu + old // 64] &= ~(np.int64(1) << np.int64(old % 64))
+        vrow[b] = mfn
+        vrow[hi - hm + b] = idx
+    else:
+        idx = old
+        srow[abi.S_HASH_HITS] += 1
+    r = (vrow[rc + idx] + 1) & REFCNT_MASK
+    vrow[rc + idx] = r
+    if r == 0:
+        srow[abi.S_REFCNT_ERR] += 1
+        return -abi.ST_REFCOUNT
+    return abi.MAPCACHE_VA + base + idx
+
+
+@kernel
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+    h, e, hm, hi, rc, iu = _layout(p)
+    base = vcpu * e
+    idx = va - abi.MAPCACHE_VA - base
+    if idx < 0 or idx >= e:
+        return abi.ST_BAD_VA
+    mfn = pte[base + idx] & tlb.PTE_MFN_MASK
+    r = vrow[rc + idx]
+    if r == 0:
+        srow[abi.S_REFCNT_ERR] += 1
+        return abi.ST_REFCOUNT
+    vrow[rc + idx] = r - 1
+    if vrow[hm + (mfn & (h - 1))] != mfn and r == 1:
+        vrow[iu + idx // 64] &= ~(np.int64(1) << np.int64(idx % 64))
+    return abi.ST_OK
+
+
+def check(views, cfg, live_by_vcpu):
+    """Invariants of every vCPU's cache after a run; live mappings come from the harness.
+
+    slot_leaks: in-use slots that neither a live mapping nor a bucket explains.
+    invariant_violations: refcounts that disagree with the live mappings, free
+    slots with a refcount, buckets whose slot's PTE does not map their MFN.
+    """
+    h, e = cfg.hash_entries, cfg.entries
+    hm, hi, rc, iu, _ = _offsets(h, e)
+    vst, pte = views["vst"], views["pte"]
+    leaks = bad = 0
+    for v in range(cfg.vcpus):
+        row = vst[v]
+        held = np.zeros(e, dtype=np.int64)
+        for va, _mfn in live_by_vcpu.get(v, []):
+            i = va - abi.MAPCACHE_VA - v * e
+            if 0 <= i < e:
+                held[i] += 1
+        cached = set()
+        for b in range(h):
+            i = int(row[hi + b])
+            if i >= 0:
+                cached.add(i)
+                if pte[v * e + i] != (int(row[hm + b]) | int(tlb.PTE_PRESENT)):
+                    bad += 1
+        for i in range(e):
+            inuse = (int(row[iu + i // 64]) >> (i % 64)) & 1
+            if row[rc + i] != held[i] & REFCNT_MASK:
+                bad += 1
+            if inuse and held[i] == 0 and i not in cached:
+                leaks += 1
+            if not inuse and held[i]:
+                bad += 1
+    return {"slot_leaks": leaks, "invariant_violations": bad}
