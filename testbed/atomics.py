@@ -117,6 +117,17 @@ def _rdtsc(typingctx):
     return types.int64(), codegen
 
 
+@intrinsic
+def _cttz(typingctx, x):
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return x(x), codegen
+
+
 # --- Python fallbacks (NUMBA_DISABLE_JIT=1) and their compiled overloads -----------------
 # The fallbacks are what runs when the JIT is off: correct one step at a time, not atomic.
 
@@ -176,10 +187,16 @@ def rdtsc():
     return time.perf_counter_ns()
 
 
+def lowest_bit(x):
+    """Index of the lowest set bit of a non-zero integer (count trailing zeros)."""
+    x = int(x)
+    return (x & -x).bit_length() - 1
+
+
 def _rmw_overload(pyfunc, op):
     impl = _rmw_intrinsic(op)
 
-    @overload(pyfunc, inline="always")
+    @overload(pyfunc)
     def _ov(a, i, v):
         if _ok(a, i, v):
             return lambda a, i, v: impl(a, i, v)
@@ -189,32 +206,38 @@ for _f, _op in ((fetch_add, "add"), (fetch_or, "or"), (fetch_and, "and"), (excha
     _rmw_overload(_f, _op)
 
 
-@overload(cas, inline="always")
+@overload(cas)
 def _ov_cas(a, i, expected, new):
     if _ok(a, i, expected, new):
         return lambda a, i, expected, new: _cas(a, i, expected, new)
 
 
-@overload(load_acquire, inline="always")
+@overload(load_acquire)
 def _ov_load(a, i):
     if _ok(a, i):
         return lambda a, i: _load_acquire(a, i)
 
 
-@overload(store_release, inline="always")
+@overload(store_release)
 def _ov_store(a, i, v):
     if _ok(a, i, v):
         return lambda a, i, v: _store_release(a, i, v)
 
 
-@overload(cpu_relax, inline="always")
+@overload(cpu_relax)
 def _ov_relax():
     return lambda: _pause()
 
 
-@overload(rdtsc, inline="always")
+@overload(lowest_bit)
+def _ov_lowest_bit(x):
+    if isinstance(x, types.Integer):
+        return lambda x: _cttz(x)
+
+
+@overload(rdtsc)
 def _ov_rdtsc():
     return lambda: _rdtsc()
 
 
-__all__ = ["cas", "cpu_relax", "exchange", "fetch_add", "fetch_and", "fetch_or", "load_acquire", "rdtsc", "store_release"]
+__all__ = ["cas", "cpu_relax", "exchange", "fetch_add", "fetch_and", "fetch_or", "load_acquire", "lowest_bit", "rdtsc", "store_release"]

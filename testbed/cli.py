@@ -151,12 +151,27 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if res["failure"]:
         w(f"failure: {res['failure']['message']}\n")
         if res["failure"].get("live"):
-            w(f"  live mappings (va, mfn): {res['failure']['live']}\n")
+            w(f"  live mappings: {describe_live(res['failure']['live'])}\n")
     if res["interrupted"]:
         w(f"interrupted by {res['interrupted']}: results are partial\n")
     if res["verdict"] != "SUCCESS":
         w(f"replay: {replay_command(res)}\n")
     w(f"verdict: {res['verdict']}\n")
+
+
+def describe_live(live, limit: int = 24) -> str:
+    """'slot 3 -> mfn 17, slot 0 -> mfn 0 (x255)': mapcache slots, or direct-map addresses."""
+    from collections import Counter
+
+    from .abi import MAPCACHE_VA
+
+    counts = Counter((va, mfn) for va, mfn in live)
+    parts = []
+    for (va, mfn), k in counts.items():
+        where = f"slot {va - MAPCACHE_VA}" if va >= MAPCACHE_VA else f"direct {va}"
+        parts.append(f"{where} -> mfn {mfn}" + (f" (x{k})" if k > 1 else ""))
+    more = f", ... {len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
 
 
 def replay_command(res: dict) -> str:

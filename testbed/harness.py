@@ -177,7 +177,7 @@ def _wait_ready(state: RunState, procs, views) -> None:
             return
         for v, proc in enumerate(procs):
             if proc.exitcode is not None:
-                state.failure = _death(v, proc, views, "before it was ready")
+                state.failure = _death(v, proc, views, "before it was ready", state.cfg)
                 return
         if time.monotonic() > deadline:
             state.failure = {"kind": "start_timeout", "vcpu": None,
@@ -186,7 +186,7 @@ def _wait_ready(state: RunState, procs, views) -> None:
         time.sleep(0.001)
 
 
-def _death(v: int, proc, views, when: str) -> dict:
+def _death(v: int, proc, views, when: str, cfg) -> dict:
     code = proc.exitcode
     row = views["stats"][v]
     if code is not None and code < 0:
@@ -194,9 +194,12 @@ def _death(v: int, proc, views, when: str) -> dict:
         return {"kind": "killed", "vcpu": v, "signal": sig, "message": f"vCPU {v} was killed by {sig} {when}"}
     if code == vcpu_worker.EXIT_KERNEL:
         status = int(row[abi.S_STATUS])
+        geometry = (f"variant {cfg.variant}, MAPCACHE_VCPU_ENTRIES {cfg.entries}, MAPHASH_ENTRIES "
+                    f"{cfg.hash_entries}, PAGING_LEVELS {cfg.levels}, workload {cfg.workload}, seed {cfg.seed}")
         name = abi.STATUS_NAMES.get(status, str(status))
-        return {"kind": name, "vcpu": v, "status": status, "live": _live(views, v),
-                "message": f"vCPU {v} stopped: {name} with {int(row[abi.S_LIVE])} live mappings"}
+        live = _live(views, v)
+        return {"kind": name, "vcpu": v, "status": status, "live": live,
+                "message": f"vCPU {v} stopped: {name} with {len(live)} live mappings ({geometry})"}
     return {"kind": "exited", "vcpu": v, "exitcode": code, "message": f"vCPU {v} exited with status {code} {when}"}
 
 
@@ -234,7 +237,7 @@ def _measure(state: RunState, procs, views, on_sample) -> None:
             next_sample += 1.0
         if now >= end:
             break
-        bad = _check_workers(procs, views, now)
+        bad = _check_workers(procs, views, cfg)
         if bad is not None:
             state.failure = bad
             break
@@ -247,12 +250,12 @@ def _measure(state: RunState, procs, views, on_sample) -> None:
     state.wall = t_end - t_start
 
 
-def _check_workers(procs, views, now: float):
+def _check_workers(procs, views, cfg):
     stats = views["stats"]
     now_ns = time.monotonic_ns()
     for v, proc in enumerate(procs):
         if proc.exitcode is not None:
-            return _death(v, proc, views, "during the run")
+            return _death(v, proc, views, "during the run", cfg)
         if stats[v, abi.S_STATE] == abi.W_RUNNING and now_ns - stats[v, abi.S_HEARTBEAT] > STALL_S * 1e9:
             age = (now_ns - stats[v, abi.S_HEARTBEAT]) / 1e9
             return {"kind": "stalled", "vcpu": v, "pid": proc.pid,

@@ -118,17 +118,17 @@ def log2_bin(x):
 def timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
     n = srow[abi.S_MAPS]
     srow[abi.S_MAPS] = n + 1
-    mask = (np.int64(1) << p[abi.P_LAT_EVERY]) - 1
-    if (n & mask) != 0:
-        return map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
-    t0 = rdtsc()
+    # One call site only: numba's IR inliner mis-compiles a function inlined twice into one caller.
+    sampled = (n & ((np.int64(1) << p[abi.P_LAT_EVERY]) - 1)) == 0
+    t0 = rdtsc() if sampled else 0
     va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
-    dt = rdtsc() - t0
-    hrow[log2_bin(dt)] += 1
-    srow[abi.S_LAT_SAMPLES] += 1
-    srow[abi.S_LAT_CYCLES] += dt
-    if dt > srow[abi.S_LAT_MAX]:
-        srow[abi.S_LAT_MAX] = dt
+    if sampled:
+        dt = rdtsc() - t0
+        hrow[log2_bin(dt)] += 1
+        srow[abi.S_LAT_SAMPLES] += 1
+        srow[abi.S_LAT_CYCLES] += dt
+        if dt > srow[abi.S_LAT_MAX]:
+            srow[abi.S_LAT_MAX] = dt
     return va
 
 
@@ -163,6 +163,8 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
     lrow = live[vcpu]
     wl = p[abi.P_WORKLOAD]
     nest = p[abi.P_NEST] if wl == WL_PTWALK else 1
+    # A page-table walk maps distinct frames, when the working set has enough of them.
+    distinct = wl == WL_PTWALK and p[abi.P_WORKING_SET] >= nest
     done = 0
     status = abi.ST_OK
     for _ in range(n):
@@ -172,6 +174,9 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
         held = 0
         for k in range(depth):
             mfn = draw_mfn(rng, p)
+            if distinct:
+                while held_mfn(lrow, k, mfn):
+                    mfn = draw_mfn(rng, p)
             va = timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
             if va < 0:
                 status = -va
@@ -186,6 +191,8 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
         for k in range(held - 1, -1, -1):
             st = unmap_page(vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
             if st != abi.ST_OK:
+                if st == abi.ST_BAD_VA:
+                    srow[abi.S_INVARIANT] += 1
                 status = st
                 break
             srow[abi.S_LIVE] = k
@@ -194,6 +201,14 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
         done += 1
     srow[abi.S_OPS] += done
     return status
+
+
+@kernel
+def held_mfn(lrow, k, mfn):
+    for j in range(k):
+        if lrow[2 * j + 1] == mfn:
+            return True
+    return False
 
 
 @kernel

@@ -34,7 +34,7 @@ full flush per microsecond it takes over an hour to reach.
 """
 
 import numpy as np
-from .jit import kernel
+from .jit import inline_kernel, kernel
 
 from . import abi
 from .atomics import cas, load_acquire, rdtsc
@@ -70,7 +70,7 @@ def spin_cycles(cycles):
         pass
 
 
-@kernel
+@inline_kernel
 def translate(tlb, p, pte, slot, srow):
     """Machine frame that ``slot`` maps to, through the TLB; -1 if not present."""
     ways = p[abi.P_TLB_WAYS]
@@ -102,7 +102,7 @@ def translate(tlb, p, pte, slot, srow):
     return pfn
 
 
-@kernel
+@inline_kernel
 def flush_one(tlb, p, slot, srow):
     """invlpg: drop the entry for one slot, if cached."""
     ways = p[abi.P_TLB_WAYS]

@@ -12,7 +12,7 @@ Simplification: a real direct map is itself translated by the TLB (with large
 pages, rarely missing); the testbed treats those translations as free.
 """
 
-from ..jit import kernel
+from ..jit import inline_kernel, kernel
 
 NAME = "directmap"
 VID = 0
@@ -30,12 +30,12 @@ def init_state(views, cfg):
     pass
 
 
-@kernel
+@inline_kernel
 def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlb):
     return mfn
 
 
-@kernel
+@inline_kernel
 def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlb):
     return 0
 

@@ -42,10 +42,10 @@ TLB keeps translating a reused slot to its old frame.
 """
 
 import numpy as np
-from ..jit import kernel
+from ..jit import inline_kernel, kernel
 
 from .. import abi, tlb
-from ..atomics import cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
+from ..atomics import cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc, store_release
 
 NAME = "locked"
 VID = 1
@@ -121,9 +121,7 @@ def find_zero(dbits, start, slots):
         w = load_acquire(dbits, i // 64)
         free = ~(w >> np.int64(i % 64))
         if free != 0:
-            bit = 0
-            while (free >> bit) & 1 == 0:
-                bit += 1
+            bit = lowest_bit(free)
             # a free bit past the end of this word means the next word
             if i % 64 + bit < 64:
                 j = i + bit
@@ -137,7 +135,7 @@ def set_bit(dbits, base, idx):
     fetch_or(dbits, base + idx // 64, np.int64(1) << np.int64(idx % 64))
 
 
-@kernel
+@inline_kernel
 def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     h = p[abi.P_HASH]
     slots = p[abi.P_SLOTS]
@@ -214,7 +212,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     return abi.MAPCACHE_VA + idx
 
 
-@kernel
+@inline_kernel
 def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     h = p[abi.P_HASH]
     slots = p[abi.P_SLOTS]

@@ -36,10 +36,10 @@ it held before, which the access check reports as a stale translation.
 """
 
 import numpy as np
-from ..jit import kernel
+from ..jit import inline_kernel, kernel
 
 from .. import abi, tlb
-from ..atomics import store_release
+from ..atomics import lowest_bit, store_release
 
 NAME = "lockless"
 VID = 2
@@ -70,7 +70,7 @@ def init_state(views, cfg):
     vst[:, hi:hi + cfg.hash_entries] = -1
 
 
-@kernel
+@inline_kernel
 def _layout(p):
     h = p[abi.P_HASH]
     e = p[abi.P_ENTRIES]
@@ -78,7 +78,7 @@ def _layout(p):
     return h, e, hm, hm + h, hm + 2 * h, hm + 2 * h + e
 
 
-@kernel
+@inline_kernel
 def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     h, e, hm, hi, rc, iu = _layout(p)
     base = vcpu * e
@@ -89,9 +89,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         for w in range((e + 63) // 64):
             free = ~vrow[iu + w]
             if free != 0:
-                bit = 0
-                while (free >> bit) & 1 == 0:
-                    bit += 1
+                bit = lowest_bit(free)
                 if w * 64 + bit < e:
                     idx = w * 64 + bit
                 break
@@ -117,7 +115,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     return abi.MAPCACHE_VA + base + idx
 
 
-@kernel
+@inline_kernel
 def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     h, e, hm, hi, rc, iu = _layout(p)
     base = vcpu * e
