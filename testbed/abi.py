@@ -31,6 +31,10 @@ P_BURST = 18           # guest workload: map operations per burst
 P_LAT_EVERY = 19       # sample the map latency every 2**k operations
 P_LONG_HOLD = 20       # cycles to spin inside critical sections
 P_HOT = 21             # hot workload: size of the hot set
+P_BURST = 22           # guest and timers workloads: map operations per hypercall
+P_SLACK = 23           # timers workload: cycles between taking the deadline and arming the timer
+P_CHUNK_CYCLES = 25    # a kernel call returns after about this many cycles (checked every 16 operations)
+P_PANIC_STREAK = 24    # timers workload: consecutive -ETIME that panic the guest (FreeBSD 10: 60)
 N_PARAMS = 32
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
@@ -55,19 +59,27 @@ S_WORK = 17            # guest work units completed
 S_INVARIANT = 18       # violations found by the variant's own checks
 S_LAT_SAMPLES = 19
 S_LAT_CYCLES = 20
-S_LAT_MAX = 21
-N_COUNTERS = 24        # counters summed into totals live below this column
-# harness words in the same row (written by the vCPU only)
-S_HEARTBEAT = 24       # monotonic ns of the last finished chunk
-S_STATUS = 25          # kernel status that ended the run, ST_*
-S_STATE = 26           # W_* below
-S_CORE = 27            # host CPU the vCPU is pinned to
-S_PID = 28
-S_NIVCSW = 29          # involuntary context switches
-S_NVCSW = 30
-S_LIVE = 31            # mappings live when the kernel stopped
-S_CHUNKS = 32
-N_STATS = 40
+S_LAT_MAX = 21         # a maximum, not a sum
+S_TIMER_SETS = 22      # timers workload: single-shot timers programmed
+S_ETIME = 23           # ... answered -ETIME (the deadline had passed)
+S_STREAK_MAX = 24      # ... longest run of consecutive -ETIME (a maximum)
+S_PANICS = 25          # ... guest panics (PANIC_STREAK consecutive -ETIME)
+S_TIMER_CYCLES = 26    # ... cycles from deadline taken to timer armed, summed
+N_COUNTERS = 32        # counters summed into totals live below this column
+MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX)
+# harness and kernel words in the same row (written by the vCPU only)
+S_HEARTBEAT = 32       # monotonic ns of the last finished chunk
+S_STATUS = 33          # kernel status that ended the run, ST_*
+S_STATE = 34           # W_* below
+S_CORE = 35            # host CPU the vCPU is pinned to
+S_PID = 36
+S_NIVCSW = 37          # involuntary context switches
+S_NVCSW = 38
+S_LIVE = 39            # mappings live when the kernel stopped
+S_CHUNKS = 40
+S_STREAK = 41          # timers workload: current run of consecutive -ETIME
+S_PROGRESS = 42        # bumped by the kernel per operation and per lock-spin round: the watchdog's pulse
+N_STATS = 48
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 
 COUNTER_NAMES = {
@@ -78,6 +90,8 @@ COUNTER_NAMES = {
     S_REFCNT_ERR: "refcount_errors", S_EXHAUSTED: "exhaustion", S_EPOCH_FLUSH: "epoch_flushes",
     S_HARVEST: "garbage_harvests", S_WORK: "guest_work", S_INVARIANT: "invariant_violations",
     S_LAT_SAMPLES: "lat_samples", S_LAT_CYCLES: "lat_cycles", S_LAT_MAX: "lat_max_cycles",
+    S_TIMER_SETS: "timer_sets", S_ETIME: "etime", S_STREAK_MAX: "etime_streak_max", S_PANICS: "panics",
+    S_TIMER_CYCLES: "timer_path_cycles",
 }
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------

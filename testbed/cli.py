@@ -69,6 +69,9 @@ def add_run_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cost-walk", type=_int, default=tlb.COST_WALK, help="cycles per TLB miss walk (0: off)")
     ap.add_argument("--no-cost", action="store_true", help="turn the TLB cost model off")
     ap.add_argument("--guest-work", type=_int, default=2000, help="guest workload: work units between maps")
+    ap.add_argument("--burst", type=_int, default=4, help="guest/timers: map operations per hypercall (default 4)")
+    ap.add_argument("--slack-us", type=_float, default=50.0, help="timers: deadline slack in microseconds (default 50)")
+    ap.add_argument("--panic-streak", type=_int, default=60, help="timers: consecutive -ETIME that panic (default 60)")
     ap.add_argument("--lat-every", type=_int, default=6, help="sample map latency every 2**k maps (default 6)")
     ap.add_argument("--long-hold", type=_int, default=0, help="cycles to spin inside the critical section")
     ap.add_argument("--chunk-ms", type=_float, default=5.0, help="kernel chunk between stop checks (default 5 ms)")
@@ -93,7 +96,8 @@ def config_from(args):
         working_set=args.working_set, hot_set=args.hot_set, entries=args.entries,
         hash_entries=args.hash_entries, levels=args.levels, nest=args.nest, unchecked=args.unchecked,
         tlb_entries=args.tlb_entries, tlb_ways=args.tlb_ways, cost_flush_one=costs[0],
-        cost_flush_all=costs[1], cost_walk=costs[2], guest_work=args.guest_work, lat_every=args.lat_every,
+        cost_flush_all=costs[1], cost_walk=costs[2], guest_work=args.guest_work, burst=args.burst,
+        slack_us=args.slack_us, panic_streak=args.panic_streak, lat_every=args.lat_every,
         long_hold=args.long_hold, chunk_ms=args.chunk_ms,
     )
 

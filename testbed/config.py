@@ -15,12 +15,16 @@ import numpy as np
 from . import abi, kernels, tlb
 from . import variants as registry
 from .errors import UsageError
+from .timing import tsc_hz
 
 WORKLOADS = {
     "uniform": (kernels.WL_UNIFORM, "map / access / unmap one MFN drawn uniformly from the working set"),
     "hot": (kernels.WL_HOT, "9 maps in 10 from a small hot set (--hot-set), so most hit the per-vCPU hash"),
     "ptwalk": (kernels.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
-    "guest": (kernels.WL_GUEST, "guest work (--guest-work units) between single map / access / unmap operations"),
+    "guest": (kernels.WL_GUEST, "the Geekbench analogue: guest work (--guest-work units), then a hypercall of "
+              "--burst map / access / unmap operations; ops/s is guest work done per second"),
+    "timers": (kernels.WL_TIMERS, "guest work, then take a deadline (now + --slack-us), a hypercall burst, and arm a "
+               "single-shot timer: -ETIME if the deadline passed, retried at once; --panic-streak in a row panic"),
 }
 
 MAX_VCPUS = 1024
@@ -49,6 +53,9 @@ class RunConfig:
     cost_flush_all: int = tlb.COST_FLUSH_ALL
     cost_walk: int = tlb.COST_WALK
     guest_work: int = 2000
+    burst: int = 4
+    slack_us: float = 50.0
+    panic_streak: int = 60             # FreeBSD 10.4 gives up after 60 consecutive -ETIME
     lat_every: int = 6                 # sample map latency every 2**lat_every maps
     long_hold: int = 0
     chunk_ms: float = 5.0
@@ -120,6 +127,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "guest_work", "long_hold"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be 0 or more")
+    if not 1 <= cfg.burst <= 1 << 20:
+        raise UsageError(f"--burst {cfg.burst}: must be between 1 and {1 << 20}")
+    if not cfg.slack_us > 0:
+        raise UsageError(f"--slack-us {cfg.slack_us}: must be a positive number of microseconds")
+    if cfg.panic_streak < 1:
+        raise UsageError(f"--panic-streak {cfg.panic_streak}: must be at least 1")
     if not 0 <= cfg.lat_every <= 40:
         raise UsageError(f"--lat-every {cfg.lat_every}: must be between 0 and 40 (sample every 2**k maps)")
     if not cfg.chunk_ms > 0:
@@ -152,4 +165,10 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_LAT_EVERY] = cfg.lat_every
     p[abi.P_LONG_HOLD] = cfg.long_hold
     p[abi.P_HOT] = cfg.hot_set
+    p[abi.P_BURST] = cfg.burst
+    p[abi.P_PANIC_STREAK] = cfg.panic_streak
+    hz = tsc_hz()
+    p[abi.P_CHUNK_CYCLES] = int(cfg.chunk_ms * 1e-3 * hz)
+    if cfg.workload == "timers":
+        p[abi.P_SLACK] = int(cfg.slack_us * 1e-6 * hz)
     return p

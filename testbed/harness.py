@@ -223,6 +223,7 @@ def _measure(state: RunState, procs, views, on_sample) -> None:
     last_t, last_ops = t_start, _ops(views, n)
     next_sample = t_start + 1.0
     warm_ops, warm_t = (last_ops, t_start) if cfg.warmup == 0 else (None, None)
+    watchdog = Watchdog(procs, views, cfg)
     while True:
         now = time.monotonic()
         if warm_ops is None and now >= t_start + cfg.warmup:
@@ -237,7 +238,7 @@ def _measure(state: RunState, procs, views, on_sample) -> None:
             next_sample += 1.0
         if now >= end:
             break
-        bad = _check_workers(procs, views, cfg)
+        bad = watchdog.check()
         if bad is not None:
             state.failure = bad
             break
@@ -250,17 +251,32 @@ def _measure(state: RunState, procs, views, on_sample) -> None:
     state.wall = t_end - t_start
 
 
-def _check_workers(procs, views, cfg):
-    stats = views["stats"]
-    now_ns = time.monotonic_ns()
-    for v, proc in enumerate(procs):
-        if proc.exitcode is not None:
-            return _death(v, proc, views, "during the run", cfg)
-        if stats[v, abi.S_STATE] == abi.W_RUNNING and now_ns - stats[v, abi.S_HEARTBEAT] > STALL_S * 1e9:
-            age = (now_ns - stats[v, abi.S_HEARTBEAT]) / 1e9
-            return {"kind": "stalled", "vcpu": v, "pid": proc.pid,
-                    "message": f"vCPU {v} (pid {proc.pid}) has not reported for {age:.1f} s"}
-    return None
+class Watchdog:
+    """Finds vCPUs that died or stopped making progress.
+
+    The pulse is ``S_PROGRESS``, which the kernel bumps after every operation
+    and on every round of a lock spin: a vCPU waiting behind a preempted lock
+    holder still beats, a vCPU that is stopped (SIGSTOP) or hung does not.
+    """
+
+    def __init__(self, procs, views, cfg, stall_s: float = STALL_S, clock=time.monotonic):
+        self.procs, self.views, self.cfg, self.stall_s, self.clock = procs, views, cfg, stall_s, clock
+        now = clock()
+        self.last = [(int(views["stats"][v, abi.S_PROGRESS]), now) for v in range(len(procs))]
+
+    def check(self):
+        stats = self.views["stats"]
+        now = self.clock()
+        for v, proc in enumerate(self.procs):
+            if proc.exitcode is not None:
+                return _death(v, proc, self.views, "during the run", self.cfg)
+            pulse = int(stats[v, abi.S_PROGRESS])
+            if pulse != self.last[v][0] or stats[v, abi.S_STATE] != abi.W_RUNNING:
+                self.last[v] = (pulse, now)
+            elif now - self.last[v][1] > self.stall_s:
+                return {"kind": "stalled", "vcpu": v, "pid": proc.pid,
+                        "message": f"vCPU {v} (pid {proc.pid}) made no progress for {now - self.last[v][1]:.1f} s"}
+        return None
 
 
 def _reap(procs, kill: bool = False) -> None:

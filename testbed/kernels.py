@@ -25,6 +25,7 @@ WL_UNIFORM = 0
 WL_HOT = 1
 WL_PTWALK = 2
 WL_GUEST = 3
+WL_TIMERS = 4
 
 FRAME_HDR = 8          # words: the MFN in word 0, then padding to the first counter line
 
@@ -165,40 +166,56 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
     nest = p[abi.P_NEST] if wl == WL_PTWALK else 1
     # A page-table walk maps distinct frames, when the working set has enough of them.
     distinct = wl == WL_PTWALK and p[abi.P_WORKING_SET] >= nest
+    hypercall = wl == WL_GUEST or wl == WL_TIMERS
+    burst = p[abi.P_BURST] if hypercall else 1
     done = 0
     status = abi.ST_OK
+    budget = p[abi.P_CHUNK_CYCLES]
+    t_chunk = rdtsc()
     for _ in range(n):
-        if wl == WL_GUEST:
+        # A chunk is bounded in time as well as in count, so that the stop flag is
+        # seen soon even when operations slow down a thousandfold (a lock convoy).
+        if (done & 15) == 15 and rdtsc() - t_chunk > budget:
+            break
+        # The guest computes, then makes a hypercall; after -ETIME it retries at once.
+        if hypercall and srow[abi.S_STREAK] == 0:
             guest_work(p, rng, srow)
-        depth = nest if wl != WL_PTWALK else 1 + draw(rng, nest)
-        held = 0
-        for k in range(depth):
-            mfn = draw_mfn(rng, p)
-            if distinct:
-                while held_mfn(lrow, k, mfn):
-                    mfn = draw_mfn(rng, p)
-            va = timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
-            if va < 0:
-                status = -va
+        deadline = rdtsc() + p[abi.P_SLACK] if wl == WL_TIMERS else 0
+        for _b in range(burst):
+            depth = nest if wl != WL_PTWALK else 1 + draw(rng, nest)
+            held = 0
+            for k in range(depth):
+                mfn = draw_mfn(rng, p)
+                if distinct:
+                    while held_mfn(lrow, k, mfn):
+                        mfn = draw_mfn(rng, p)
+                va = timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
+                if va < 0:
+                    status = -va
+                    break
+                lrow[2 * k] = va
+                lrow[2 * k + 1] = mfn
+                held = k + 1
+                access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
+            srow[abi.S_LIVE] = held
+            if status != abi.ST_OK:
                 break
-            lrow[2 * k] = va
-            lrow[2 * k + 1] = mfn
-            held = k + 1
-            access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
-        srow[abi.S_LIVE] = held
+            for k in range(held - 1, -1, -1):
+                st = unmap_page(vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
+                if st != abi.ST_OK:
+                    if st == abi.ST_BAD_VA:
+                        srow[abi.S_INVARIANT] += 1
+                    status = st
+                    break
+                srow[abi.S_LIVE] = k
+            if status != abi.ST_OK:
+                break
         if status != abi.ST_OK:
             break
-        for k in range(held - 1, -1, -1):
-            st = unmap_page(vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
-            if st != abi.ST_OK:
-                if st == abi.ST_BAD_VA:
-                    srow[abi.S_INVARIANT] += 1
-                status = st
-                break
-            srow[abi.S_LIVE] = k
-        if status != abi.ST_OK:
-            break
+        if wl == WL_TIMERS:
+            arm_timer(p, srow, deadline)
         done += 1
+        srow[abi.S_PROGRESS] += 1
     srow[abi.S_OPS] += done
     return status
 
@@ -209,6 +226,25 @@ def held_mfn(lrow, k, mfn):
         if lrow[2 * j + 1] == mfn:
             return True
     return False
+
+
+@kernel
+def arm_timer(p, srow, deadline):
+    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed."""
+    now = rdtsc()
+    srow[abi.S_TIMER_SETS] += 1
+    srow[abi.S_TIMER_CYCLES] += now - (deadline - p[abi.P_SLACK])
+    if now <= deadline:
+        srow[abi.S_STREAK] = 0
+        return
+    srow[abi.S_ETIME] += 1
+    streak = srow[abi.S_STREAK] + 1
+    if streak > srow[abi.S_STREAK_MAX]:
+        srow[abi.S_STREAK_MAX] = streak
+    if streak >= p[abi.P_PANIC_STREAK]:
+        srow[abi.S_PANICS] += 1      # "can't schedule timer": the guest would reboot; count it and go on
+        streak = 0
+    srow[abi.S_STREAK] = streak
 
 
 @kernel

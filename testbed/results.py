@@ -55,7 +55,8 @@ def latency(hist: np.ndarray, max_cycles: int, every: int) -> dict:
 def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writes_reported, writes_counted,
           variant_checks, failure, interrupted, startup, exitcodes, complete) -> dict:
     n = cfg.vcpus
-    totals = {name: int(stats[:, col].sum()) for col, name in abi.COUNTER_NAMES.items()}
+    totals = {name: int(stats[:, col].max() if col in abi.MAX_COUNTERS else stats[:, col].sum())
+              for col, name in abi.COUNTER_NAMES.items()}
     measured_s = float(window[1] - window[0])
     if len(ops_at[0]) == n and measured_s > 0:
         window_ops = np.asarray(ops_at[1]) - np.asarray(ops_at[0])

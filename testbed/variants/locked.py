@@ -104,6 +104,7 @@ def lock(dom, srow):
         t0 = rdtsc()
         while load_acquire(dom, D_LOCK_HEAD) != my:
             cpu_relax()
+            srow[abi.S_PROGRESS] += 1      # alive, if waiting
         srow[abi.S_LOCK_SPIN] += rdtsc() - t0
     return my
 
