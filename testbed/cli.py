@@ -8,8 +8,11 @@ when interrupted (its partial results are still written).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+
+from .errors import UsageError
 
 T_LAUNCH = time.perf_counter()
 
@@ -39,21 +42,34 @@ def _float(text: str) -> float:
     return value
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of vCPU counts, e.g. 1,2,4") from None
+    if counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every vCPU count must be at least 1")
+    return counts
+
+
 def _vcpus(text: str):
     return text if text == "all" else _int(text)
 
 
-def add_run_options(ap: argparse.ArgumentParser) -> None:
+def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload: str = "uniform",
+                    vcpus: str | None = "all", variant: bool = True) -> None:
     from . import tlb
 
-    ap.add_argument("--variant", default="directmap", help="mapcache design (see 'testbed variants')")
-    ap.add_argument("--vcpus", type=_vcpus, default="all", help="vCPU processes, or 'all' physical cores (default)")
-    ap.add_argument("--duration", type=_float, default=3.0, help="measured seconds (default 3)")
+    if variant:
+        ap.add_argument("--variant", default="directmap", help="mapcache design (see 'testbed variants')")
+    if vcpus is not None:
+        ap.add_argument("--vcpus", type=_vcpus, default=vcpus, help="vCPU processes, or 'all' physical cores (default)")
+    ap.add_argument("--duration", type=_float, default=duration, help=f"measured seconds (default {duration:g})")
     ap.add_argument("--warmup", type=_float, default=1.0, help="warm-up seconds, reported but not measured (default 1)")
     ap.add_argument("--seed", type=_int, default=None, help="seed for every random choice (default: from the clock)")
     ap.add_argument("--cpus", default=None, help="host CPUs to use, e.g. 0,2-5 (default: all allowed)")
     ap.add_argument("--oversubscribe", action="store_true", help="allow more vCPUs than CPUs (they share CPUs)")
-    ap.add_argument("--workload", default="uniform", help="operation mix (see 'testbed workloads')")
+    ap.add_argument("--workload", default=workload, help=f"operation mix (default {workload}; see 'testbed workloads')")
     ap.add_argument("--frames", type=_int, default=4096, help="machine frames in the arena (default 4096)")
     ap.add_argument("--working-set", type=_int, default=None, help="MFNs drawn from (default: all frames)")
     ap.add_argument("--hot-set", type=_int, default=8, help="hot workload: size of the hot set (default 8)")
@@ -79,10 +95,13 @@ def add_run_options(ap: argparse.ArgumentParser) -> None:
 
 def config_from(args):
     from .config import RunConfig
-    from .errors import UsageError
     from .topology import allowed_cpus, host_topology
 
-    vcpus = args.vcpus
+    vcpus = getattr(args, "vcpus", "all")
+    if getattr(args, "vcpus_multi", None) is not None:
+        vcpus = args.vcpus_multi
+    elif getattr(args, "vcpu_list", None):
+        vcpus = max(args.vcpu_list)
     if vcpus == "all":
         topo = host_topology()
         vcpus = topo.physical_in(allowed_cpus(topo, args.cpus))
@@ -91,7 +110,7 @@ def config_from(args):
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed {args.seed}: must be 0 or more")
     return RunConfig(
-        variant=args.variant, vcpus=vcpus, duration=args.duration, warmup=args.warmup, seed=seed,
+        variant=getattr(args, "variant", "directmap"), vcpus=vcpus, duration=args.duration, warmup=args.warmup, seed=seed,
         cpus=args.cpus, oversubscribe=args.oversubscribe, workload=args.workload, frames=args.frames,
         working_set=args.working_set, hot_set=args.hot_set, entries=args.entries,
         hash_entries=args.hash_entries, levels=args.levels, nest=args.nest, unchecked=args.unchecked,
@@ -108,6 +127,7 @@ def checked_config(args):
     from .topology import allowed_cpus, host_topology, place
 
     cfg = validate(config_from(args))
+    args.seed = cfg.seed          # a seed drawn from the clock stays the same for the whole command
     topo = host_topology()
     place(topo, allowed_cpus(topo, cfg.cpus), cfg.vcpus, cfg.oversubscribe)
     return cfg
@@ -197,20 +217,168 @@ def replay_command(res: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from . import harness, results
+    from . import harness, results, stats
 
     cfg = checked_config(args)
+    for path in (args.json, args.csv):
+        if path:
+            check_writable(path)
+    if args.repeat < 1:
+        raise UsageError(f"--repeat {args.repeat}: must be at least 1")
+    print(f"testbed run: variant {cfg.variant}, {cfg.vcpus} vCPUs, workload {cfg.workload}, seed {cfg.seed}"
+          + (f", {args.repeat} repetitions (seeds {cfg.seed}..{cfg.seed + args.repeat - 1})" if args.repeat > 1 else ""),
+          flush=True)
+    runs = []
+    for i in range(args.repeat):
+        c = dataclasses.replace(cfg, seed=cfg.seed + i)
+        res = harness.run(c, on_sample=None if args.quiet else _print_sample, t_launch=T_LAUNCH if i == 0 else None)
+        runs.append(res)
+        print_result(res)
+        if res["interrupted"] or res["verdict"] != "SUCCESS":
+            break
+    out = runs[0] if len(runs) == 1 else results.repeated(runs)
+    if len(runs) > 1:
+        rates = [r["totals"]["ops_per_s"] for r in runs]
+        print(f"median ops/s {stats.median(rates):,.0f}  spread +/-{stats.spread(rates):,.0f} over {len(runs)} runs; "
+              f"verdict: {out['verdict']}")
     if args.json:
-        check_writable(args.json)
-    print(f"testbed run: variant {cfg.variant}, {cfg.vcpus} vCPUs, seed {cfg.seed}", flush=True)
-    res = harness.run(cfg, on_sample=None if args.quiet else _print_sample, t_launch=T_LAUNCH)
-    print_result(res)
+        results.write_json(out, args.json)
+        print(f"results written to {args.json}")
+    if args.csv:
+        results.write_run_csv(runs, args.csv)
+        print(f"CSV written to {args.csv}")
+    last = runs[-1]
+    if last["interrupted"]:
+        return 128 + (15 if last["interrupted"] == "SIGTERM" else 2)
+    return EXIT_OK if out["verdict"] == "SUCCESS" else EXIT_FAILURE
+
+
+def _experiment_base(args):
+    """The unresolved config (variant-dependent defaults stay open), checked for every variant it will run."""
+    checked_config(args)
+    cfg = config_from(args)
+    for path in (getattr(args, "json", None), getattr(args, "csv", None), getattr(args, "plot", None)):
+        if path:
+            check_writable(path)
+    return cfg
+
+
+def _finish(res: dict, args) -> int:
+    from . import results
+
     if args.json:
         results.write_json(res, args.json)
         print(f"results written to {args.json}")
-    if res["interrupted"]:
-        return 128 + (15 if res["interrupted"] == "SIGTERM" else 2)
-    return EXIT_OK if res["verdict"] == "SUCCESS" else EXIT_FAILURE
+    if res.get("failures"):
+        for f in res["failures"]:
+            msg = f["failure"]["message"] if f["failure"] else f"checks {f['checks']}"
+            print(f"FAILURE: {f['variant']} on {f['vcpus']} vCPUs, seed {f['seed']}: {msg}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from . import experiments
+
+    cfg = _experiment_base(args)
+    multi = cfg.vcpus
+    print(f"testbed compare: workload {cfg.workload}, 1 and {multi} vCPUs, {args.repeat} repetitions of "
+          f"{cfg.duration:g} s (+{cfg.warmup:g} s warm-up), seed {cfg.seed}", flush=True)
+    res = experiments.compare(cfg, vcpus_multi=multi, repeat=args.repeat)
+    print_compare(res)
+    return _finish(res, args)
+
+
+def print_compare(res: dict, out=sys.stdout) -> None:
+    w = out.write
+    h = res["host"]
+    w(f"\nPerformance drop against directmap ({res['workload']} workload; host {h['cpu_model']}, "
+      f"{h['physical_cores']} cores; median of {res['repeat']} +/- half range)\n\n")
+    w(f"{'perf drop':12} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
+    for row in res["rows"]:
+        cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" for s in ("single", "multi")]
+        w(f"{row['variant']:12} {cells[0]:>24} {cells[1]:>26}\n")
+    w("\n")
+    for row in res["rows"]:
+        for scope in ("single", "multi"):
+            verdict = "larger than" if row[f"{scope}_significant"] else "within"
+            w(f"{row['variant']} {scope}-core: drop {row[scope + '_drop_pct']:+.2f}% is {verdict} its spread "
+              f"({row[scope + '_spread_pct']:.2f}%)\n")
+    rows = {r["variant"]: r for r in res["rows"]}
+    if "locked" in rows and "lockless" in rows:
+        a, b = rows["locked"], rows["lockless"]
+        gap = a["multi_drop_pct"] - b["multi_drop_pct"]
+        margin = a["multi_spread_pct"] + b["multi_spread_pct"]
+        w(f"multi-core: locked drops {gap:+.2f} points more than lockless; spreads add to {margin:.2f}: "
+          f"{'the difference is larger than the spreads' if gap > margin else 'not separated by more than the spreads'}\n")
+
+
+def cmd_scale(args) -> int:
+    from . import experiments, plots, results
+
+    from . import variants as registry
+
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        registry.get(v)
+    cfg = _experiment_base(args)
+    counts = args.vcpu_list or default_counts(cfg.vcpus)
+    print(f"testbed scale: variants {','.join(variants)}, vCPUs {','.join(map(str, counts))}, "
+          f"workload {cfg.workload}, seed {cfg.seed}", flush=True)
+    res = experiments.scale(cfg, variants=variants, vcpu_counts=counts, repeat=args.repeat)
+    print(f"{'variant':12} {'vcpus':>5} {'ops/s':>14} {'linear':>14} {'efficiency':>10} {'p99 cycles':>10}")
+    for r in res["rows"]:
+        p99 = r["p99_cycles"] if r["p99_cycles"] is not None else "-"
+        print(f"{r['variant']:12} {r['vcpus']:>5} {r['ops_per_s']:>14,.0f} {r['linear']:>14,.0f} "
+              f"{r['efficiency']:>10.3f} {p99:>10}")
+    if args.csv:
+        results.write_scale_csv(res, args.csv)
+        print(f"CSV written to {args.csv}")
+    if args.plot:
+        plots.scale_plot(res, args.plot)
+        print(f"plot written to {args.plot}")
+    return _finish(res, args)
+
+
+def default_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to the number of cores, and the number of cores itself."""
+    counts, n = [], 1
+    while n < cores:
+        counts.append(n)
+        n *= 2
+    return counts + [cores]
+
+
+def cmd_timers(args) -> int:
+    from . import experiments
+
+    cfg = _experiment_base(args)
+    print(f"testbed timers: {cfg.vcpus} vCPUs{' (oversubscribed)' if cfg.oversubscribe else ''}, slack "
+          f"{cfg.slack_us:g} us, burst {cfg.burst}, panic after {cfg.panic_streak} consecutive -ETIME, "
+          f"{cfg.duration:g} s, seed {cfg.seed}", flush=True)
+    res = experiments.timers(cfg)
+    print(f"{'variant':10} {'timers set':>12} {'-ETIME':>10} {'rate':>8} {'worst streak':>12} {'panics':>7} "
+          f"{'mean path us':>12}")
+    for r in res["rows"]:
+        path = f"{r['mean_path_us']:.2f}" if r["mean_path_us"] is not None else "-"
+        print(f"{r['variant']:10} {r['timer_sets']:>12,} {r['etime']:>10,} {100 * r['etime_rate']:>7.3f}% "
+              f"{r['worst_streak']:>12} {r['panics']:>7} {path:>12}")
+    for r in res["rows"]:
+        print(f"{r['variant']}: {'PANIC: a FreeBSD 10 guest would crash' if r['panics'] else 'no panic'} "
+              f"(worst streak {r['worst_streak']} of {cfg.panic_streak})")
+    return _finish(res, args)
+
+
+def cmd_diff(args) -> int:
+    from . import results
+
+    a, b = results.read_json(args.a), results.read_json(args.b)
+    problems = results.incomparable(a, b)
+    if problems and not args.force:
+        raise UsageError(f"{args.a} and {args.b} differ in {'; '.join(problems)}; pass --force to compare anyway")
+    for line in results.diff_lines(a, b):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_variants(args) -> int:
@@ -246,11 +414,45 @@ def cmd_cleanup(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="testbed", description="Multiprocess concurrency testbed for hypervisor mapcache designs.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     run = sub.add_parser("run", help="run one variant on N pinned vCPU processes")
     add_run_options(run)
+    run.add_argument("--repeat", type=_int, default=1, help="repetitions, seeds seed..seed+R-1 (default 1)")
     run.add_argument("--json", default=None, help="write the result to this JSON file")
+    run.add_argument("--csv", default=None, help="write one CSV row per repetition to this file")
     run.add_argument("--quiet", action="store_true", help="no per-second lines")
     run.set_defaults(func=cmd_run)
+
+    cmp_ = sub.add_parser("compare", help="the seed's table: drop of locked and lockless against directmap")
+    add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False)
+    cmp_.add_argument("--vcpus", dest="vcpus_multi", type=_int, default=None,
+                      help="vCPUs of the multi-core column (default: all physical cores)")
+    cmp_.add_argument("--repeat", type=_int, default=3, help="repetitions per cell (default 3)")
+    cmp_.add_argument("--json", default=None, help="write the table and every run to this JSON file")
+    cmp_.set_defaults(func=cmd_compare)
+
+    sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")
+    add_run_options(sc, duration=2.0, vcpus=None, variant=False)
+    sc.add_argument("--variants", default="directmap,locked,lockless", help="comma-separated variants")
+    sc.add_argument("--vcpus", dest="vcpu_list", type=_counts, default=None,
+                    help="vCPU counts, e.g. 1,2,4 (default 1, 2, 4, ... physical cores)")
+    sc.add_argument("--repeat", type=_int, default=1, help="repetitions per point (default 1)")
+    sc.add_argument("--json", default=None, help="write the sweep to this JSON file")
+    sc.add_argument("--csv", default=None, help="write variant,vcpus,ops_per_s,linear,efficiency,p99_cycles rows")
+    sc.add_argument("--plot", default=None, help="write a PNG plot: throughput and p99 latency against vCPUs")
+    sc.set_defaults(func=cmd_scale)
+
+    tm = sub.add_parser("timers", help="the FreeBSD failure: -ETIME streaks and panics per variant")
+    add_run_options(tm, duration=5.0, workload="timers", variant=False)
+    tm.add_argument("--json", default=None, help="write the table and both runs to this JSON file")
+    tm.set_defaults(func=cmd_timers)
+
+    df = sub.add_parser("diff", help="compare two result files (refused across hosts or configs)")
+    df.add_argument("a")
+    df.add_argument("b")
+    df.add_argument("--force", action="store_true", help="compare even if host or config differ")
+    df.set_defaults(func=cmd_diff)
+
     sub.add_parser("variants", help="list the mapcache variants").set_defaults(func=cmd_variants)
     sub.add_parser("workloads", help="list the workloads").set_defaults(func=cmd_workloads)
     sub.add_parser("cleanup", help="remove shared-memory segments left by dead runs").set_defaults(func=cmd_cleanup)
@@ -258,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .errors import UsageError
+    from .harness import Interrupted
 
     args = build_parser().parse_args(argv)
     try:
@@ -266,9 +468,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         sys.stderr.write(f"testbed: error: {e}\n")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("testbed: interrupted\n")
-        return 130
+    except (KeyboardInterrupt, Interrupted) as e:
+        name = e.signame if isinstance(e, Interrupted) else "SIGINT"
+        sys.stderr.write(f"testbed: interrupted by {name}\n")
+        return 128 + (15 if name == "SIGTERM" else 2)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from .timing import tsc_hz
 from .topology import host_topology
 
 PACKAGES = ("testbed", "numpy", "numba", "llvmlite", "multiprocess", "psutil")
@@ -64,4 +65,5 @@ def host() -> dict:
         "python": sys.version.split()[0],
         "packages": {p: _version(p) for p in PACKAGES},
         "git_revision": git_revision(),
+        "tsc_hz": round(tsc_hz()),
     }

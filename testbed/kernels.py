@@ -249,9 +249,16 @@ def arm_timer(p, srow, deadline):
 
 @kernel
 def guest_work(p, rng, srow):
-    """The guest computing on private data: a fixed amount of integer work."""
-    acc = rng[0]
+    """The guest computing on private data: --guest-work rounds of a xorshift chain.
+
+    Each round depends on the last and is linear over GF(2), not over the
+    integers, so the compiler can neither vectorise nor fold it: the work is
+    really done, a few cycles a round.
+    """
+    x = rng[0]
     for _ in range(p[abi.P_GUEST_WORK]):
-        acc = acc * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
-    rng[0] = acc | np.uint64(1)
+        x ^= x >> np.uint64(12)
+        x ^= x << np.uint64(25)
+        x ^= x >> np.uint64(27)
+    rng[0] = x
     srow[abi.S_WORK] += 1

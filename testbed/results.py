@@ -2,9 +2,12 @@
 
 Schema history (bump SCHEMA on any change a reader must know about):
 
-- 1: first version. Keys: schema, kind, variant, vcpus, seed, config, host,
-  placement, startup, window, samples, totals, per_vcpu, latency, checks,
-  failure, partial, interrupted, verdict.
+- 1: first version. A run (kind "testbed.run"): schema, kind, variant, vcpus,
+  seed, workload, config, host, placement, startup, window, samples, totals,
+  fairness, per_vcpu, latency, checks, failure, partial, interrupted, verdict.
+  Repetitions ("testbed.repeat"), compare, scale and timers results carry
+  schema, kind, seed, workload, config and host, their own rows, and every
+  run they made under "runs". The JSON Schema is ``testbed/schema.json``.
 """
 
 from __future__ import annotations
@@ -133,6 +136,93 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
     }
 
 
+def envelope(kind: str, cfg, body: dict) -> dict:
+    """A multi-run result (compare, scale, timers) that describes itself like a run does."""
+    return {"schema": SCHEMA, "kind": f"testbed.{kind}", "seed": cfg.seed, "workload": cfg.workload,
+            "config": cfg.as_dict(), "host": hostinfo.host(), **body}
+
+
+def repeated(runs: list[dict]) -> dict:
+    """Several repetitions of one run: the median and spread, and every run."""
+    from . import stats
+
+    rates = [r["totals"]["ops_per_s"] for r in runs]
+    first = runs[0]
+    body = {"variant": first["variant"], "vcpus": first["vcpus"], "repeat": len(runs),
+            "ops_per_s_median": stats.median(rates), "ops_per_s_spread": stats.spread(rates),
+            "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE", "runs": runs}
+    out = {"schema": SCHEMA, "kind": "testbed.repeat", "seed": first["seed"], "workload": first["workload"],
+           "config": first["config"], "host": first["host"]}
+    out.update(body)
+    return out
+
+
+RUN_CSV = ("variant", "vcpus", "workload", "seed", "ops", "ops_per_s", "maps", "hash_hits", "tlb_misses",
+           "tlb_flush_one", "tlb_flush_all", "lock_acquisitions", "lock_contended", "lock_spin_cycles",
+           "p50_cycles", "p99_cycles", "violations", "verdict")
+SCALE_CSV = ("variant", "vcpus", "ops_per_s", "linear", "efficiency", "p99_cycles", "spread", "lock_contended",
+             "starvation", "verdict")
+
+
+def write_run_csv(runs: list[dict], path: str) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RUN_CSV)
+        for r in runs:
+            t = r["totals"]
+            w.writerow([r["variant"], r["vcpus"], r["workload"], r["seed"], t["ops"], f"{t['ops_per_s']:.1f}",
+                        t["maps"], t["hash_hits"], t["tlb_misses"], t["tlb_flush_one"], t["tlb_flush_all"],
+                        t["lock_acquisitions"], t["lock_contended"], t["lock_spin_cycles"], r["latency"]["p50"],
+                        r["latency"]["p99"], r["checks"]["violations"], r["verdict"]])
+
+
+def write_scale_csv(res: dict, path: str) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SCALE_CSV)
+        for row in res["rows"]:
+            w.writerow([f"{row[k]:.4f}" if isinstance(row[k], float) else row[k] for k in SCALE_CSV])
+
+
+HOST_KEYS = ("cpu_model", "logical_cpus", "physical_cores", "kernel")
+CONFIG_FREE = ("seed", "variant")     # may differ between two results that are compared
+
+
+def incomparable(a: dict, b: dict) -> list[str]:
+    """Why two results should not be compared: host or configuration differences."""
+    out = []
+    for k in HOST_KEYS:
+        if a["host"].get(k) != b["host"].get(k):
+            out.append(f"host {k} ({a['host'].get(k)} vs {b['host'].get(k)})")
+    ca, cb = a.get("config", {}), b.get("config", {})
+    for k in sorted(set(ca) | set(cb)):
+        if k not in CONFIG_FREE and ca.get(k) != cb.get(k):
+            out.append(f"config {k} ({ca.get(k)} vs {cb.get(k)})")
+    if a["kind"] != b["kind"]:
+        out.append(f"kind ({a['kind']} vs {b['kind']})")
+    return out
+
+
+def _rate(r: dict) -> float:
+    return r["totals"]["ops_per_s"] if "totals" in r else r.get("ops_per_s_median", float("nan"))
+
+
+def diff_lines(a: dict, b: dict) -> list[str]:
+    ra, rb = _rate(a), _rate(b)
+    lines = [f"A: {a.get('variant', a['kind'])} seed {a['seed']}: {ra:,.0f} ops/s",
+             f"B: {b.get('variant', b['kind'])} seed {b['seed']}: {rb:,.0f} ops/s"]
+    if ra == ra and rb == rb and ra > 0:
+        lines.append(f"B/A = {rb / ra:.4f} ({(rb / ra - 1) * 100:+.2f}%)")
+    for k in ("verdict",):
+        if k in a and k in b:
+            lines.append(f"{k}: {a[k]} -> {b[k]}")
+    return lines
+
+
 def write_json(result: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=False)
@@ -149,7 +239,7 @@ def read_json(path: str) -> dict:
         raise ResultsError(f"{path}: no such results file") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not a complete results file ({e.msg} at line {e.lineno}); rerun to recreate it") from None
-    if not isinstance(data, dict) or data.get("kind") != KIND:
+    if not isinstance(data, dict) or not str(data.get("kind", "")).startswith("testbed."):
         raise ResultsError(f"{path}: not a testbed results file")
     if data.get("schema") != SCHEMA:
         raise ResultsError(f"{path}: results schema {data.get('schema')} but this testbed reads schema {SCHEMA}")

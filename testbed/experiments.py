@@ -1,0 +1,136 @@
+"""The experiments users come for, built from repeated runs of the harness.
+
+- ``compare``: the seed's table. Performance drop of each variant against
+  ``directmap`` on one vCPU and on N vCPUs, same workload and seeds: repetition
+  i of every variant runs with seed ``seed + i``, and the drop is taken against
+  the directmap repetition with that seed. Variants are interleaved inside each
+  repetition, so that slow drift of the machine hits them all alike.
+- ``scale``: throughput and map latency against the number of vCPUs, with the
+  linear line (n times the one-vCPU throughput of the same variant).
+- ``timers``: the FreeBSD failure. Guests arm single-shot timers after a
+  hypercall that maps pages; -ETIME streaks and panics per variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import harness, results, stats
+from .config import RunConfig, validate
+from .progress import progress
+
+
+def _runs(cfg: RunConfig, repeat: int, bar, label: str) -> list[dict]:
+    out = []
+    for i in range(repeat):
+        c = dataclasses.replace(cfg, seed=cfg.seed + i)
+        res = harness.run(c)
+        out.append(res)
+        bar.advance(f"{label} rep {i + 1}/{repeat}: {res['totals']['ops_per_s']:,.0f} ops/s")
+        if res["interrupted"]:
+            raise harness.Interrupted(res["interrupted"])
+    return out
+
+
+def _rate(res: dict) -> float:
+    return res["totals"]["ops_per_s"]
+
+
+def _failures(runs) -> list[dict]:
+    return [{"variant": r["variant"], "vcpus": r["vcpus"], "seed": r["seed"], "checks": r["checks"],
+             "failure": r["failure"]} for r in runs if r["verdict"] != "SUCCESS"]
+
+
+def compare(base: RunConfig, variants=("locked", "lockless"), vcpus_multi: int = 2, repeat: int = 3,
+            show_progress: bool | None = None) -> dict:
+    """Drop of each variant against directmap, single-core and multi-core."""
+    names = ("directmap",) + tuple(v for v in variants if v != "directmap")
+    for name in names:
+        validate(dataclasses.replace(base, variant=name, vcpus=vcpus_multi))
+    cells = {}
+    all_runs = []
+    total = len(names) * 2 * repeat
+    with progress(total, "compare", show_progress) as bar:
+        for scope, n in (("single", 1), ("multi", vcpus_multi)):
+            for i in range(repeat):
+                for name in names:
+                    cfg = dataclasses.replace(base, variant=name, vcpus=n, seed=base.seed + i)
+                    res = harness.run(cfg)
+                    if res["interrupted"]:
+                        raise harness.Interrupted(res["interrupted"])
+                    cells.setdefault((scope, name), []).append(res)
+                    all_runs.append(res)
+                    bar.advance(f"compare {scope} {name} rep {i + 1}/{repeat}")
+    rows = []
+    for name in names[1:]:
+        row = {"variant": name}
+        for scope in ("single", "multi"):
+            drops = stats.paired_drops([_rate(r) for r in cells[(scope, name)]],
+                                       [_rate(r) for r in cells[(scope, "directmap")]])
+            row[f"{scope}_drop_pct"] = stats.median(drops)
+            row[f"{scope}_spread_pct"] = stats.spread(drops)
+            row[f"{scope}_drops_pct"] = drops
+            row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"]
+        rows.append(row)
+    baseline = {scope: stats.median(_rate(r) for r in cells[(scope, "directmap")]) for scope in ("single", "multi")}
+    return results.envelope(
+        "compare", base, {"rows": rows, "vcpus_multi": vcpus_multi, "repeat": repeat, "baseline_ops_per_s": baseline,
+                          "failures": _failures(all_runs), "runs": all_runs})
+
+
+def scale(base: RunConfig, variants=("directmap", "locked", "lockless"), vcpu_counts=(1, 2), repeat: int = 1,
+          show_progress: bool | None = None) -> dict:
+    """ops/s, linear, efficiency and p99 map latency for each variant and vCPU count."""
+    counts = sorted(set(vcpu_counts) | {1})
+    for name in variants:
+        for n in counts:
+            validate(dataclasses.replace(base, variant=name, vcpus=n))
+    rows, all_runs = [], []
+    with progress(len(variants) * len(counts) * repeat, "scale", show_progress) as bar:
+        for name in variants:
+            one = None
+            for n in counts:
+                runs = _runs(dataclasses.replace(base, variant=name, vcpus=n), repeat, bar, f"scale {name} {n} vCPUs")
+                all_runs.extend(runs)
+                rate = stats.median(_rate(r) for r in runs)
+                if n == 1:
+                    one = rate
+                p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
+                rows.append({
+                    "variant": name, "vcpus": n, "ops_per_s": rate,
+                    "spread": stats.spread(_rate(r) for r in runs),
+                    "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
+                    "p99_cycles": stats.median(p99) if p99 else None,
+                    "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
+                    "starvation": any(r["fairness"]["starvation"] for r in runs),
+                    "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE",
+                })
+    return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts,
+                                            "failures": _failures(all_runs), "runs": all_runs})
+
+
+def timers(base: RunConfig, variants=("locked", "lockless"), show_progress: bool | None = None) -> dict:
+    """-ETIME rate, worst streak and panics of each variant under the timers workload."""
+    base = dataclasses.replace(base, workload="timers")
+    for name in variants:
+        validate(dataclasses.replace(base, variant=name))
+    rows, all_runs = [], []
+    with progress(len(variants), "timers", show_progress) as bar:
+        for name in variants:
+            res = harness.run(dataclasses.replace(base, variant=name))
+            if res["interrupted"]:
+                raise harness.Interrupted(res["interrupted"])
+            all_runs.append(res)
+            t = res["totals"]
+            sets = t["timer_sets"]
+            rows.append({
+                "variant": name, "timer_sets": sets, "etime": t["etime"],
+                "etime_rate": t["etime"] / sets if sets else 0.0,
+                "worst_streak": t["etime_streak_max"], "panics": t["panics"],
+                "mean_path_us": (t["timer_path_cycles"] / sets / res["host"]["tsc_hz"] * 1e6) if sets else None,
+                "guest_work_per_s": t["ops_per_s"], "verdict": res["verdict"],
+            })
+            bar.advance(f"timers {name}: {t['panics']} panics")
+    return results.envelope("timers", base, {"rows": rows, "panic_streak": base.panic_streak,
+                                             "slack_us": base.slack_us, "failures": _failures(all_runs),
+                                             "runs": all_runs})
