@@ -213,24 +213,29 @@ def _ops(views, n: int) -> np.ndarray:
     return views["stats"][:n, abi.S_OPS].copy()
 
 
-def _measure(state: RunState, procs, views, on_sample) -> None:
+def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sleep=time.sleep) -> None:
+    """Release the vCPUs, sample their counters once a second, watch them, stop at the end.
+
+    The first ``warmup`` seconds are sampled and reported but not measured; the
+    measured window runs from the first reading after the warm-up to the end.
+    ``clock`` and ``sleep`` are parameters so that tests can drive a fake clock.
+    """
     cfg = state.cfg
     n = len(procs)
-    stats = views["stats"]
     views["ctl"][abi.C_START] = 1
-    t_start = time.monotonic()
+    t_start = clock()
     end = t_start + cfg.warmup + cfg.duration
     last_t, last_ops = t_start, _ops(views, n)
     next_sample = t_start + 1.0
     warm_ops, warm_t = (last_ops, t_start) if cfg.warmup == 0 else (None, None)
-    watchdog = Watchdog(procs, views, cfg)
+    watchdog = Watchdog(procs, views, cfg, clock=clock)
     while True:
-        now = time.monotonic()
+        now = clock()
         if warm_ops is None and now >= t_start + cfg.warmup:
             warm_ops, warm_t = _ops(views, n), now
         if now >= next_sample or now >= end:
             ops = _ops(views, n)
-            s = Sample(now - t_start, list(ops - last_ops), warmup=now <= t_start + cfg.warmup + 1e-9)
+            s = Sample(now - t_start, list(ops - last_ops), warmup=last_t - t_start < cfg.warmup - 1e-6)
             state.samples.append(s)
             if on_sample is not None:
                 on_sample(s, cfg)
@@ -242,13 +247,12 @@ def _measure(state: RunState, procs, views, on_sample) -> None:
         if bad is not None:
             state.failure = bad
             break
-        time.sleep(min(POLL_S, max(0.0, min(end, next_sample) - time.monotonic())))
-    t_end = time.monotonic()
+        sleep(min(POLL_S, max(0.0, min(end, next_sample) - clock())))
+    t_end = clock()
     if warm_ops is None:
         warm_ops, warm_t = _ops(views, n), t_end
     state.window = (warm_t - t_start, t_end - t_start)
     state.ops_at = (warm_ops, _ops(views, n))
-    state.wall = t_end - t_start
 
 
 class Watchdog:
