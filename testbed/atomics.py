@@ -15,10 +15,12 @@ per-vCPU array, pass the row (``a[v]``): a view costs nothing in compiled code.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from llvmlite import ir
 from numba import types
+from numba.core import config as numba_config
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -129,42 +131,57 @@ def _cttz(typingctx, x):
 
 
 # --- Python fallbacks (NUMBA_DISABLE_JIT=1) and their compiled overloads -----------------
-# The fallbacks are what runs when the JIT is off: correct one step at a time, not atomic.
+# The fallbacks are what runs when the JIT is off. Read-modify-writes then take one
+# lock shared by every process forked from this one (made at import, before any
+# fork), so that even the slow debugging mode is atomic across vCPU processes.
+# Aligned 8-byte loads and stores are single instructions already.
+
+if numba_config.DISABLE_JIT:
+    import multiprocessing
+
+    _RMW = multiprocessing.get_context("fork").Lock()
+else:
+    _RMW = contextlib.nullcontext()
 
 
 def fetch_add(a, i, v):
     """a[i] += v atomically; returns the old value."""
-    old = a[i]
-    a[i] = old + a.dtype.type(v)
+    with _RMW:
+        old = a[i]
+        a[i] = old + a.dtype.type(v)
     return old
 
 
 def fetch_or(a, i, v):
     """a[i] |= v atomically; returns the old value."""
-    old = a[i]
-    a[i] = old | a.dtype.type(v)
+    with _RMW:
+        old = a[i]
+        a[i] = old | a.dtype.type(v)
     return old
 
 
 def fetch_and(a, i, v):
     """a[i] &= v atomically; returns the old value."""
-    old = a[i]
-    a[i] = old & a.dtype.type(v)
+    with _RMW:
+        old = a[i]
+        a[i] = old & a.dtype.type(v)
     return old
 
 
 def exchange(a, i, v):
     """a[i] = v atomically; returns the old value."""
-    old = a[i]
-    a[i] = v
+    with _RMW:
+        old = a[i]
+        a[i] = v
     return old
 
 
 def cas(a, i, expected, new):
     """If a[i] == expected then a[i] = new, atomically; returns the old value."""
-    old = a[i]
-    if old == a.dtype.type(expected):
-        a[i] = new
+    with _RMW:
+        old = a[i]
+        if old == a.dtype.type(expected):
+            a[i] = new
     return old
 
 
