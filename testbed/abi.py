@@ -78,6 +78,7 @@ S_NVCSW = 38
 S_LIVE = 39            # mappings live when the kernel stopped
 S_CHUNKS = 40
 S_STREAK = 41          # timers workload: current run of consecutive -ETIME
+S_MOVES_SEEN = 43      # moves the vCPU has taken in (flushed its TLB for)
 S_PROGRESS = 42        # bumped by the kernel per operation and per lock-spin round: the watchdog's pulse
 N_STATS = 48
 LAT_BINS = 64          # log2 histogram of map latency in cycles
@@ -99,11 +100,18 @@ W_BOOT = 0
 W_READY = 1
 W_RUNNING = 2
 W_DONE = 3
+W_PAUSED = 4           # between chunks, waiting for C_PAUSE to clear (stutter, quiescent checks)
 
 # --- control words (ctl[...]), each on its own cache line ---------------------------
 C_START = 0
 C_STOP = 8
-N_CTL = 16
+C_PAUSE = 16           # while set, vCPUs wait between chunks
+N_CTL = 24
+
+# --- the parent's mailbox to each vCPU (mail[vcpu, ...]), read between chunks ------
+M_MOVES = 0            # times the parent re-pinned this vCPU: each is a context switch
+M_CORE = 1             # the host CPU it was moved to
+N_MAIL = 8
 
 # --- kernel status codes --------------------------------------------------------------
 ST_OK = 0

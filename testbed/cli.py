@@ -369,6 +369,95 @@ def cmd_timers(args) -> int:
     return _finish(res, args)
 
 
+def cmd_stress(args) -> int:
+    from . import harness, results
+    from . import variants as registry
+    from .stress import StressPlan, Stressor
+    from .topology import allowed_cpus, host_topology
+
+    names = [v for v in args.variants.split(",") if v]
+    if not names:
+        raise UsageError("--variants is empty; name at least one variant, e.g. locked,lockless")
+    for name in names:
+        registry.get(name)
+    for name, val in (("--shuffle", args.shuffle), ("--stutter", args.stutter), ("--check-every", args.check_every)):
+        if val < 0:
+            raise UsageError(f"{name} {val}: must be 0 (off) or a positive number of seconds")
+    args.variant = names[0]
+    base = _experiment_base(args)
+    for name in names:
+        checked = dataclasses.replace(base, variant=name)
+        from .config import validate
+
+        validate(checked)
+    plan = StressPlan(shuffle_s=args.shuffle, stutter_s=args.stutter, check_s=args.check_every,
+                      inject=args.inject, on_stall=args.on_stall)
+    echo = (f"testbed stress: variants={','.join(names)} vcpus={base.vcpus} duration={base.duration:g} "
+            f"warmup={base.warmup:g} seed={base.seed} workload={base.workload} shuffle={plan.shuffle_s:g} "
+            f"stutter={plan.stutter_s:g} long_hold={base.long_hold} check_every={plan.check_s:g} "
+            f"inject={plan.inject or 'none'} on_stall={plan.on_stall} oversubscribe={base.oversubscribe}")
+    print(echo, flush=True)
+    topo = host_topology()
+    cpus = allowed_cpus(topo, base.cpus)
+    runs, lines = [], []
+    for name in names:
+        cfg = dataclasses.replace(base, variant=name)
+        print(f"--- {name}", flush=True)
+        stressor = Stressor(plan, cpus, cfg.seed)
+        res = harness.run(cfg, on_sample=None if args.quiet else _print_stress_sample, hooks=stressor)
+        runs.append(res)
+        st = res.get("stress", {})
+        f = res["fairness"]
+        print(f"{name}: per-vCPU ops min {f['min_ops']:,} max {f['max_ops']:,}"
+              f"{' STARVATION' if f['starvation'] else ''}; moves {st.get('moves', 0)}, stutters "
+              f"{st.get('stutters', 0)}, quiescent checks {st.get('quiescent_checks', 0)}; RSS "
+              f"{st.get('rss_mb_start')} -> {st.get('rss_mb_end')} MB")
+        if res["verdict"] != "SUCCESS":
+            bad = {k: v for k, v in res["checks"].items() if v and k != "violations"}
+            why = res["failure"]["message"] if res["failure"] else f"checks {bad}"
+            when = st.get("first_violation_s")
+            if when is None and res["failure"]:
+                when = res["failure"].get("t")
+            lines.append(f"{name}: FAILURE: {why}" + (f"; detected after {when:.2f} s" if when is not None else "")
+                         + f"; seed {cfg.seed}; replay: {stress_replay(args, name, cfg)}")
+        else:
+            lines.append(f"{name}: SUCCESS")
+        if res["interrupted"]:
+            break
+    print(echo.replace("testbed stress:", "testbed stress (end):"))
+    for line in lines:
+        print(line)
+    if args.json:
+        res = results.envelope("stress", base, {"variants": names, "runs": runs,
+                                                "verdicts": {r["variant"]: r["verdict"] for r in runs}})
+        results.write_json(res, args.json)
+        print(f"results written to {args.json}")
+    if runs and runs[-1]["interrupted"]:
+        return 128 + (15 if runs[-1]["interrupted"] == "SIGTERM" else 2)
+    return EXIT_OK if all(r["verdict"] == "SUCCESS" for r in runs) else EXIT_FAILURE
+
+
+def _print_stress_sample(sample, cfg) -> None:
+    _print_sample(sample, cfg)
+
+
+def stress_replay(args, variant: str, cfg) -> str:
+    parts = ["testbed stress", f"--variants {variant}", f"--vcpus {cfg.vcpus}", f"--duration {cfg.duration:g}",
+             f"--seed {cfg.seed}", f"--workload {cfg.workload}"]
+    for flag, val in (("--shuffle", args.shuffle), ("--stutter", args.stutter), ("--long-hold", cfg.long_hold)):
+        if val:
+            parts.append(f"{flag} {val:g}")
+    if args.inject:
+        parts.append(f"--inject {args.inject} --on-stall {args.on_stall}")
+    if cfg.oversubscribe:
+        parts.append("--oversubscribe")
+    if cfg.cpus:
+        parts.append(f"--cpus {cfg.cpus}")
+    if cfg.entries is not None:
+        parts.append(f"--entries {cfg.entries}")
+    return " ".join(parts)
+
+
 def cmd_diff(args) -> int:
     from . import results
 
@@ -446,6 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(tm, duration=5.0, workload="timers", variant=False)
     tm.add_argument("--json", default=None, help="write the table and both runs to this JSON file")
     tm.set_defaults(func=cmd_timers)
+
+    stp = sub.add_parser("stress", help="locktorture-style stress: shuffle, stutter, long holds, fault injection")
+    add_run_options(stp, duration=10.0, variant=False)
+    stp.set_defaults(warmup=0.0)
+    stp.add_argument("--variants", default="locked,lockless", help="comma-separated variants (controls allowed)")
+    stp.add_argument("--shuffle", type=_float, default=0.0, help="re-pin vCPUs to other CPUs every S seconds")
+    stp.add_argument("--stutter", type=_float, default=0.0, help="all vCPUs pause S seconds every S seconds")
+    stp.add_argument("--check-every", type=_float, default=1.0, help="quiescent invariant checks every S seconds")
+    stp.add_argument("--inject", choices=("kill", "stop"), default=None, help="fault: SIGKILL or SIGSTOP one vCPU")
+    stp.add_argument("--on-stall", choices=("kill", "resume"), default="kill", help="what to do with a stopped vCPU")
+    stp.add_argument("--json", default=None, help="write every run to this JSON file")
+    stp.add_argument("--quiet", action="store_true", help="no per-second lines")
+    stp.set_defaults(func=cmd_stress)
 
     df = sub.add_parser("diff", help="compare two result files (refused across hosts or configs)")
     df.add_argument("a")

@@ -52,6 +52,7 @@ def build_layout(cfg: cfgmod.RunConfig) -> Layout:
         Field("dbits", "int64", (max(bit_words, 1),)),
         Field("vst", "int64", (V, max(row_words, abi.V_RESERVED)), per_vcpu=True),
         Field("stats", "int64", (V, abi.N_STATS), per_vcpu=True),
+        Field("mail", "int64", (V, abi.N_MAIL), per_vcpu=True),
         Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),
         Field("live", "int64", (V, 2 * cfg.nest), per_vcpu=True),
         Field("expect", "int64", (V, cfg.frames), per_vcpu=True),
@@ -104,14 +105,21 @@ class RunState:
     startup: dict = field(default_factory=dict)
     window: tuple = (0.0, 0.0)
     ops_at: tuple = ((), ())
+    extra: dict = field(default_factory=dict)     # what stress hooks add to the result
 
 
 def _raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None) -> dict:
-    """Run one experiment; a result dictionary (see ``testbed.results``)."""
+def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, hooks=None) -> dict:
+    """Run one experiment; a result dictionary (see ``testbed.results``).
+
+    ``hooks``, if given, is told of the run as it goes (``testbed.stress``):
+    ``start(state, procs, views)`` once the vCPUs are released, ``tick(now)`` on
+    every poll (it may return a failure dictionary to end the run), and
+    ``stall(failure)`` when the watchdog finds a vCPU that stopped.
+    """
     t0 = time.perf_counter()
     cfg = cfgmod.validate(cfg)
     topo = host_topology()
@@ -149,7 +157,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None) ->
         if t_launch is not None:
             state.startup["since_launch_s"] = time.perf_counter() - t_launch
         if state.failure is None:
-            _measure(state, procs, views, on_sample)
+            _measure(state, procs, views, on_sample, hooks=hooks)
         views["ctl"][abi.C_STOP] = 1
         _reap(procs)
         return _result(state, procs, views, layout)
@@ -213,7 +221,7 @@ def _ops(views, n: int) -> np.ndarray:
     return views["stats"][:n, abi.S_OPS].copy()
 
 
-def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sleep=time.sleep) -> None:
+def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sleep=time.sleep, hooks=None) -> None:
     """Release the vCPUs, sample their counters once a second, watch them, stop at the end.
 
     The first ``warmup`` seconds are sampled and reported but not measured; the
@@ -229,6 +237,8 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
     next_sample = t_start + 1.0
     warm_ops, warm_t = (last_ops, t_start) if cfg.warmup == 0 else (None, None)
     watchdog = Watchdog(procs, views, cfg, clock=clock)
+    if hooks is not None:
+        hooks.start(state, procs, views, t_start)
     while True:
         now = clock()
         if warm_ops is None and now >= t_start + cfg.warmup:
@@ -244,7 +254,16 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
         if now >= end:
             break
         bad = watchdog.check()
+        if bad is not None and bad["kind"] == "stalled":
+            detail = describe_stall(procs, views, cfg, bad["vcpu"])
+            bad.update(detail)
+            bad["message"] += " (" + ", ".join(f"{k.replace('_', ' ')}: {val}" for k, val in detail.items()) + ")"
+            if hooks is not None:
+                hooks.stall(bad)
+        if bad is None and hooks is not None:
+            bad = hooks.tick(now)
         if bad is not None:
+            bad["t"] = round(now - t_start, 3)
             state.failure = bad
             break
         sleep(min(POLL_S, max(0.0, min(end, next_sample) - clock())))
@@ -283,6 +302,37 @@ class Watchdog:
         return None
 
 
+def describe_stall(procs, views, cfg, v: int) -> dict:
+    """The state of a stalled vCPU's process, and what the variant says it holds."""
+    import psutil
+
+    try:
+        status = psutil.Process(procs[v].pid).status()
+    except psutil.Error:
+        status = "gone"
+    out = {"process_status": status}
+    hook = getattr(registry.get(cfg.variant).module, "describe_stall", None)
+    if hook is not None:
+        out.update(hook(views, cfg, v))
+    spinning = [u for u in range(len(procs)) if u != v and views["stats"][u, abi.S_STATE] == abi.W_RUNNING]
+    out["others_running"] = len(spinning)
+    return out
+
+
+def lost_writes(views, cfg) -> tuple[int, int, int]:
+    """(writes lost frame by frame, writes the vCPUs report, writes the frames counted)."""
+    n = cfg.vcpus
+    cols = np.array([kernels.counter_col(v) for v in range(n)])
+    actual = views["frames"][:, cols].T                  # (vcpus, frames)
+    meant = views["expect"][:n, :cfg.frames]
+    return (int(np.maximum(meant - actual, 0).sum()), int(views["stats"][:n, abi.S_WRITES].sum()),
+            int(actual.sum()))
+
+
+def live_mappings(views, n: int) -> dict:
+    return {v: _live(views, v) for v in range(n)}
+
+
 def _reap(procs, kill: bool = False) -> None:
     deadline = time.monotonic() + (0.0 if kill else JOIN_TIMEOUT_S)
     for proc in procs:
@@ -302,22 +352,13 @@ def _result(state: RunState, procs, views, layout) -> dict:
     cfg = state.cfg
     n = cfg.vcpus
     stats = views["stats"]
-    frames = views["frames"]
-    expect = views["expect"]
-    # Writes each vCPU meant for each frame against what reached the frame.
-    cols = np.array([kernels.counter_col(v) for v in range(n)])
-    actual = frames[:, cols].T                         # (vcpus, frames)
-    meant = expect[:, :cfg.frames]
-    lost = int(np.maximum(meant - actual, 0).sum())
-    written = int(stats[:n, abi.S_WRITES].sum())
-    counted = int(actual.sum())
-    live = {v: _live(views, v) for v in range(n)}
-    vchecks = registry.get(cfg.variant).module.check(views, cfg, live)
+    lost, written, counted = lost_writes(views, cfg)
+    vchecks = registry.get(cfg.variant).module.check(views, cfg, live_mappings(views, n))
     exited = all(p.exitcode is not None for p in procs)
     return results.build(
         cfg=cfg, cores=state.cores, stats=stats[:n].copy(), hist=views["hist"][:n].copy(),
         samples=state.samples, window=state.window, ops_at=state.ops_at,
         lost_writes=lost, writes_reported=written, writes_counted=counted, variant_checks=vchecks,
         failure=state.failure, interrupted=state.interrupted, startup=state.startup,
-        exitcodes=[p.exitcode for p in procs], complete=exited,
+        exitcodes=[p.exitcode for p in procs], complete=exited, extra=state.extra,
     )

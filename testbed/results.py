@@ -23,7 +23,7 @@ SCHEMA = 1
 KIND = "testbed.run"
 
 CHECK_KEYS = ("stale_translations", "lost_writes", "slot_leaks", "refcount_errors", "exhaustion",
-              "invariant_violations", "worker_failures")
+              "invariant_violations", "periodic_violations", "worker_failures")
 
 
 def _percentile_from_hist(hist: np.ndarray, q: float) -> int | None:
@@ -56,7 +56,7 @@ def latency(hist: np.ndarray, max_cycles: int, every: int) -> dict:
 
 
 def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writes_reported, writes_counted,
-          variant_checks, failure, interrupted, startup, exitcodes, complete) -> dict:
+          variant_checks, failure, interrupted, startup, exitcodes, complete, extra=None) -> dict:
     n = cfg.vcpus
     totals = {name: int(stats[:, col].max() if col in abi.MAX_COUNTERS else stats[:, col].sum())
               for col, name in abi.COUNTER_NAMES.items()}
@@ -100,6 +100,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "refcount_errors": totals["refcount_errors"],
         "exhaustion": totals["exhaustion"],
         "invariant_violations": totals["invariant_violations"] + int(variant_checks.get("invariant_violations", 0)),
+        "periodic_violations": int((extra or {}).get("stress", {}).get("periodic_violations", 0)),
         "worker_failures": 1 if failure is not None and failure.get("kind") in ("killed", "stalled", "exited",
                                                                                "start_timeout") else 0,
     }
@@ -133,6 +134,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "partial": partial,
         "interrupted": interrupted,
         "verdict": verdict,
+        **(extra or {}),
     }
 
 

@@ -20,6 +20,7 @@ import time
 
 from shared import Arena
 from testbed import abi, kernels
+from testbed.tlb import flush_all as tlb_flush_all
 from testbed.tlb import make_tlb
 
 PR_SET_PDEATHSIG = 1
@@ -35,6 +36,13 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:        # the parent died before prctl took effect
         os._exit(EXIT_ORPHANED)
+
+
+def wait_paused(ctl, row) -> None:
+    row[abi.S_STATE] = abi.W_PAUSED
+    while ctl[abi.C_PAUSE] and not ctl[abi.C_STOP]:
+        time.sleep(100e-6)
+    row[abi.S_STATE] = abi.W_RUNNING
 
 
 def main(arena_name, layout, p, vcpu, core, seed, chunk_ms, parent_pid):
@@ -60,7 +68,17 @@ def main(arena_name, layout, p, vcpu, core, seed, chunk_ms, parent_pid):
 
     n = 1 << 30    # the kernel returns after chunk_ms (p[P_CHUNK_CYCLES]) of work
     status = abi.ST_OK
+    mail = v["mail"][vcpu]
     while ctl[abi.C_STOP] == 0:
+        if ctl[abi.C_PAUSE]:
+            wait_paused(ctl, row)
+            continue
+        if mail[abi.M_MOVES] != row[abi.S_MOVES_SEEN]:
+            # The parent moved this vCPU to another host CPU: a context switch, so a full
+            # TLB flush (a CR3 write), which ticks the TLB clock as Xen's does.
+            row[abi.S_MOVES_SEEN] = mail[abi.M_MOVES]
+            row[abi.S_CORE] = mail[abi.M_CORE]
+            tlb_flush_all(tlbv, p, v["dom"], v["vst"][vcpu], row)
         status = kernels.run_ops(n, vcpu, *args)
         row[abi.S_HEARTBEAT] = time.monotonic_ns()
         row[abi.S_CHUNKS] += 1

@@ -59,6 +59,7 @@ REFCNT_LIMIT = 1 << 32
 # Domain words, each group on its own cache line (dom[...]); tlb.D_TLBCLOCK is word 0.
 D_LOCK_HEAD = 8
 D_LOCK_TAIL = 9
+D_LOCK_OWNER = 10      # vcpu + 1 of the holder, 0 when free: for stall reports, not for the algorithm
 D_CURSOR = 16
 D_EPOCH = 24
 D_TLBFLUSH_TS = 32
@@ -96,7 +97,7 @@ def init_state(views, cfg):
 
 
 @kernel
-def lock(dom, srow):
+def lock(dom, srow, vcpu):
     my = fetch_add(dom, D_LOCK_TAIL, 1)
     srow[abi.S_LOCK_ACQ] += 1
     if load_acquire(dom, D_LOCK_HEAD) != my:
@@ -106,11 +107,13 @@ def lock(dom, srow):
             cpu_relax()
             srow[abi.S_PROGRESS] += 1      # alive, if waiting
         srow[abi.S_LOCK_SPIN] += rdtsc() - t0
+    dom[D_LOCK_OWNER] = vcpu + 1
     return my
 
 
 @kernel
 def unlock(dom, my):
+    dom[D_LOCK_OWNER] = 0
     store_release(dom, D_LOCK_HEAD, my + 1)
 
 
@@ -157,7 +160,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     nolock = (fault & FAULT_NO_LOCK) != 0
     my = 0
     if not nolock:
-        my = lock(dom, srow)
+        my = lock(dom, srow, vcpu)
     t_hold = rdtsc()
     epoch = dom[D_EPOCH]
     if epoch != vrow[V_SHADOW_EPOCH]:
@@ -246,6 +249,14 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
         store_release(pte, idx, 0)
         set_bit(dbits, gb, idx)
     return abi.ST_OK
+
+
+def describe_stall(views, cfg, vcpu):
+    """What a stopped vCPU means for the others: does it hold the lock, how many wait."""
+    dom = views["dom"]
+    head, tail, owner = int(dom[D_LOCK_HEAD]), int(dom[D_LOCK_TAIL]), int(dom[D_LOCK_OWNER])
+    return {"holds_lock": owner == vcpu + 1, "lock_holder": owner - 1 if owner else None,
+            "waiting_for_lock": max(0, tail - head - 1)}
 
 
 def check(views, cfg, live_by_vcpu):

@@ -1,0 +1,228 @@
+"""Stress testing in the manner of locktorture: shuffle, stutter, long holds, faults.
+
+A ``Stressor`` rides along a harness run (``harness.run(..., hooks=...)``):
+
+- shuffle: every ``shuffle_s`` seconds each vCPU process is re-pinned to
+  another allowed host CPU. The simulated TLB belongs to the vCPU (it lives in
+  the process), so it moves with it; but on real hardware a vCPU that changes
+  physical CPU is context-switched, and Xen's context switch writes CR3: a
+  full TLB flush that ticks the TLB clock. The vCPU does exactly that when it
+  sees it was moved, between two chunks of work.
+- stutter: every ``stutter_s`` seconds all vCPUs pause together (between
+  chunks) for ``stutter_s`` seconds, then resume together, which bunches up
+  contention at the restart.
+- quiescent checks: every ``check_s`` seconds (and during every stutter pause)
+  all vCPUs are paused between operations, so the shared state is consistent,
+  and the variant's invariant check and the frame-by-frame write check run on
+  it. What they find is counted in ``checks.periodic_violations``.
+- inject ``kill``: SIGKILL one vCPU (chosen from the seed) in the middle of the
+  measured window. The watchdog names it and the signal; results are partial.
+- inject ``stop``: SIGSTOP one vCPU, the lock holder when the variant has a
+  lock and a holder can be caught within half a second. The watchdog finds the
+  stall from the progress pulse and says whether it holds the lock and how
+  many wait behind it; the vCPU is then resumed or killed (``on_stall``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+from . import abi
+from . import variants as registry
+
+FAULTS = ("kill", "stop")
+ON_STALL = ("kill", "resume")
+
+
+@dataclass(frozen=True)
+class StressPlan:
+    shuffle_s: float = 0.0
+    stutter_s: float = 0.0
+    check_s: float = 1.0
+    inject: str | None = None
+    inject_at_s: float | None = None      # default: the middle of the measured window
+    on_stall: str = "kill"
+
+
+class Stressor:
+    def __init__(self, plan: StressPlan, allowed_cpus: list[int], seed: int, clock=time.monotonic):
+        self.plan = plan
+        self.allowed = list(allowed_cpus)
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.moves = 0
+        self.stutters = 0
+        self.checks_run = 0
+        self.periodic: list[dict] = []
+        self.first_violation_s: float | None = None
+        self.injected: dict | None = None
+
+    # --- harness hooks -------------------------------------------------------------
+    def start(self, state, procs, views, t_start: float) -> None:
+        self.state, self.procs, self.views, self.t0 = state, procs, views, t_start
+        cfg = state.cfg
+        p = self.plan
+        self.next_shuffle = t_start + p.shuffle_s if p.shuffle_s > 0 else None
+        self.next_stutter = t_start + p.stutter_s if p.stutter_s > 0 else None
+        self.next_check = t_start + p.check_s if p.check_s > 0 else None
+        at = p.inject_at_s if p.inject_at_s is not None else cfg.warmup + cfg.duration / 2
+        self.inject_at = t_start + at if p.inject else None
+        self.rss_start = self.rss_now = _rss(procs)
+        self.rss_t = t_start
+        state.extra["stress"] = self.summary()
+
+    def tick(self, now: float):
+        self._note_violations(now)
+        if self.next_shuffle is not None and now >= self.next_shuffle:
+            self._shuffle()
+            self.next_shuffle = now + self.plan.shuffle_s
+        if self.next_stutter is not None and now >= self.next_stutter:
+            self._stutter()
+            self.next_stutter = self.clock() + self.plan.stutter_s
+            self.next_check = self.clock() + self.plan.check_s if self.plan.check_s > 0 else None
+        if self.next_check is not None and now >= self.next_check:
+            self._quiescent(lambda: None)
+            self.next_check = self.clock() + self.plan.check_s
+        if self.inject_at is not None and now >= self.inject_at:
+            self.inject_at = None
+            self._inject()
+        if now - self.rss_t >= 1.0:
+            self.rss_now, self.rss_t = _rss(self.procs), now
+        self.state.extra["stress"] = self.summary()
+        return None
+
+    def stall(self, failure: dict) -> None:
+        pid = self.procs[failure["vcpu"]].pid
+        action = self.plan.on_stall
+        try:
+            os.kill(pid, signal.SIGCONT if action == "resume" else signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        failure["action"] = "resumed" if action == "resume" else "killed"
+        failure["message"] += f"; the vCPU was {failure['action']}"
+
+    # --- the parts ----------------------------------------------------------------
+    def _note_violations(self, now: float) -> None:
+        if self.first_violation_s is not None:
+            return
+        st = self.views["stats"]
+        cols = [abi.S_STALE, abi.S_REFCNT_ERR, abi.S_EXHAUSTED, abi.S_INVARIANT]
+        if int(st[: len(self.procs)][:, cols].sum()) > 0 or any(
+            int(d.get("violations", 0)) > 0 for d in self.periodic
+        ):
+            self.first_violation_s = now - self.t0
+
+    def _shuffle(self) -> None:
+        mail = self.views["mail"]
+        cpus = self.allowed
+        shift = self.rng.randrange(1, len(cpus)) if len(cpus) > 1 else 0
+        for v, proc in enumerate(self.procs):
+            if proc.exitcode is not None:
+                continue
+            cur = int(self.views["stats"][v, abi.S_CORE])
+            new = cpus[(cpus.index(cur) + shift) % len(cpus)] if cur in cpus else cpus[v % len(cpus)]
+            try:
+                os.sched_setaffinity(proc.pid, {new})
+            except (ProcessLookupError, OSError):
+                continue
+            mail[v, abi.M_CORE] = new
+            mail[v, abi.M_MOVES] += 1
+            self.moves += 1
+
+    def _pause_all(self, timeout_s: float = 1.0) -> bool:
+        ctl, st = self.views["ctl"], self.views["stats"]
+        ctl[abi.C_PAUSE] = 1
+        deadline = self.clock() + timeout_s
+        while self.clock() < deadline:
+            if all(p.exitcode is not None or st[v, abi.S_STATE] in (abi.W_PAUSED, abi.W_DONE)
+                   for v, p in enumerate(self.procs)):
+                return True
+            time.sleep(0.0005)
+        return False
+
+    def _resume_all(self) -> None:
+        self.views["ctl"][abi.C_PAUSE] = 0
+
+    def _quiescent(self, during) -> None:
+        """Pause everyone between operations, check the shared state, run ``during``, resume."""
+        from . import harness
+
+        try:
+            if self._pause_all():
+                cfg = self.state.cfg
+                module = registry.get(cfg.variant).module
+                found = module.check(self.views, cfg, harness.live_mappings(self.views, cfg.vcpus))
+                lost, written, counted = harness.lost_writes(self.views, cfg)
+                found = {k: int(v) for k, v in found.items()}
+                found["lost_writes"] = max(lost, abs(written - counted))
+                found["violations"] = sum(found.values())
+                found["t"] = round(self.clock() - self.t0, 3)
+                self.checks_run += 1
+                if found["violations"]:
+                    self.periodic.append(found)
+            during()
+        finally:
+            self._resume_all()
+
+    def _stutter(self) -> None:
+        self.stutters += 1
+        self._quiescent(lambda: time.sleep(self.plan.stutter_s))
+
+    def _inject(self) -> None:
+        fault = self.plan.inject
+        victim = self._pick_victim(fault)
+        pid = self.procs[victim].pid
+        os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        self.injected = {"fault": fault, "vcpu": victim, "pid": pid, "t": round(self.clock() - self.t0, 3)}
+
+    def _pick_victim(self, fault: str) -> int:
+        n = len(self.procs)
+        if fault == "stop":
+            dom = self.views["dom"]
+            module = registry.get(self.state.cfg.variant).module
+            owner_word = getattr(module, "D_LOCK_OWNER", None)
+            if owner_word is not None:
+                deadline = self.clock() + 0.5
+                while self.clock() < deadline:
+                    owner = int(dom[owner_word])
+                    if owner:
+                        return owner - 1
+        return self.rng.randrange(n)
+
+    def summary(self) -> dict:
+        return {
+            "plan": {"shuffle_s": self.plan.shuffle_s, "stutter_s": self.plan.stutter_s, "check_s": self.plan.check_s,
+                     "inject": self.plan.inject, "on_stall": self.plan.on_stall,
+                     "long_hold": int(self.state.cfg.long_hold) if hasattr(self, "state") else 0},
+            "moves": self.moves, "stutters": self.stutters, "quiescent_checks": self.checks_run,
+            "periodic_findings": self.periodic[:20],
+            "periodic_violations": int(sum(d["violations"] for d in self.periodic)),
+            "first_violation_s": self.first_violation_s,
+            "injected": self.injected,
+            "rss_mb_start": getattr(self, "rss_start", None),
+            "rss_mb_end": getattr(self, "rss_now", None),
+        }
+
+
+def _rss(procs) -> float:
+    import psutil
+
+    total = psutil.Process().memory_info().rss
+    for p in procs:
+        try:
+            total += psutil.Process(p.pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20, 1)
+
+
+def detection_seconds(result: dict) -> float | None:
+    s = result.get("stress", {})
+    return s.get("first_violation_s")
+
+
+__all__ = ["FAULTS", "ON_STALL", "StressPlan", "Stressor", "detection_seconds"]
