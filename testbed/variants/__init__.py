@@ -38,7 +38,8 @@ REAL = (
 )
 CONTROLS = (
     Variant("locked-nolock", locked, locked.FAULT_NO_LOCK,
-            "negative control: locked with the lock left out", True, ("stale_translations", "lost_writes")),
+            "negative control: locked with the lock left out", True,
+            ("stale_translations", "lost_writes", "invariant_violations")),
     Variant("locked-noflush", locked, locked.FAULT_NO_EPOCH_FLUSH,
             "negative control: locked without the lazy flush after a wrap", True, ("stale_translations",)),
     Variant("lockless-noflush", lockless, lockless.FAULT_NO_FLUSH,
