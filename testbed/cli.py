@@ -12,7 +12,7 @@ import dataclasses
 import sys
 import time
 
-from .errors import UsageError
+from .errors import ResultsError, UsageError
 
 T_LAUNCH = time.perf_counter()
 
@@ -408,7 +408,7 @@ def cmd_stress(args) -> int:
         runs.append(res)
         st = res.get("stress", {})
         f = res["fairness"]
-        print(f"{name}: per-vCPU ops min {f['min_ops']:,} max {f['max_ops']:,}"
+        print(f"{name} stats: per-vCPU ops min {f['min_ops']:,} max {f['max_ops']:,}"
               f"{' STARVATION' if f['starvation'] else ''}; moves {st.get('moves', 0)}, stutters "
               f"{st.get('stutters', 0)}, quiescent checks {st.get('quiescent_checks', 0)}; RSS "
               f"{st.get('rss_mb_start')} -> {st.get('rss_mb_end')} MB")
@@ -567,7 +567,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, ResultsError) as e:
         sys.stderr.write(f"testbed: error: {e}\n")
         return EXIT_USAGE
     except (KeyboardInterrupt, Interrupted) as e:
