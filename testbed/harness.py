@@ -159,7 +159,12 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
         if state.failure is None:
             _measure(state, procs, views, on_sample, hooks=hooks)
         views["ctl"][abi.C_STOP] = 1
-        _reap(procs)
+        hung = _reap(procs)
+        if hung and state.failure is None:
+            v = hung[0]
+            state.failure = {"kind": "hung", "vcpu": v, "pid": procs[v].pid,
+                             "message": f"vCPU {v} (pid {procs[v].pid}) did not stop within {JOIN_TIMEOUT_S:.0f} s "
+                                        f"of the stop flag and was killed"}
         return _result(state, procs, views, layout)
     except (KeyboardInterrupt, Interrupted) as e:
         state.interrupted = e.signame if isinstance(e, Interrupted) else "SIGINT"
@@ -333,17 +338,21 @@ def live_mappings(views, n: int) -> dict:
     return {v: _live(views, v) for v in range(n)}
 
 
-def _reap(procs, kill: bool = False) -> None:
+def _reap(procs, kill: bool = False) -> list[int]:
+    """Join every vCPU; SIGKILL those still running after the timeout. The vCPUs that needed it."""
     deadline = time.monotonic() + (0.0 if kill else JOIN_TIMEOUT_S)
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
+    killed = []
+    for v, proc in enumerate(procs):
         if proc.exitcode is None:
+            killed.append(v)
             try:
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             proc.join(JOIN_TIMEOUT_S)
+    return killed
 
 
 def _result(state: RunState, procs, views, layout) -> dict:

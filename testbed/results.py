@@ -102,7 +102,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "invariant_violations": totals["invariant_violations"] + int(variant_checks.get("invariant_violations", 0)),
         "periodic_violations": int((extra or {}).get("stress", {}).get("periodic_violations", 0)),
         "worker_failures": 1 if failure is not None and failure.get("kind") in ("killed", "stalled", "exited",
-                                                                               "start_timeout") else 0,
+                                                                               "start_timeout", "hung") else 0,
     }
     # Frame counters must add up to the writes the vCPUs report; a worker killed
     # mid-operation may have counted a write it never made, so only a complete run is held to it.

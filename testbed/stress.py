@@ -15,7 +15,7 @@ A ``Stressor`` rides along a harness run (``harness.run(..., hooks=...)``):
   all vCPUs are paused between operations, so the shared state is consistent,
   and the variant's invariant check and the frame-by-frame write check run on
   it. What they find is counted in ``checks.periodic_violations``.
-- inject ``kill``: SIGKILL one vCPU (chosen from the seed) in the middle of the
+- inject ``kill``: SIGKILL one vCPU (chosen from the seed) a third into the
   measured window. The watchdog names it and the signal; results are partial.
 - inject ``stop``: SIGSTOP one vCPU, the lock holder when the variant has a
   lock and a holder can be caught within half a second. The watchdog finds the
@@ -44,7 +44,7 @@ class StressPlan:
     stutter_s: float = 0.0
     check_s: float = 1.0
     inject: str | None = None
-    inject_at_s: float | None = None      # default: the middle of the measured window
+    inject_at_s: float | None = None      # default: a third into the measured window
     on_stall: str = "kill"
 
 
@@ -69,7 +69,8 @@ class Stressor:
         self.next_shuffle = t_start + p.shuffle_s if p.shuffle_s > 0 else None
         self.next_stutter = t_start + p.stutter_s if p.stutter_s > 0 else None
         self.next_check = t_start + p.check_s if p.check_s > 0 else None
-        at = p.inject_at_s if p.inject_at_s is not None else cfg.warmup + cfg.duration / 2
+        # early enough that the watchdog has a second or more to find a stopped vCPU
+        at = p.inject_at_s if p.inject_at_s is not None else cfg.warmup + cfg.duration / 3
         self.inject_at = t_start + at if p.inject else None
         self.rss_start = self.rss_now = _rss(procs)
         self.rss_t = t_start
@@ -133,7 +134,7 @@ class Stressor:
             mail[v, abi.M_MOVES] += 1
             self.moves += 1
 
-    def _pause_all(self, timeout_s: float = 1.0) -> bool:
+    def _pause_all(self, timeout_s: float = 0.25) -> bool:
         ctl, st = self.views["ctl"], self.views["stats"]
         ctl[abi.C_PAUSE] = 1
         deadline = self.clock() + timeout_s
