@@ -19,9 +19,14 @@ T_LAUNCH = time.perf_counter()
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+def one_line(text: str) -> str:
+    """User text may hold line breaks or control characters: keep an error message on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints the usage block)
-        sys.stderr.write(f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)}; see '{self.prog} --help'\n")
         sys.exit(EXIT_USAGE)
 
 
@@ -568,7 +573,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (UsageError, ResultsError) as e:
-        sys.stderr.write(f"testbed: error: {e}\n")
+        sys.stderr.write(f"testbed: error: {one_line(e)}\n")
         return EXIT_USAGE
     except (KeyboardInterrupt, Interrupted) as e:
         name = e.signame if isinstance(e, Interrupted) else "SIGINT"
