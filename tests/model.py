@@ -1,0 +1,318 @@
+"""Plain-Python sequential reference models of the two mapcache designs.
+
+Written from ``shared/background/mapcache.md`` alone, not from the compiled
+variants: nothing here imports ``testbed``. Each model runs one operation at a
+time (the sequential specification: no interleaving inside an operation), keeps
+its own plain Python state, and raises instead of returning a status:
+
+- ``map(vcpu, mfn)`` returns the global slot index (the address is
+  ``MAPCACHE_VA + slot``), or raises ``Exhausted`` (Xen's BUG when no slot is
+  left) or ``RefcountError`` (a reference count wrapped);
+- ``unmap(vcpu, slot)`` returns nothing, or raises ``RefcountError`` (a count
+  would go below zero) or ``BadUnmap`` (the slot is not mapped).
+
+A PTE is modelled as the MFN it maps, or ``None`` when empty. TLBs are not
+modelled; the flushes the designs do are only counted (full local flushes for
+the old design, with the TLB clock and ``NEED_FLUSH`` that decide the lazy ones;
+single-entry flushes for the new design).
+
+Where mapcache.md leaves a choice open, the model takes Xen's, and says so:
+
+- the old design's "evict one of THIS vcpu's hash entries with refcnt 0" scans
+  the buckets from the MFN's own bucket upwards, cyclically (Xen 4.14
+  ``map_domain_page``), and an evicted bucket's MFN becomes NOTINUSE too;
+- "if anything became free" after the harvest means that some slot that was in
+  use had its garbage bit set;
+- counts are fixed-width: the old design's refcount is uint32, the new one's
+  uint8; a wrap to 0 on map is reported as ``RefcountError`` (the state keeps
+  the wrapped value), and a decrement below 0 on unmap is refused with
+  ``RefcountError`` (the state is left unchanged); Xen only ASSERTs in debug
+  builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOTINUSE = -1
+CLOCK_MASK = 0xFFFFFFFF
+
+
+class ModelError(Exception):
+    """Base of what a model operation can refuse."""
+
+
+class Exhausted(ModelError):
+    """No free slot: the hypervisor's BUG()."""
+
+
+class RefcountError(ModelError):
+    """A reference count wrapped (map) or would go negative (unmap)."""
+
+
+class BadUnmap(ModelError):
+    """unmap of a slot that is not mapped (or not this vCPU's)."""
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass
+class HashEntry:
+    mfn: int = NOTINUSE
+    idx: int = NOTINUSE
+    refcnt: int = 0
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.mfn, self.idx, self.refcnt)
+
+
+# --------------------------------------------------------------------------------------
+# OLD: the per-domain pool under one lock
+# --------------------------------------------------------------------------------------
+
+
+class LockedModel:
+    """Xen's per-domain mapcache (mapcache.md, "OLD")."""
+
+    REFCNT_BITS = 32
+
+    def __init__(self, vcpus: int, entries: int = 16, hash_entries: int = 8):
+        if vcpus < 1 or entries < 1 or not _pow2(hash_entries):
+            raise ValueError(f"bad geometry: vcpus={vcpus} entries={entries} hash={hash_entries}")
+        self.vcpus = vcpus
+        self.entries = entries
+        self.hash_entries = hash_entries
+        self.slots = vcpus * entries
+        # domain
+        self.cursor = 0
+        self.inuse = [False] * self.slots
+        self.garbage = [False] * self.slots
+        self.epoch = 0
+        self.tlbflush_timestamp = 0
+        self.lock_held = False
+        self.pte: list[int | None] = [None] * self.slots
+        # the TLB clock (global) and each CPU's stamp of its last full flush
+        self.tlbflush_clock = 1
+        self.tlbflush_time = [0] * vcpus
+        # per vCPU
+        self.shadow_epoch = [0] * vcpus
+        self.hash = [[HashEntry() for _ in range(hash_entries)] for _ in range(vcpus)]
+        # counters, per vCPU
+        self.flush_all = [0] * vcpus       # every full local flush (wraps and lazy epoch flushes)
+        self.epoch_flushes = [0] * vcpus   # lazy flushes after another vCPU's wrap
+        self.wraps = [0] * vcpus
+        self.harvests = [0] * vcpus        # wraps whose garbage harvest freed something
+        self.evictions = [0] * vcpus       # wraps that had to take an idle hash entry's slot
+        self.hash_hits = [0] * vcpus
+        self.exhaustions = [0] * vcpus
+        self.refcount_errors = [0] * vcpus
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def bucket(self, mfn: int) -> int:
+        return mfn & (self.hash_entries - 1)
+
+    def _first_zero(self, start: int) -> int | None:
+        for i in range(start, self.slots):
+            if not self.inuse[i]:
+                return i
+        return None
+
+    def _need_flush(self, cpu_stamp: int, lastuse: int) -> bool:
+        now = self.tlbflush_clock
+        return now == 0 or (cpu_stamp <= lastuse and lastuse <= now)
+
+    def _flush_tlb_local(self, vcpu: int) -> None:
+        # pre_flush: tick the clock (a wrap to 0 restarts it at 1), flush, stamp this CPU.
+        t = (self.tlbflush_clock + 1) & CLOCK_MASK
+        self.tlbflush_clock = t if t != 0 else 1
+        self.tlbflush_time[vcpu] = t
+        self.flush_all[vcpu] += 1
+
+    def _lock(self) -> None:
+        assert not self.lock_held, "sequential model: the lock is free between operations"
+        self.lock_held = True
+
+    def _unlock(self) -> None:
+        self.lock_held = False
+
+    # -- operations ---------------------------------------------------------------------
+
+    def map(self, vcpu: int, mfn: int) -> int:
+        h = self.hash[vcpu][self.bucket(mfn)]
+        if h.mfn == mfn:                                  # fast path, no lock
+            self.hash_hits[vcpu] += 1
+            h.refcnt = (h.refcnt + 1) & ((1 << self.REFCNT_BITS) - 1)
+            if h.refcnt == 0:
+                self.refcount_errors[vcpu] += 1
+                raise RefcountError(f"vcpu {vcpu}: 32-bit refcount of mfn {mfn} wrapped")
+            return h.idx
+
+        self._lock()
+        try:
+            if self.epoch != self.shadow_epoch[vcpu]:     # someone wrapped since we last looked
+                self.shadow_epoch[vcpu] = self.epoch
+                if self._need_flush(self.tlbflush_time[vcpu], self.tlbflush_timestamp):
+                    self._flush_tlb_local(vcpu)
+                    self.epoch_flushes[vcpu] += 1
+
+            idx = self._first_zero(self.cursor)
+            if idx is None:                               # wrap: reclaim garbage
+                self.wraps[vcpu] += 1
+                became_free = False
+                for i in range(self.slots):
+                    if self.garbage[i]:
+                        self.garbage[i] = False
+                        if self.inuse[i]:
+                            self.inuse[i] = False
+                            became_free = True
+                if became_free:
+                    self.harvests[vcpu] += 1
+                    idx = self._first_zero(0)
+                else:
+                    # evict one of THIS vCPU's idle hash entries, from the MFN's bucket up
+                    H = self.hash_entries
+                    b0 = self.bucket(mfn)
+                    for k in range(H):
+                        e = self.hash[vcpu][(b0 + k) % H]
+                        if e.idx != NOTINUSE and e.refcnt == 0:
+                            idx = e.idx
+                            self.pte[idx] = None
+                            e.idx = NOTINUSE
+                            e.mfn = NOTINUSE
+                            self.evictions[vcpu] += 1
+                            break
+                if idx is None:
+                    self.exhaustions[vcpu] += 1
+                    raise Exhausted(f"vcpu {vcpu}: no free slot for mfn {mfn}")
+                self._flush_tlb_local(vcpu)
+                self.epoch += 1
+                self.shadow_epoch[vcpu] = self.epoch
+                self.tlbflush_timestamp = self.tlbflush_clock
+            self.inuse[idx] = True
+            self.cursor = idx + 1
+        finally:
+            self._unlock()
+        self.pte[idx] = mfn                               # written after the lock is dropped
+        return idx
+
+    def unmap(self, vcpu: int, slot: int) -> None:
+        if not 0 <= slot < self.slots or self.pte[slot] is None:
+            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not mapped")
+        mfn = self.pte[slot]
+        h = self.hash[vcpu][self.bucket(mfn)]
+        if h.idx == slot:                                 # stays mapped, cached
+            if h.refcnt == 0:
+                self.refcount_errors[vcpu] += 1
+                raise RefcountError(f"vcpu {vcpu}: unmap of cached slot {slot} with refcount 0")
+            h.refcnt -= 1
+        elif h.refcnt == 0:                               # cache this slot instead
+            if h.idx != NOTINUSE:
+                self.pte[h.idx] = None
+                self.garbage[h.idx] = True
+            h.mfn = mfn
+            h.idx = slot
+        else:
+            self.pte[slot] = None
+            self.garbage[slot] = True
+
+    # -- queries ------------------------------------------------------------------------
+
+    def cached_slots(self) -> set[int]:
+        return {e.idx for row in self.hash for e in row if e.idx != NOTINUSE}
+
+    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
+        """In-use slots that no live mapping (slot, mfn), hash entry or garbage bit explains."""
+        held = {slot for maps in live.values() for slot, _ in maps}
+        explained = held | self.cached_slots()
+        return sum(1 for i in range(self.slots) if self.inuse[i] and not self.garbage[i] and i not in explained)
+
+
+# --------------------------------------------------------------------------------------
+# NEW: the seed's per-vCPU lockless mapcache
+# --------------------------------------------------------------------------------------
+
+
+class LocklessModel:
+    """The seed's per-vCPU mapcache (mapcache.md, "NEW")."""
+
+    REFCNT_BITS = 8
+
+    def __init__(self, vcpus: int, entries: int = 32, hash_entries: int = 8):
+        if vcpus < 1 or entries < 1 or not _pow2(hash_entries):
+            raise ValueError(f"bad geometry: vcpus={vcpus} entries={entries} hash={hash_entries}")
+        self.vcpus = vcpus
+        self.entries = entries
+        self.hash_entries = hash_entries
+        self.slots = vcpus * entries
+        self.hash_mfn = [[NOTINUSE] * hash_entries for _ in range(vcpus)]
+        self.hash_idx = [[NOTINUSE] * hash_entries for _ in range(vcpus)]
+        self.refcnt = [[0] * entries for _ in range(vcpus)]
+        self.inuse = [[False] * entries for _ in range(vcpus)]
+        self.pte: list[int | None] = [None] * self.slots
+        # counters, per vCPU
+        self.flush_one = [0] * vcpus       # invlpg per slot take
+        self.hash_hits = [0] * vcpus
+        self.hash_replacements = [0] * vcpus   # misses that repointed a bucket that held a slot
+        self.idle_frees = [0] * vcpus      # ... and freed its idle slot
+        self.exhaustions = [0] * vcpus
+        self.refcount_errors = [0] * vcpus
+
+    def bucket(self, mfn: int) -> int:
+        return mfn & (self.hash_entries - 1)
+
+    def base(self, vcpu: int) -> int:
+        return vcpu * self.entries
+
+    def map(self, vcpu: int, mfn: int) -> int:
+        b = self.bucket(mfn)
+        old = self.hash_idx[vcpu][b]
+        inuse, refcnt = self.inuse[vcpu], self.refcnt[vcpu]
+        if self.hash_mfn[vcpu][b] != mfn:
+            idx = next((i for i in range(self.entries) if not inuse[i]), None)
+            if idx is None:
+                self.exhaustions[vcpu] += 1
+                raise Exhausted(f"vcpu {vcpu}: no free slot for mfn {mfn}")
+            inuse[idx] = True
+            self.pte[self.base(vcpu) + idx] = mfn
+            self.flush_one[vcpu] += 1                     # flush_tlb_one_local(slot_va)
+            if old != NOTINUSE:
+                self.hash_replacements[vcpu] += 1
+                if refcnt[old] == 0:                      # evict idle hash slot
+                    inuse[old] = False
+                    self.idle_frees[vcpu] += 1
+            self.hash_mfn[vcpu][b] = mfn
+            self.hash_idx[vcpu][b] = idx
+        else:
+            idx = old
+            self.hash_hits[vcpu] += 1
+        refcnt[idx] = (refcnt[idx] + 1) & ((1 << self.REFCNT_BITS) - 1)
+        if refcnt[idx] == 0:
+            self.refcount_errors[vcpu] += 1
+            raise RefcountError(f"vcpu {vcpu}: 8-bit refcount of slot {idx} (mfn {mfn}) wrapped")
+        return self.base(vcpu) + idx
+
+    def unmap(self, vcpu: int, slot: int) -> None:
+        idx = slot - self.base(vcpu)
+        if not 0 <= idx < self.entries:
+            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not one of this vCPU's")
+        if self.refcnt[vcpu][idx] == 0:
+            self.refcount_errors[vcpu] += 1
+            raise RefcountError(f"vcpu {vcpu}: unmap of slot {slot} with refcount 0")
+        mfn = self.pte[slot]
+        self.refcnt[vcpu][idx] -= 1
+        if self.hash_mfn[vcpu][self.bucket(mfn)] != mfn and self.refcnt[vcpu][idx] == 0:
+            self.inuse[vcpu][idx] = False
+
+    # -- queries ------------------------------------------------------------------------
+
+    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
+        """In-use slots that neither a live mapping (slot, mfn) nor a bucket explains."""
+        n = 0
+        for v in range(self.vcpus):
+            held = {slot - self.base(v) for slot, _ in live.get(v, [])}
+            cached = {i for i in self.hash_idx[v] if i != NOTINUSE}
+            n += sum(1 for i in range(self.entries) if self.inuse[v][i] and i not in held and i not in cached)
+        return n

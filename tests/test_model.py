@@ -1,0 +1,808 @@
+"""The compiled variants against the plain-Python reference models (tests/model.py).
+
+Every test drives the compiled ``map_page`` / ``unmap_page`` of one variant
+directly from Python, one operation at a time (1 to 3 vCPUs interleaved
+sequentially in this one process), runs the same operation on the model, and
+after every step compares: the slot returned (or the error), every PTE, every
+hash entry, the inuse (and garbage) bitmaps, cursor, epoch and the TLB clock
+words (locked), refcounts (lockless), the counters both keep, and the variant's
+own ``check``. Each mapping is also accessed through the vCPU's simulated TLB,
+which must reach the frame mapped.
+
+Every assertion message names the seed, the geometry, the step and a repro
+call: ``run_sequence(variant, geometry, seed, steps)``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from testbed import abi, harness, kernels, tlb
+from testbed import config as cfgmod
+from testbed.config import RunConfig
+from testbed.variants import locked, lockless
+
+try:
+    from model import NOTINUSE, BadUnmap, Exhausted, LockedModel, LocklessModel, RefcountError
+except ImportError:  # tests/ made a package
+    from tests.model import NOTINUSE, BadUnmap, Exhausted, LockedModel, LocklessModel, RefcountError
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+VA = abi.MAPCACHE_VA
+PRESENT = int(tlb.PTE_PRESENT)
+MAX_NEST = 16
+MODULES = {"locked": locked, "lockless": lockless, "locked-noflush": locked, "lockless-noflush": lockless}
+
+
+# --------------------------------------------------------------------------------------
+# geometry and the compiled side
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geom:
+    vcpus: int
+    entries: int
+    hash: int
+    levels: int = 1
+    unchecked: bool = False
+    tlb_entries: int = 64
+    tlb_ways: int = 4
+
+    def __str__(self):
+        s = f"Geom(vcpus={self.vcpus}, entries={self.entries}, hash={self.hash}, levels={self.levels}"
+        if self.unchecked:
+            s += ", unchecked=True"
+        if (self.tlb_entries, self.tlb_ways) != (64, 4):
+            s += f", tlb_entries={self.tlb_entries}, tlb_ways={self.tlb_ways}"
+        return s + ")"
+
+
+def family(variant: str) -> str:
+    return "locked" if variant.startswith("locked") else "lockless"
+
+
+def make_model(variant: str, g: Geom):
+    cls = LockedModel if family(variant) == "locked" else LocklessModel
+    return cls(g.vcpus, g.entries, g.hash)
+
+
+class Compiled:
+    """One compiled variant's state, private to this process, and one TLB per vCPU."""
+
+    def __init__(self, variant: str, g: Geom):
+        self.variant = variant
+        self.mod = MODULES[variant]
+        self.cfg = cfgmod.validate(RunConfig(
+            variant=variant, vcpus=g.vcpus, entries=g.entries, hash_entries=g.hash, levels=g.levels,
+            unchecked=g.unchecked, frames=1, tlb_entries=g.tlb_entries, tlb_ways=g.tlb_ways,
+            cost_flush_one=0, cost_flush_all=0, cost_walk=0,
+        ))
+        self.p = cfgmod.params(self.cfg)
+        self.layout = harness.build_layout(self.cfg)
+        self.buf = bytearray(self.layout.size)
+        self.views = self.layout.views(self.buf)
+        harness.init_state(self.views, self.cfg)
+        sets, ways = int(self.p[abi.P_TLB_SETS]), int(self.p[abi.P_TLB_WAYS])
+        self.tlbs = [tlb.make_tlb(sets, ways) for _ in range(g.vcpus)]
+
+    def _args(self, v):
+        w = self.views
+        return (self.p, w["dom"], w["pte"], w["dbits"], w["vst"][v], w["stats"][v], self.tlbs[v])
+
+    def map(self, v: int, mfn: int) -> int:
+        return int(kernels.map_page(v, mfn, *self._args(v)))
+
+    def unmap(self, v: int, va: int) -> int:
+        return int(kernels.unmap_page(v, va, *self._args(v)))
+
+    def translate(self, v: int, slot: int) -> int:
+        return int(tlb.translate(self.tlbs[v], self.p, self.views["pte"], slot, self.views["stats"][v]))
+
+    def clone_views(self) -> dict:
+        return self.layout.views(bytearray(self.buf))
+
+    def check(self, live: dict, views: dict | None = None) -> dict:
+        return self.mod.check(self.views if views is None else views, self.cfg, to_va(live))
+
+
+def to_va(live: dict) -> dict:
+    return {v: [(VA + slot, mfn) for slot, mfn in maps] for v, maps in live.items()}
+
+
+def model_map(model, v, mfn):
+    try:
+        return ("ok", model.map(v, mfn))
+    except Exhausted:
+        return ("exhausted", None)
+    except RefcountError:
+        return ("refcount", None)
+
+
+def compiled_map(c: Compiled, v, mfn):
+    va = c.map(v, mfn)
+    if va >= 0:
+        return ("ok", va - VA)
+    return ({abi.ST_EXHAUSTED: "exhausted", abi.ST_REFCOUNT: "refcount"}.get(-va, f"status {-va}"), None)
+
+
+def model_unmap(model, v, slot):
+    try:
+        model.unmap(v, slot)
+        return abi.ST_OK
+    except RefcountError:
+        return abi.ST_REFCOUNT
+    except BadUnmap:
+        return abi.ST_BAD_VA
+
+
+# --------------------------------------------------------------------------------------
+# state, as plain values, from each side
+# --------------------------------------------------------------------------------------
+
+
+def _bits(words, base, n):
+    return [bool((int(words[base + i // 64]) >> (i % 64)) & 1) for i in range(n)]
+
+
+def _tail_clear(words, base, n):
+    """The bits past the last slot in a bitmap's last word are never set."""
+    if n % 64 == 0:
+        return True
+    return (int(words[base + n // 64]) >> (n % 64)) == 0
+
+
+def _stat(c, col):
+    return [int(c.views["stats"][v, col]) for v in range(c.cfg.vcpus)]
+
+
+def _pte_words(ptes):
+    return [0 if m is None else (m | PRESENT) for m in ptes]
+
+
+def locked_compiled_state(c: Compiled) -> dict:
+    cfg = c.cfg
+    V, H, S = cfg.vcpus, cfg.hash_entries, cfg.vcpus * cfg.entries
+    dom, pte, dbits, vst = c.views["dom"], c.views["pte"], c.views["dbits"], c.views["vst"]
+    gb = int(locked.garbage_base(S))
+    hm, hi, hr = locked.V_HASH, locked.V_HASH + H, locked.V_HASH + 2 * H
+    return {
+        "cursor": int(dom[locked.D_CURSOR]),
+        "epoch": int(dom[locked.D_EPOCH]),
+        "tlbflush_timestamp": int(dom[locked.D_TLBFLUSH_TS]),
+        "tlbflush_clock": int(dom[tlb.D_TLBCLOCK]),
+        "lock_free": bool(dom[locked.D_LOCK_HEAD] == dom[locked.D_LOCK_TAIL]),
+        "pte": [int(x) for x in pte[:S]],
+        "inuse": _bits(dbits, 0, S),
+        "garbage": _bits(dbits, gb, S),
+        "bitmap_tails_clear": _tail_clear(dbits, 0, S) and _tail_clear(dbits, gb, S),
+        "shadow_epoch": [int(vst[v, locked.V_SHADOW_EPOCH]) for v in range(V)],
+        "tlbflush_time": [int(vst[v, abi.V_TLBFLUSH_TIME]) for v in range(V)],
+        "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b]), int(vst[v, hr + b])) for b in range(H)]
+                 for v in range(V)],
+        "flush_all": _stat(c, abi.S_FLUSH_ALL),
+        "epoch_flushes": _stat(c, abi.S_EPOCH_FLUSH),
+        "harvests": _stat(c, abi.S_HARVEST),
+        "hash_hits": _stat(c, abi.S_HASH_HITS),
+        "exhaustions": _stat(c, abi.S_EXHAUSTED),
+        "refcount_errors": _stat(c, abi.S_REFCNT_ERR),
+    }
+
+
+def locked_model_state(m: LockedModel) -> dict:
+    return {
+        "cursor": m.cursor,
+        "epoch": m.epoch,
+        "tlbflush_timestamp": m.tlbflush_timestamp,
+        "tlbflush_clock": m.tlbflush_clock,
+        "lock_free": not m.lock_held,
+        "pte": _pte_words(m.pte),
+        "inuse": list(m.inuse),
+        "garbage": list(m.garbage),
+        "bitmap_tails_clear": True,
+        "shadow_epoch": list(m.shadow_epoch),
+        "tlbflush_time": list(m.tlbflush_time),
+        "hash": [[e.as_tuple() for e in row] for row in m.hash],
+        "flush_all": list(m.flush_all),
+        "epoch_flushes": list(m.epoch_flushes),
+        "harvests": list(m.harvests),
+        "hash_hits": list(m.hash_hits),
+        "exhaustions": list(m.exhaustions),
+        "refcount_errors": list(m.refcount_errors),
+    }
+
+
+def lockless_compiled_state(c: Compiled) -> dict:
+    cfg = c.cfg
+    V, H, E = cfg.vcpus, cfg.hash_entries, cfg.entries
+    hm, hi, rc, iu, _ = lockless._offsets(H, E)
+    vst = c.views["vst"]
+    return {
+        "pte": [int(x) for x in c.views["pte"][:V * E]],
+        "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b])) for b in range(H)] for v in range(V)],
+        "refcnt": [[int(vst[v, rc + i]) for i in range(E)] for v in range(V)],
+        "inuse": [_bits(vst[v], iu, E) for v in range(V)],
+        "bitmap_tails_clear": all(_tail_clear(vst[v], iu, E) for v in range(V)),
+        "flush_one": _stat(c, abi.S_FLUSH_ONE),
+        "flush_all": _stat(c, abi.S_FLUSH_ALL),
+        "hash_hits": _stat(c, abi.S_HASH_HITS),
+        "exhaustions": _stat(c, abi.S_EXHAUSTED),
+        "refcount_errors": _stat(c, abi.S_REFCNT_ERR),
+        "lock_acquisitions": _stat(c, abi.S_LOCK_ACQ),
+    }
+
+
+def lockless_model_state(m: LocklessModel) -> dict:
+    V = m.vcpus
+    return {
+        "pte": _pte_words(m.pte),
+        "hash": [list(zip(m.hash_mfn[v], m.hash_idx[v])) for v in range(V)],
+        "refcnt": [list(r) for r in m.refcnt],
+        "inuse": [list(u) for u in m.inuse],
+        "bitmap_tails_clear": True,
+        "flush_one": list(m.flush_one),
+        "flush_all": [0] * V,
+        "hash_hits": list(m.hash_hits),
+        "exhaustions": list(m.exhaustions),
+        "refcount_errors": list(m.refcount_errors),
+        "lock_acquisitions": [0] * V,
+    }
+
+
+def _short_diff(a, b):
+    """Where two (nested) lists differ: the first few differing positions."""
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                out.append(f"[{i}] model={x!r} compiled={y!r}")
+                if len(out) == 4:
+                    out.append("...")
+                    break
+        return "; ".join(out)
+    return f"model={a!r} compiled={b!r}"
+
+
+# What a negative control does differently on purpose: it skips flushes, so the
+# flush counters and (for locked) the TLB clock words differ from the model's.
+SKIP = {
+    "locked-noflush": {"flush_all", "epoch_flushes", "tlbflush_time", "tlbflush_clock", "tlbflush_timestamp"},
+    "lockless-noflush": {"flush_one"},
+}
+
+
+def compare_state(model, c: Compiled, ctx: str) -> None:
+    if isinstance(model, LockedModel):
+        exp, got = locked_model_state(model), locked_compiled_state(c)
+    else:
+        exp, got = lockless_model_state(model), lockless_compiled_state(c)
+    skip = SKIP.get(c.variant, set())
+    diffs = [f"  {k}: {_short_diff(exp[k], got[k])}" for k in exp if k not in skip and exp[k] != got[k]]
+    assert not diffs, f"{ctx}: model and compiled state differ:\n" + "\n".join(diffs)
+
+
+# --------------------------------------------------------------------------------------
+# corrupting a copy of the state: check() must notice
+# --------------------------------------------------------------------------------------
+
+
+def _set_bit(words, base, i, on):
+    w = base + i // 64
+    mask = np.int64(1) << np.int64(i % 64)
+    words[w] = (words[w] | mask) if on else (words[w] & ~mask)
+
+
+def corruptions(variant, model, c: Compiled, live: dict, rng: random.Random):
+    """(description, mutate(views), metric that must grow) for what this state allows."""
+    cfg = c.cfg
+    out = []
+    held = [(v, slot) for v, maps in live.items() for slot, _ in maps]
+    if family(variant) == "locked":
+        S, H = model.slots, model.hash_entries
+        gb = int(locked.garbage_base(S))
+        free = [i for i in range(S) if not model.inuse[i]]
+        hashed = [(v, b, e) for v, row in enumerate(model.hash) for b, e in enumerate(row) if e.idx != NOTINUSE]
+        garbage = [i for i in range(S) if model.garbage[i]]
+        if free:
+            i = rng.choice(free)
+            out.append((f"set inuse bit of free slot {i}",
+                        lambda w, i=i: _set_bit(w["dbits"], 0, i, True), "slot_leaks"))
+        if hashed:
+            v, b, e = rng.choice(hashed)
+            out.append((f"change the PTE under vcpu {v} bucket {b} (slot {e.idx})",
+                        lambda w, e=e: w["pte"].__setitem__(e.idx, (e.mfn + 1) | PRESENT), "invariant_violations"))
+            out.append((f"bump the refcount of vcpu {v} bucket {b}",
+                        lambda w, v=v, b=b: w["vst"].__setitem__((v, locked.V_HASH + 2 * H + b),
+                                                                 w["vst"][v, locked.V_HASH + 2 * H + b] + 1),
+                        "invariant_violations"))
+        if held:
+            v, slot = rng.choice(held)
+            out.append((f"clear the inuse bit of held slot {slot}",
+                        lambda w, s=slot: _set_bit(w["dbits"], 0, s, False), "invariant_violations"))
+        if garbage:
+            i = rng.choice(garbage)
+            out.append((f"clear the garbage bit of slot {i}",
+                        lambda w, i=i: _set_bit(w["dbits"], gb, i, False), "slot_leaks"))
+        out.append(("leave the lock taken",
+                    lambda w: w["dom"].__setitem__(locked.D_LOCK_TAIL, w["dom"][locked.D_LOCK_TAIL] + 1),
+                    "invariant_violations"))
+    else:
+        E, H = cfg.entries, cfg.hash_entries
+        hm, hi, rc, iu, _ = lockless._offsets(H, E)
+        free = [(v, i) for v in range(model.vcpus) for i in range(E) if not model.inuse[v][i]]
+        hashed = [(v, b) for v in range(model.vcpus) for b in range(H) if model.hash_idx[v][b] != NOTINUSE]
+        if free:
+            v, i = rng.choice(free)
+            out.append((f"set inuse bit of free slot {i} of vcpu {v}",
+                        lambda w, v=v, i=i: _set_bit(w["vst"][v], iu, i, True), "slot_leaks"))
+            out.append((f"give free slot {i} of vcpu {v} a refcount",
+                        lambda w, v=v, i=i: w["vst"].__setitem__((v, rc + i), 1), "invariant_violations"))
+        if hashed:
+            v, b = rng.choice(hashed)
+            slot = v * E + model.hash_idx[v][b]
+            mfn = model.hash_mfn[v][b]
+            out.append((f"change the PTE under vcpu {v} bucket {b} (slot {slot})",
+                        lambda w, s=slot, m=mfn: w["pte"].__setitem__(s, (m + 1) | PRESENT), "invariant_violations"))
+        if held:
+            v, slot = rng.choice(held)
+            i = slot - v * E
+            out.append((f"clear the inuse bit of held slot {slot}",
+                        lambda w, v=v, i=i: _set_bit(w["vst"][v], iu, i, False), "invariant_violations"))
+            out.append((f"drop a reference of held slot {slot}",
+                        lambda w, v=v, i=i: w["vst"].__setitem__((v, rc + i), w["vst"][v, rc + i] - 1),
+                        "invariant_violations"))
+    return out
+
+
+def check_corruptions(variant, model, c, live, rng, ctx):
+    base = c.check(live)
+    for what, mutate, metric in corruptions(variant, model, c, live, rng):
+        views = c.clone_views()
+        mutate(views)
+        got = c.mod.check(views, c.cfg, to_va(live))
+        assert got[metric] > base[metric], (
+            f"{ctx}: check() missed a corruption ({what}): {metric} {got[metric]} after, {base[metric]} before"
+        )
+    # the original state is untouched by the clones
+    assert c.check(live) == base, f"{ctx}: check() result changed after checking clones"
+
+
+# --------------------------------------------------------------------------------------
+# the seeded sequence runner
+# --------------------------------------------------------------------------------------
+
+
+def repro(variant, g, seed, steps, runner="run_sequence"):
+    length = "rounds" if runner == "run_fill" else "steps"
+    return f"{runner}({variant!r}, {g}, seed={seed}, {length}={steps})"
+
+
+class Pair:
+    """The model and the compiled variant driven in lockstep, compared after every step."""
+
+    def __init__(self, variant: str, g: Geom, seed: int, steps: int, runner: str = "run_sequence",
+                 tlb_strict: bool = True):
+        self.variant, self.g, self.seed = variant, g, seed
+        self.model = make_model(variant, g)
+        self.c = Compiled(variant, g)
+        self.live = {v: [] for v in range(g.vcpus)}       # per vCPU: (slot, mfn) in map order
+        self.trace = deque(maxlen=10)
+        self.head = f"seed={seed} variant={variant} {g}"
+        self.repro = repro(variant, g, seed, steps, runner)
+        self.tlb_strict = tlb_strict
+        self.ctx = self.head
+        self.summary = dict(steps=0, maps=0, unmaps=0, exhausted=0, refcount=0, max_live=0, max_slot=-1,
+                            stale=0, leaks_max=0)
+
+    def _ctx(self, op):
+        self.trace.append(op)
+        self.ctx = f"{self.head} {op}\n  recent: {list(self.trace)}\n  reproduce: {self.repro}"
+        return self.ctx
+
+    def map(self, v: int, mfn: int, label: str = "") -> tuple:
+        ctx = self._ctx(f"{label}vcpu {v} map mfn {mfn} (live {len(self.live[v])})")
+        exp = model_map(self.model, v, mfn)
+        got = compiled_map(self.c, v, mfn)
+        assert got == exp, f"{ctx}: map result model={exp} compiled={got}"
+        s = self.summary
+        s["maps"] += 1
+        if exp[0] == "ok":
+            self.live[v].append((exp[1], mfn))
+            local = exp[1] - v * self.g.entries if family(self.variant) == "lockless" else exp[1]
+            s["max_slot"] = max(s["max_slot"], local)
+        elif exp[0] == "exhausted":
+            s["exhausted"] += 1
+        else:
+            s["refcount"] += 1
+        return exp
+
+    def unmap(self, v: int, k: int, label: str = "") -> None:
+        slot, mfn = self.live[v].pop(k)
+        ctx = self._ctx(f"{label}vcpu {v} unmap slot {slot} (mfn {mfn})")
+        exp = model_unmap(self.model, v, slot)
+        got = self.c.unmap(v, VA + slot)
+        assert exp == abi.ST_OK, f"{ctx}: the model refused a legal unmap: status {exp}"
+        assert got == exp, f"{ctx}: unmap status model={exp} compiled={got}"
+        self.summary["unmaps"] += 1
+
+    def verify(self, v: int, corrupt_rng: random.Random | None = None) -> None:
+        """Compare everything after a step of vCPU ``v``."""
+        model, c, live, ctx, s = self.model, self.c, self.live, self.ctx, self.summary
+        s["steps"] += 1
+        s["max_live"] = max(s["max_live"], len(live[v]))
+        compare_state(model, c, ctx)
+        # every live mapping of this vCPU reaches its frame through the vCPU's TLB
+        for slot, mfn in live[v]:
+            pfn = c.translate(v, slot)
+            if pfn != mfn:
+                s["stale"] += 1
+                assert not self.tlb_strict, f"{ctx}: slot {slot} mapped to mfn {mfn} translates to {pfn} (stale TLB)"
+        leaks = model.leaks(live)
+        s["leaks_max"] = max(s["leaks_max"], leaks)
+        if family(self.variant) == "locked":
+            assert leaks == 0, f"{ctx}: the locked model leaks {leaks} slots (model bug or design flaw)"
+        res = c.check(live)
+        assert res == {"slot_leaks": leaks, "invariant_violations": 0}, (
+            f"{ctx}: check() = {res}, model expects slot_leaks={leaks}, invariant_violations=0"
+        )
+        if corrupt_rng is not None:
+            check_corruptions(self.variant, model, c, live, corrupt_rng, ctx)
+
+    def drain(self) -> None:
+        """Unmap everything (LIFO per vCPU), comparing after each."""
+        for v in range(self.g.vcpus):
+            while self.live[v]:
+                self.unmap(v, len(self.live[v]) - 1, "drain: ")
+                self.verify(v)
+
+    def finish(self) -> dict:
+        s = self.summary
+        m = self.model
+        if isinstance(m, LockedModel):
+            s.update(wraps=sum(m.wraps), harvests=sum(m.harvests), evictions=sum(m.evictions),
+                     epoch_flushes=sum(m.epoch_flushes), hash_hits=sum(m.hash_hits))
+        else:
+            s.update(hash_hits=sum(m.hash_hits), idle_frees=sum(m.idle_frees),
+                     replacements=sum(m.hash_replacements), flush_one=sum(m.flush_one))
+        return s
+
+
+def run_sequence(variant: str, g: Geom, seed: int, steps: int, *, corrupt_every: int = 0,
+                 tlb_strict: bool = True) -> dict:
+    """One seeded sequence of maps and unmaps on the model and the compiled variant.
+
+    Nested maps up to 16 live per vCPU, unmaps in LIFO or random order, MFNs
+    drawn to collide in one bucket, to repeat, or at random; vCPUs interleaved
+    with runs of one vCPU. Returns a summary of what it exercised.
+    """
+    rng = random.Random(seed)
+    pair = Pair(variant, g, seed, steps, tlb_strict=tlb_strict)
+    V, H = g.vcpus, g.hash
+    live = pair.live
+
+    # the sequence's character
+    order = rng.choice(["lifo", "random", "mixed"])
+    max_nest = [rng.choice([1, 2, 4, 8, MAX_NEST, MAX_NEST, rng.randint(1, MAX_NEST)]) for _ in range(V)]
+    c0 = rng.randrange(H)
+    collide = [c0 + H * k for k in range(rng.randint(2, 6))]      # all in one bucket
+    w_repeat, w_collide, w_small = rng.choice([(0.3, 0.4, 0.2), (0.1, 0.6, 0.2), (0.2, 0.2, 0.5), (0.05, 0.1, 0.3)])
+    stick = rng.choice([0.0, 0.5, 0.8])
+    recent = deque(maxlen=6)
+    p_map, phase_left, v = 0.7, 0, 0
+
+    for step in range(steps):
+        if phase_left == 0:
+            p_map, phase_left = rng.choice([0.85, 0.7, 0.5, 0.25]), rng.randint(4, 30)
+        phase_left -= 1
+        if rng.random() >= stick:
+            v = rng.randrange(V)
+        held = live[v]
+        if held and (len(held) >= max_nest[v] or rng.random() >= p_map):
+            k = (len(held) - 1 if order == "lifo" or (order == "mixed" and rng.random() < 0.5)
+                 else rng.randrange(len(held)))
+            pair.unmap(v, k, f"step {step}: ")
+        else:
+            r = rng.random()
+            if recent and r < w_repeat:
+                mfn = rng.choice(recent)
+            elif r < w_repeat + w_collide:
+                mfn = rng.choice(collide)
+            elif r < w_repeat + w_collide + w_small:
+                mfn = rng.randrange(2 * H)
+            else:
+                mfn = rng.randrange(1 << rng.choice([12, 40]))
+            recent.append(mfn)
+            pair.map(v, mfn, f"step {step}: ")
+        corrupt = corrupt_every and (step % corrupt_every == corrupt_every - 1 or step == steps - 1)
+        pair.verify(v, rng if corrupt else None)
+        if pair.summary["refcount"]:
+            break
+    pair.drain()
+    return pair.finish()
+
+
+def run_fill(variant: str, g: Geom, seed: int, rounds: int = 3) -> dict:
+    """Hold distinct MFNs on one vCPU until the cache is exhausted, release a random part, repeat.
+
+    Crosses every bitmap word (wide geometries never fill under the nested
+    sequences), with everything compared after every step.
+    """
+    rng = random.Random(seed)
+    pair = Pair(variant, g, seed, rounds, runner="run_fill")
+    v = rng.randrange(g.vcpus)
+    span = 4 * (g.vcpus * g.entries + g.hash)
+    for r in range(rounds):
+        mfns = rng.sample(range(span), span)
+        for n, mfn in enumerate(mfns):
+            if any(m == mfn for _, m in pair.live[v]):
+                continue
+            res = pair.map(v, mfn, f"round {r} fill {n}: ")
+            pair.verify(v)
+            if res[0] != "ok":
+                break
+        assert pair.summary["exhausted"] == r + 1, f"{pair.ctx}: round {r} never exhausted the cache"
+        for _ in range(rng.randint(1, len(pair.live[v]))):
+            pair.unmap(v, rng.randrange(len(pair.live[v])), f"round {r} release: ")
+            pair.verify(v)
+    pair.verify(v, random.Random(seed))
+    pair.drain()
+    return pair.finish()
+
+
+def _total(summaries):
+    out = {}
+    for s in summaries:
+        for k, x in s.items():
+            out[k] = out.get(k, 0) + x
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# randomised comparisons over geometries
+# --------------------------------------------------------------------------------------
+
+# (geometry, what the seeds together must exercise there)
+L_ALL = ("hash_hits", "wraps", "harvests", "evictions", "exhausted", "epoch_flushes")
+LOCKED_GEOMS = [
+    (Geom(1, 1, 1), ("hash_hits", "wraps", "evictions", "exhausted")),   # one slot: never garbage
+    (Geom(2, 1, 1), L_ALL),
+    (Geom(1, 4, 2), ("hash_hits", "wraps", "harvests", "evictions", "exhausted")),
+    (Geom(2, 2, 2), L_ALL),
+    (Geom(2, 4, 2), L_ALL),
+    (Geom(3, 4, 4), L_ALL),
+    (Geom(2, 2, 8), L_ALL),                                               # more buckets than slots
+    (Geom(3, 4, 2, tlb_entries=8, tlb_ways=2), L_ALL),
+    (Geom(3, 16, 8), ("hash_hits", "wraps", "harvests", "epoch_flushes")),  # the default geometry
+    (Geom(2, 32, 8), ("hash_hits", "wraps", "harvests", "epoch_flushes")),  # 64 slots: one full word
+    (Geom(3, 32, 8), ("hash_hits", "wraps", "harvests", "epoch_flushes")),  # 96 slots: two words
+]
+LL_ALL = ("hash_hits", "replacements", "idle_frees", "exhausted", "leaks_max")
+LOCKLESS_GEOMS = [
+    (Geom(1, 2, 1), ("hash_hits", "replacements", "idle_frees", "exhausted")),
+    (Geom(1, 4, 2), LL_ALL),
+    (Geom(2, 4, 2), LL_ALL),
+    (Geom(3, 3, 2), LL_ALL),
+    (Geom(2, 2, 2, unchecked=True), ("hash_hits", "replacements", "idle_frees", "exhausted")),
+    (Geom(2, 8, 4), LL_ALL),
+    (Geom(2, 4, 2, tlb_entries=8, tlb_ways=2), LL_ALL),
+    (Geom(2, 32, 8, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # the default
+    (Geom(1, 64, 32, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # one full word
+    (Geom(2, 80, 64, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # two words
+]
+SEEDS = 8
+STEPS = 300
+
+
+def _covers(tot, events, what):
+    missing = [e for e in events if tot.get(e, 0) <= 0]
+    assert not missing, f"{what}: never exercised {missing}; totals {tot}"
+
+
+@pytest.mark.parametrize("g,events", LOCKED_GEOMS, ids=[str(g) for g, _ in LOCKED_GEOMS])
+def test_locked_matches_model(g, events):
+    tot = _total(run_sequence("locked", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
+    _covers(tot, events, f"seeds 0..{SEEDS - 1} locked {g}")
+
+
+@pytest.mark.parametrize("g,events", LOCKLESS_GEOMS, ids=[str(g) for g, _ in LOCKLESS_GEOMS])
+def test_lockless_matches_model(g, events):
+    tot = _total(run_sequence("lockless", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
+    _covers(tot, events, f"seeds 0..{SEEDS - 1} lockless {g}")
+
+
+FILL = [("locked", Geom(3, 32, 8)), ("locked", Geom(2, 32, 8)), ("locked", Geom(2, 4, 2)),
+        ("lockless", Geom(2, 80, 64, levels=4)), ("lockless", Geom(1, 64, 32, levels=4)),
+        ("lockless", Geom(2, 32, 8, levels=4)), ("lockless", Geom(2, 4, 2))]
+
+
+@pytest.mark.parametrize("variant,g", FILL, ids=[f"{v}-{g}" for v, g in FILL])
+def test_fill_to_exhaustion_matches_model(variant, g):
+    for seed in range(2):
+        s = run_fill(variant, g, seed)
+        per_vcpu = g.entries if family(variant) == "lockless" else g.vcpus * g.entries
+        assert s["max_slot"] == per_vcpu - 1, f"seed={seed} {variant} {g}: highest slot used {s['max_slot']}"
+
+
+@pytest.mark.parametrize("variant", ["locked-noflush", "lockless-noflush"])
+def test_tlb_oracle_catches_missing_flush(variant):
+    """The negative controls keep the same state as the model, but a TLB goes stale."""
+    g = Geom(3, 4, 2) if variant.startswith("locked") else Geom(2, 4, 2)
+    stale = 0
+    seeds = []
+    for seed in range(12):
+        s = run_sequence(variant, g, seed, STEPS, tlb_strict=False)
+        stale += s["stale"]
+        seeds.append(seed)
+        if stale:
+            break
+    assert stale > 0, f"seeds {seeds} {variant} {g}: the TLB oracle found no stale translation"
+
+
+if given is not None:
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        variant=st.sampled_from(["locked", "lockless"]),
+        vcpus=st.integers(1, 3),
+        entries=st.integers(1, 6),
+        hash_log=st.integers(0, 3),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def test_random_geometry_matches_model(variant, vcpus, entries, hash_log, seed):
+        g = Geom(vcpus, entries, 1 << hash_log, levels=1, unchecked=True)
+        run_sequence(variant, g, seed, 150)
+
+
+# --------------------------------------------------------------------------------------
+# hand-traced sequences: both the model and the compiled code against mapcache.md
+# --------------------------------------------------------------------------------------
+
+
+def _run_script(variant, g, script, expect, seed_note):
+    """script: ("map", vcpu, mfn) / ("unmap", vcpu, slot); expect: slot, "exhausted" or None per op."""
+    model, c = make_model(variant, g), Compiled(variant, g)
+    for n, (op, v, x) in enumerate(script):
+        ctx = f"{seed_note} {variant} {g} op {n} {op}({v}, {x})"
+        if op == "map":
+            m, k = model_map(model, v, x), compiled_map(c, v, x)
+            want = ("ok", expect[n]) if isinstance(expect[n], int) else (expect[n], None)
+            assert m == want, f"{ctx}: model {m}, hand trace {want}"
+            assert k == want, f"{ctx}: compiled {k}, hand trace {want}"
+        else:
+            assert model_unmap(model, v, x) == abi.ST_OK, ctx
+            assert c.unmap(v, VA + x) == abi.ST_OK, ctx
+        compare_state(model, c, ctx)
+    return model, c
+
+
+def test_locked_hand_trace():
+    g = Geom(1, 4, 2)
+    script = [("map", 0, 0), ("unmap", 0, 0), ("map", 0, 2), ("unmap", 0, 1), ("map", 0, 4), ("map", 0, 6),
+              ("map", 0, 8), ("map", 0, 10), ("map", 0, 12)]
+    # map 8: cursor at the end, harvest frees slot 0 (garbage when bucket 0 moved to slot 1)
+    # map 10: nothing left, evict bucket 0's idle slot 1; map 12: nothing to evict, BUG
+    expect = [0, None, 1, None, 2, 3, 0, 1, "exhausted"]
+    model, c = _run_script("locked", g, script, expect, "seed=none(hand trace)")
+    got = (model.epoch, model.cursor, model.wraps[0], model.harvests[0], model.evictions[0], model.flush_all)
+    assert got == (2, 2, 3, 1, 1, [2]), f"seed=none(hand trace): epoch, cursor, wraps, harvests, evictions, flushes {got}"
+
+
+def test_lockless_hand_trace():
+    g = Geom(1, 4, 2)
+    script = [("map", 0, 0), ("map", 0, 2), ("unmap", 0, 0), ("map", 0, 4), ("unmap", 0, 1), ("map", 0, 4),
+              ("map", 0, 1), ("map", 0, 3), ("map", 0, 5), ("map", 0, 7)]
+    expect = [0, 1, None, 0, None, 0, 1, 2, 3, "exhausted"]
+    model, _ = _run_script("lockless", g, script, expect, "seed=none(hand trace)")
+    got = (model.refcnt[0], model.flush_one)
+    assert got == ([2, 1, 1, 1], [6]), f"seed=none(hand trace): refcounts, invlpg count {got}"
+
+
+def test_lockless_leak_sequence():
+    """The seed's flaw: a slot whose MFN the bucket caches elsewhere is never freed."""
+    g = Geom(1, 4, 2)
+    script = [("map", 0, 0), ("map", 0, 2), ("map", 0, 0), ("unmap", 0, 0), ("unmap", 0, 1), ("unmap", 0, 2)]
+    model, c = _run_script("lockless", g, script, [0, 1, 2, None, None, None], "seed=none(hand trace)")
+    note = "seed=none(hand trace)"
+    assert model.leaks({0: []}) == 1 and model.inuse[0] == [True, False, True, False], f"{note}: {model.inuse[0]}"
+    res = c.check({0: []})
+    assert res == {"slot_leaks": 1, "invariant_violations": 0}, f"{note}: check() = {res}"
+
+
+def test_lockless_refcount_wraps_at_256th_map():
+    seed_note = "seed=none(256 nested maps of mfn 5)"
+    g = Geom(1, 32, 8, levels=4)
+    model, c = make_model("lockless", g), Compiled("lockless", g)
+    live = {0: []}
+    for n in range(1, 257):
+        m, k = model_map(model, 0, 5), compiled_map(c, 0, 5)
+        want = ("refcount", None) if n == 256 else ("ok", 0)
+        assert m == want, f"{seed_note} map #{n}: model {m}, want {want}"
+        assert k == want, f"{seed_note} map #{n}: compiled {k}, want {want}"
+        if m[0] == "ok":
+            live[0].append((0, 5))
+        compare_state(model, c, f"{seed_note} map #{n}")
+    assert model.refcnt[0][0] == 0 and model.refcount_errors == [1], f"{seed_note}: {model.refcnt[0][0]}"
+    res = c.check(live)
+    assert res["invariant_violations"] > 0, f"{seed_note}: check() misses the wrapped refcount: {res}"
+    # Past the error (a non-debug build goes on): the idle-looking slot is evicted and reused
+    # while 255 mappings of mfn 5 still point at it.
+    for mfn, slot in ((13, 1), (21, 0)):
+        m, k = model_map(model, 0, mfn), compiled_map(c, 0, mfn)
+        assert m == k == ("ok", slot), f"{seed_note} then map {mfn}: model {m}, compiled {k}, want slot {slot}"
+        compare_state(model, c, f"{seed_note} then map {mfn}")
+    assert model.pte[0] == 21, f"{seed_note}: slot 0 maps {model.pte[0]}"
+
+
+def test_locked_refcount_does_not_error_at_256():
+    seed_note = "seed=none(300 nested maps of mfn 5)"
+    g = Geom(1, 16, 8)
+    model, c = make_model("locked", g), Compiled("locked", g)
+    # the first map takes a slot, its unmap caches it: from then on every map hits the hash
+    for op in ("map", "unmap"):
+        if op == "map":
+            assert model_map(model, 0, 5) == compiled_map(c, 0, 5) == ("ok", 0), seed_note
+        else:
+            assert model_unmap(model, 0, 0) == c.unmap(0, VA) == abi.ST_OK, seed_note
+    live = {0: []}
+    for n in range(1, 301):
+        m, k = model_map(model, 0, 5), compiled_map(c, 0, 5)
+        assert m == k == ("ok", 0), f"{seed_note} map #{n}: model {m}, compiled {k}"
+        live[0].append((0, 5))
+        compare_state(model, c, f"{seed_note} map #{n}")
+    assert model.hash[0][5].refcnt == 300, f"{seed_note}: {model.hash[0][5]}"
+    assert c.check(live) == {"slot_leaks": 0, "invariant_violations": 0}, seed_note
+    while live[0]:
+        live[0].pop()
+        assert model_unmap(model, 0, 0) == c.unmap(0, VA) == abi.ST_OK, seed_note
+        compare_state(model, c, f"{seed_note} unmap, {len(live[0])} left")
+    assert c.check(live) == {"slot_leaks": 0, "invariant_violations": 0}, seed_note
+
+
+def test_locked_refcount_wraps_at_2_pow_32():
+    """The 32-bit count: both report the wrap at the same map (the stored value may differ)."""
+    seed_note = "seed=none(refcount preset to 2**32-1)"
+    g = Geom(1, 4, 2)
+    model, c = make_model("locked", g), Compiled("locked", g)
+    assert model_map(model, 0, 3) == compiled_map(c, 0, 3) == ("ok", 0), seed_note
+    assert model_unmap(model, 0, 0) == c.unmap(0, VA) == abi.ST_OK, seed_note
+    model.hash[0][1].refcnt = 2**32 - 1
+    c.views["vst"][0, locked.V_HASH + 2 * 2 + 1] = 2**32 - 1
+    assert model_map(model, 0, 3) == compiled_map(c, 0, 3) == ("refcount", None), seed_note
+
+
+def test_illegal_unmaps_are_refused_alike():
+    """Unmaps the harness never issues: both sides refuse them with the same status."""
+    note = "seed=none(illegal unmaps)"
+    for variant, g, script in (
+        # locked: a slot never mapped; a slot gone to garbage; a cached slot with refcount 0
+        ("locked", Geom(2, 4, 2), [("unmap", 0, 3), ("map", 0, 0), ("map", 0, 2), ("unmap", 0, 0),
+                                   ("unmap", 0, 1), ("unmap", 0, 0), ("unmap", 0, 1)]),
+        # lockless: a slot never mapped; another vCPU's slot; a slot already released
+        ("lockless", Geom(2, 4, 2), [("unmap", 0, 3), ("map", 1, 0), ("unmap", 0, 4), ("unmap", 1, 4),
+                                     ("unmap", 1, 4)]),
+    ):
+        model, c = make_model(variant, g), Compiled(variant, g)
+        statuses = []
+        for n, (op, v, x) in enumerate(script):
+            ctx = f"{note} {variant} {g} op {n} {op}({v}, {x})"
+            if op == "map":
+                assert model_map(model, v, x) == compiled_map(c, v, x), ctx
+            else:
+                m, k = model_unmap(model, v, x), c.unmap(v, VA + x)
+                assert m == k, f"{ctx}: model status {m}, compiled status {k}"
+                statuses.append(m)
+            compare_state(model, c, ctx)
+        want = ([abi.ST_BAD_VA, abi.ST_OK, abi.ST_OK, abi.ST_BAD_VA, abi.ST_REFCOUNT] if variant == "locked"
+                else [abi.ST_REFCOUNT, abi.ST_BAD_VA, abi.ST_OK, abi.ST_REFCOUNT])
+        assert statuses == want, f"{note} {variant}: statuses {statuses}, want {want}"
