@@ -11,6 +11,7 @@ the views cheap for compiled kernels; columns past ``n`` are never touched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,8 @@ class Field:
         rows, *rest = self.shape
         row_items = int(np.prod(rest, dtype=np.int64)) if rest else 1
         # A row of several axes is exposed flat: (rows, padded items per row).
-        row_bytes = _round_up(max(row_items * itemsize, 1), CACHE_LINE)
+        # Rows are whole cache lines and whole items: round up to a multiple of lcm(line, item).
+        row_bytes = _round_up(max(row_items * itemsize, 1), math.lcm(CACHE_LINE, itemsize))
         return (rows, row_bytes // itemsize)
 
     def nbytes(self) -> int:

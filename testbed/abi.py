@@ -27,7 +27,6 @@ P_COST_FLUSH_ALL = 14  # cycles added per full flush
 P_COST_WALK = 15       # cycles added per page walk
 P_WORKING_SET = 16     # MFNs the workload draws from
 P_GUEST_WORK = 17      # guest workload: private work units between bursts
-P_BURST = 18           # guest workload: map operations per burst
 P_LAT_EVERY = 19       # sample the map latency every 2**k operations
 P_LONG_HOLD = 20       # cycles to spin inside critical sections
 P_HOT = 21             # hot workload: size of the hot set

@@ -138,16 +138,14 @@ def checked_config(args):
     return cfg
 
 
-def check_writable(path: str) -> None:
+def check_writable(path: str, option: str) -> None:
     import os
-
-    from .errors import UsageError
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UsageError(f"{path}: folder {folder} does not exist; create it or write elsewhere")
+        raise UsageError(f"{option} {path}: folder {folder} does not exist; create it or write elsewhere")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"{path}: folder {folder} is not writable; write elsewhere")
+        raise UsageError(f"{option} {path}: folder {folder} is not writable; write elsewhere")
 
 
 def _print_sample(sample, cfg) -> None:
@@ -225,9 +223,9 @@ def cmd_run(args) -> int:
     from . import harness, results, stats
 
     cfg = checked_config(args)
-    for path in (args.json, args.csv):
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
         if path:
-            check_writable(path)
+            check_writable(path, option)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
     print(f"testbed run: variant {cfg.variant}, {cfg.vcpus} vCPUs, workload {cfg.workload}, seed {cfg.seed}"
@@ -262,9 +260,10 @@ def _experiment_base(args):
     """The unresolved config (variant-dependent defaults stay open), checked for every variant it will run."""
     checked_config(args)
     cfg = config_from(args)
-    for path in (getattr(args, "json", None), getattr(args, "csv", None), getattr(args, "plot", None)):
+    for option in ("json", "csv", "plot"):
+        path = getattr(args, option, None)
         if path:
-            check_writable(path)
+            check_writable(path, f"--{option}")
     return cfg
 
 

@@ -159,6 +159,8 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
         if state.failure is None:
             _measure(state, procs, views, on_sample, hooks=hooks)
         views["ctl"][abi.C_STOP] = 1
+        if state.failure is not None and state.failure["kind"] == "stalled" and state.failure.get("action") != "resumed":
+            _kill(procs[state.failure["vcpu"]])      # a stopped process cannot heed the stop flag
         hung = _reap(procs)
         if hung and state.failure is None:
             v = hung[0]
@@ -347,12 +349,16 @@ def _reap(procs, kill: bool = False) -> list[int]:
     for v, proc in enumerate(procs):
         if proc.exitcode is None:
             killed.append(v)
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.join(JOIN_TIMEOUT_S)
+            _kill(proc)
     return killed
+
+
+def _kill(proc) -> None:
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.join(JOIN_TIMEOUT_S)
 
 
 def _result(state: RunState, procs, views, layout) -> dict:

@@ -140,14 +140,16 @@ def access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv):
         pfn = tlb.translate(tlbv, p, pte, va - abi.MAPCACHE_VA, srow)
     else:
         pfn = va
-    erow[mfn] += 1
-    srow[abi.S_WRITES] += 1
+    # The frame is written before the vCPU records its intent, so that a vCPU killed in
+    # between leaves an extra write, never a lost one.
     if pfn < 0 or pfn >= p[abi.P_FRAMES]:
         srow[abi.S_STALE] += 1        # a fault, or a translation to no frame: the write is lost
-        return
-    if frames[pfn, 0] != mfn:
-        srow[abi.S_STALE] += 1
-    frames[pfn, counter_col(vcpu)] += 1
+    else:
+        if frames[pfn, 0] != mfn:
+            srow[abi.S_STALE] += 1
+        frames[pfn, counter_col(vcpu)] += 1
+    erow[mfn] += 1
+    srow[abi.S_WRITES] += 1
 
 
 @kernel

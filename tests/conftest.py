@@ -1,0 +1,215 @@
+"""Shared helpers and fixtures for the testbed tests.
+
+Tests that load both CPUs (the harness, the CLI runs, the cross-process atomics)
+or that create or remove stale segments take one exclusive file lock, so that
+under ``pytest -n auto`` they neither steal each other's cores nor let one test's
+``remove_stale`` (every ``harness.run`` calls it) eat another test's
+deliberately stale segment. Light tests run beside them unlocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared import arena as arena_mod
+
+REPO = Path(__file__).resolve().parent.parent
+SHM_DIR = "/dev/shm"
+LOCK_PATH = os.path.join(tempfile.gettempdir(), f"testbed-tests-{os.getuid()}.lock")
+LOCK_WAIT_S = 600.0
+
+
+# --- segments and processes ------------------------------------------------------------
+
+
+def testbed_segments() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith("testbed_")}
+    except FileNotFoundError:
+        return set()
+
+
+def segments_owned_by(*pids: int) -> set[str]:
+    """Segments whose name carries one of ``pids`` as owner (testbed_<pid>_<hex>)."""
+    wanted = set(pids)
+    return {n for n in testbed_segments() if arena_mod.owner_of(n) in wanted}
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` is a running (not zombie) process."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids, timeout: float) -> list[int]:
+    """Wait until none of ``pids`` runs; the ones still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def kill_pids(pids) -> None:
+    """SIGKILL processes this test started (by pid), ignoring the ones already gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def unlink_segments(names) -> None:
+    for n in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM_DIR, n))
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def testbed_cli(*args, cwd=None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m testbed ARGS``, run to completion."""
+    return subprocess.run([sys.executable, "-m", "testbed", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=cli_env(env))
+
+
+# helpers whose names start with "test", but which are no tests when a module imports them
+testbed_cli.__test__ = False
+testbed_segments.__test__ = False
+
+
+class LineReader:
+    """Reads a pipe in a thread, so that a test can wait for a line with a timeout."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._done = False
+        self._t = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _pump(self, stream):
+        for line in stream:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                while seen < len(self.lines):
+                    if predicate(self.lines[seen]):
+                        return self.lines[seen]
+                    seen += 1
+                left = deadline - time.monotonic()
+                if self._done or left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def text(self, join_timeout: float = 5.0) -> str:
+        self._t.join(join_timeout)
+        with self._cond:
+            return "".join(self.lines)
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def heavy_lock():
+    """The suite-wide lock for CPU-heavy or stale-segment work (see the module docstring)."""
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"could not take {LOCK_PATH} in {LOCK_WAIT_S:.0f} s")
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)          # releases the lock
+
+
+@pytest.fixture
+def exclusive():
+    """Hold the suite-wide lock for the whole test."""
+    with heavy_lock():
+        yield
+
+
+@pytest.fixture
+def no_leftovers():
+    """Fail the test if it leaves a child process or a segment of this process behind.
+
+    Anything left is cleaned up (SIGKILL by pid, unlink) before failing, so that
+    one broken test does not break the next.
+    """
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        extra = [p for p in me.children(recursive=True) if p.pid not in before]
+        segs = segments_owned_by(os.getpid())
+        if (not extra and not segs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if extra or segs:
+        described = []
+        for p in extra:
+            with contextlib.suppress(psutil.Error):
+                described.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:80]}")
+        kill_pids(p.pid for p in extra)
+        for p in extra:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, 0)
+        unlink_segments(segs)
+        pytest.fail(f"left behind: processes {described}, segments {sorted(segs)}")
+
+
+@pytest.fixture(scope="session")
+def warm_kernels():
+    """Compile (or load from the disk cache) the operation loop once per test process.
+
+    ``harness.run`` would do it too, but a cold compile (~10 s) must not count
+    against the timing of a test that measures how fast a failure is reported.
+    """
+    from testbed import config, harness
+
+    cfg = config.validate(config.RunConfig(variant="directmap", vcpus=2, frames=64, duration=0.5, warmup=0))
+    with heavy_lock():            # a compile takes a whole CPU: not while another test measures
+        t0 = time.perf_counter()
+        harness.compile_kernels(cfg, config.params(cfg))
+        return time.perf_counter() - t0
