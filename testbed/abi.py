@@ -48,7 +48,7 @@ S_FLUSH_ALL = 7
 S_LOCK_ACQ = 8
 S_LOCK_CONTENDED = 9
 S_LOCK_SPIN = 10       # cycles spent spinning for the lock
-S_LOCK_HOLD = 11       # cycles the lock was held
+S_LOCK_HOLD = 11       # cycles the lock was held, summed over the sampled acquisitions
 S_STALE = 12           # accesses that reached a frame other than the one mapped
 S_REFCNT_ERR = 13
 S_EXHAUSTED = 14
@@ -64,6 +64,7 @@ S_ETIME = 23           # ... answered -ETIME (the deadline had passed)
 S_STREAK_MAX = 24      # ... longest run of consecutive -ETIME (a maximum)
 S_PANICS = 25          # ... guest panics (PANIC_STREAK consecutive -ETIME)
 S_TIMER_CYCLES = 26    # ... cycles from deadline taken to timer armed, summed
+S_LOCK_HOLD_SAMPLES = 27  # acquisitions whose hold time was measured (those of latency-sampled maps)
 N_COUNTERS = 32        # counters summed into totals live below this column
 MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX)
 # harness and kernel words in the same row (written by the vCPU only)
@@ -78,6 +79,7 @@ S_LIVE = 39            # mappings live when the kernel stopped
 S_CHUNKS = 40
 S_STREAK = 41          # timers workload: current run of consecutive -ETIME
 S_MOVES_SEEN = 43      # moves the vCPU has taken in (flushed its TLB for)
+S_SAMPLING = 44        # set while a latency-sampled map runs: the lock times its hold then
 S_PROGRESS = 42        # bumped by the kernel per operation and per lock-spin round: the watchdog's pulse
 N_STATS = 48
 LAT_BINS = 64          # log2 histogram of map latency in cycles
@@ -91,7 +93,7 @@ COUNTER_NAMES = {
     S_HARVEST: "garbage_harvests", S_WORK: "guest_work", S_INVARIANT: "invariant_violations",
     S_LAT_SAMPLES: "lat_samples", S_LAT_CYCLES: "lat_cycles", S_LAT_MAX: "lat_max_cycles",
     S_TIMER_SETS: "timer_sets", S_ETIME: "etime", S_STREAK_MAX: "etime_streak_max", S_PANICS: "panics",
-    S_TIMER_CYCLES: "timer_path_cycles",
+    S_TIMER_CYCLES: "timer_path_cycles", S_LOCK_HOLD_SAMPLES: "lock_hold_samples",
 }
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------

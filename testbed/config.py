@@ -120,9 +120,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--nest {cfg.nest}: must be between 1 and 4096")
     if cfg.hot_set < 1:
         raise UsageError(f"--hot-set {cfg.hot_set}: must be at least 1")
-    if cfg.tlb_ways < 1 or cfg.tlb_entries < cfg.tlb_ways or cfg.tlb_entries % cfg.tlb_ways:
+    if (cfg.tlb_ways < 1 or cfg.tlb_entries < cfg.tlb_ways or cfg.tlb_entries % cfg.tlb_ways
+            or not _pow2(cfg.tlb_entries // cfg.tlb_ways)):
         raise UsageError(
-            f"--tlb-entries {cfg.tlb_entries} --tlb-ways {cfg.tlb_ways}: entries must be a positive multiple of ways"
+            f"--tlb-entries {cfg.tlb_entries} --tlb-ways {cfg.tlb_ways}: entries must be ways times a power of two "
+            "(the number of sets), e.g. 64 and 4"
         )
     for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "guest_work", "long_hold"):
         if getattr(cfg, name) < 0:

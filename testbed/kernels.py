@@ -121,9 +121,13 @@ def timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
     srow[abi.S_MAPS] = n + 1
     # One call site only: numba's IR inliner mis-compiles a function inlined twice into one caller.
     sampled = (n & ((np.int64(1) << p[abi.P_LAT_EVERY]) - 1)) == 0
-    t0 = rdtsc() if sampled else 0
+    t0 = 0
+    if sampled:
+        srow[abi.S_SAMPLING] = 1
+        t0 = rdtsc()
     va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
     if sampled:
+        srow[abi.S_SAMPLING] = 0
         dt = rdtsc() - t0
         hrow[log2_bin(dt)] += 1
         srow[abi.S_LAT_SAMPLES] += 1

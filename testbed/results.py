@@ -72,6 +72,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
     totals["writes_counted_in_frames"] = writes_counted
     maps = totals["maps"]
     totals["hash_hit_rate"] = totals["hash_hits"] / maps if maps else 0.0
+    holds = totals["lock_hold_samples"]
+    totals["lock_hold_mean_cycles"] = totals["lock_hold_cycles"] / holds if holds else None
 
     per_vcpu = []
     for v in range(n):

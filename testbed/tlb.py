@@ -1,8 +1,9 @@
 """A simulated TLB, one per vCPU process and private to it, and Xen's TLB clock.
 
 The TLB caches translations of mapcache slots (a slot is one virtual page) to
-machine frames. It is set-associative: ``sets * ways`` entries, a slot goes to
-set ``slot % sets`` (the low bits of the virtual page number, as in hardware).
+machine frames. It is set-associative: ``sets * ways`` entries with ``sets`` a power of two, a
+slot goes to set ``slot & (sets - 1)`` (the low bits of the virtual page
+number, as in hardware, and no division on the hot path).
 Replacement is least-recently-used within the set: each entry records the value
 of a per-TLB tick when it was last used, and a fill takes an invalid way if
 there is one, else the way with the smallest tick.
@@ -74,7 +75,7 @@ def spin_cycles(cycles):
 def translate(tlb, p, pte, slot, srow):
     """Machine frame that ``slot`` maps to, through the TLB; -1 if not present."""
     ways = p[abi.P_TLB_WAYS]
-    base = (slot % p[abi.P_TLB_SETS]) * ways
+    base = (slot & (p[abi.P_TLB_SETS] - 1)) * ways
     meta = tlb.shape[0] - 1
     tick = tlb[meta, 0] + 1
     tlb[meta, 0] = tick
@@ -91,7 +92,8 @@ def translate(tlb, p, pte, slot, srow):
             oldest = age
             victim = w
     srow[abi.S_TLB_MISSES] += 1
-    spin_cycles(p[abi.P_COST_WALK])
+    if p[abi.P_COST_WALK] > 0:
+        spin_cycles(p[abi.P_COST_WALK])
     e = load_acquire(pte, slot)
     if (e & PTE_PRESENT) == 0:
         return -1
@@ -106,12 +108,13 @@ def translate(tlb, p, pte, slot, srow):
 def flush_one(tlb, p, slot, srow):
     """invlpg: drop the entry for one slot, if cached."""
     ways = p[abi.P_TLB_WAYS]
-    base = (slot % p[abi.P_TLB_SETS]) * ways
+    base = (slot & (p[abi.P_TLB_SETS] - 1)) * ways
     for w in range(base, base + ways):
         if tlb[w, T_TAG] == slot + 1:
             tlb[w, T_TAG] = 0
     srow[abi.S_FLUSH_ONE] += 1
-    spin_cycles(p[abi.P_COST_FLUSH_ONE])
+    if p[abi.P_COST_FLUSH_ONE] > 0:
+        spin_cycles(p[abi.P_COST_FLUSH_ONE])
 
 
 @kernel
@@ -142,7 +145,8 @@ def flush_all(tlb, p, dom, vrow, srow):
         tlb[w, T_TAG] = 0
     vrow[abi.V_TLBFLUSH_TIME] = t
     srow[abi.S_FLUSH_ALL] += 1
-    spin_cycles(p[abi.P_COST_FLUSH_ALL])
+    if p[abi.P_COST_FLUSH_ALL] > 0:
+        spin_cycles(p[abi.P_COST_FLUSH_ALL])
 
 
 @kernel

@@ -61,7 +61,8 @@ def test_validation_raises_only_usage_errors(variant, vcpus, duration, warmup, e
         assert str(e) and len(cli.one_line(e).splitlines()) == 1
         return
     assert ok.hash_entries & (ok.hash_entries - 1) == 0
-    assert ok.tlb_entries % ok.tlb_ways == 0 and 1 <= ok.working_set <= ok.frames
+    sets = ok.tlb_entries // ok.tlb_ways
+    assert ok.tlb_entries % ok.tlb_ways == 0 and sets & (sets - 1) == 0 and 1 <= ok.working_set <= ok.frames
     if ok.variant.startswith("lockless"):
         assert ok.entries - ok.hash_entries >= ok.levels ** 2
 

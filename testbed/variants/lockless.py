@@ -98,7 +98,8 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
             return -abi.ST_EXHAUSTED
         vrow[iu + idx // 64] |= np.int64(1) << np.int64(idx % 64)
         store_release(pte, base + idx, mfn | tlb.PTE_PRESENT)
-        tlb.spin_cycles(p[abi.P_LONG_HOLD])    # --long-hold: widen the window between PTE write and use
+        if p[abi.P_LONG_HOLD] > 0:
+            tlb.spin_cycles(p[abi.P_LONG_HOLD])    # --long-hold: widen the window between PTE write and use
         if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
             tlb.flush_one(tlbv, p, base + idx, srow)
         if old >= 0 and vrow[rc + old] == 0:
