@@ -297,7 +297,7 @@ def print_compare(res: dict, out=sys.stdout) -> None:
     w = out.write
     h = res["host"]
     w(f"\nPerformance drop against directmap ({res['workload']} workload; host {h['cpu_model']}, "
-      f"{h['physical_cores']} cores; median of {res['repeat']} +/- half range)\n\n")
+      f"{h['physical_cores']} cores; median of {res['repeat']} repetitions +/- median absolute deviation)\n\n")
     w(f"{'perf drop':12} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
     for row in res["rows"]:
         cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" for s in ("single", "multi")]

@@ -68,7 +68,8 @@ def compare(base: RunConfig, variants=("locked", "lockless"), vcpus_multi: int =
             drops = stats.paired_drops([_rate(r) for r in cells[(scope, name)]],
                                        [_rate(r) for r in cells[(scope, "directmap")]])
             row[f"{scope}_drop_pct"] = stats.median(drops)
-            row[f"{scope}_spread_pct"] = stats.spread(drops)
+            row[f"{scope}_spread_pct"] = stats.mad(drops)
+            row[f"{scope}_half_range_pct"] = stats.spread(drops)
             row[f"{scope}_drops_pct"] = drops
             row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"]
         rows.append(row)

@@ -10,6 +10,16 @@ def median(xs) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def mad(xs) -> float:
+    """Median absolute deviation from the median: the spread that goes with a median,
+    robust to one repetition that a busy host slowed down."""
+    xs = list(xs)
+    if len(xs) < 2:
+        return 0.0
+    m = median(xs)
+    return median(abs(x - m) for x in xs)
+
+
 def spread(xs) -> float:
     """Half the range: the median is within +/- this of every repetition."""
     xs = list(xs)

@@ -85,6 +85,8 @@ def test_stats_helpers():
     assert stats.median([3, 1, 2]) == 2
     assert stats.spread([1.0, 3.0, 2.0]) == 1.0
     assert stats.spread([5.0]) == 0.0
+    assert stats.mad([15.2, 31.3, 30.5, 34.1, 38.4]) == pytest.approx(2.8)   # one slow repetition barely moves it
+    assert stats.mad([1.0]) == 0.0
     assert stats.drop_pct(97.57, 100.0) == pytest.approx(2.43)
     assert stats.paired_drops([90, 99], [100, 100]) == pytest.approx([10.0, 1.0])
     assert stats.efficiency(190, 100, 2) == pytest.approx(0.95)
