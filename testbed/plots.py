@@ -16,8 +16,8 @@ def scale_plot(res: dict, path: str) -> None:
         rs = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["vcpus"])
         x = [r["vcpus"] for r in rs]
         color = f"C{i}"
-        ax1.plot(x, [r["ops_per_s"] / 1e6 for r in rs], "o-", color=color, label=name)
-        ax1.plot(x, [r["linear"] / 1e6 for r in rs], "--", color=color, alpha=0.5, label=f"{name} linear")
+        ax1.plot(x, [max(r["ops_per_s"], 1.0) for r in rs], "o-", color=color, label=name)
+        ax1.plot(x, [r["linear"] for r in rs], "--", color=color, alpha=0.5, label=f"{name} linear")
         p99 = [(r["vcpus"], r["p99_cycles"]) for r in rs if r["p99_cycles"]]
         if p99:
             ax2.plot([a for a, _ in p99], [b for _, b in p99], "o-", color=color, label=name)
@@ -29,12 +29,14 @@ def scale_plot(res: dict, path: str) -> None:
         ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    ax1.set_ylabel("million operations / s")
+    ax1.set_ylabel("operations / s (log scale)")
+    ax1.set_yscale("log")
     ax1.set_title(f"Throughput ({res['workload']} workload)")
     ax2.set_ylabel("p99 map latency (cycles, log2 bin upper bound)")
     ax2.set_yscale("log", base=2)
     ax2.set_title("Tail latency of map")
-    fig.suptitle(f"{res['host']['cpu_model']}, {cores} physical cores (dotted line); seed {res['seed']}", fontsize=9)
+    fig.suptitle(f"{res['host']['cpu_model']}, {cores} physical cores (dotted line: more vCPUs share cores); "
+                 f"seed {res['seed']}; dashed: linear from one vCPU", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
