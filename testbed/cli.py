@@ -244,12 +244,7 @@ def cmd_run(args) -> int:
         rates = [r["totals"]["ops_per_s"] for r in runs]
         print(f"median ops/s {stats.median(rates):,.0f}  spread +/-{stats.spread(rates):,.0f} over {len(runs)} runs; "
               f"verdict: {out['verdict']}")
-    if args.json:
-        results.write_json(out, args.json)
-        print(f"results written to {args.json}")
-    if args.csv:
-        results.write_run_csv(runs, args.csv)
-        print(f"CSV written to {args.csv}")
+    write_outputs(args, out, csv=lambda path: results.write_run_csv(runs, path))
     last = runs[-1]
     if last["interrupted"]:
         return 128 + (15 if last["interrupted"] == "SIGTERM" else 2)
@@ -267,12 +262,20 @@ def _experiment_base(args):
     return cfg
 
 
-def _finish(res: dict, args) -> int:
+def write_outputs(args, res: dict, csv=None, plot=None) -> None:
+    """The files a command was asked for: --json always means ``res``; --csv and --plot the given writers."""
     from . import results
 
-    if args.json:
-        results.write_json(res, args.json)
-        print(f"results written to {args.json}")
+    for option, what, write in (("json", "results", lambda path: results.write_json(res, path)),
+                                ("csv", "CSV", csv), ("plot", "plot", plot)):
+        path = getattr(args, option, None)
+        if path and write is not None:
+            write(path)
+            print(f"{what} written to {path}")
+
+
+def _finish(res: dict, args, csv=None, plot=None) -> int:
+    write_outputs(args, res, csv=csv, plot=plot)
     if res.get("failures"):
         for f in res["failures"]:
             msg = f["failure"]["message"] if f["failure"] else f"checks {f['checks']}"
@@ -335,13 +338,8 @@ def cmd_scale(args) -> int:
         p99 = r["p99_cycles"] if r["p99_cycles"] is not None else "-"
         print(f"{r['variant']:12} {r['vcpus']:>5} {r['ops_per_s']:>14,.0f} {r['linear']:>14,.0f} "
               f"{r['efficiency']:>10.3f} {p99:>10}")
-    if args.csv:
-        results.write_scale_csv(res, args.csv)
-        print(f"CSV written to {args.csv}")
-    if args.plot:
-        plots.scale_plot(res, args.plot)
-        print(f"plot written to {args.plot}")
-    return _finish(res, args)
+    return _finish(res, args, csv=lambda path: results.write_scale_csv(res, path),
+                   plot=lambda path: plots.scale_plot(res, path))
 
 
 def default_counts(cores: int) -> list[int]:
@@ -431,11 +429,8 @@ def cmd_stress(args) -> int:
     print(echo.replace("testbed stress:", "testbed stress (end):"))
     for line in lines:
         print(line)
-    if args.json:
-        res = results.envelope("stress", base, {"variants": names, "runs": runs,
-                                                "verdicts": {r["variant"]: r["verdict"] for r in runs}})
-        results.write_json(res, args.json)
-        print(f"results written to {args.json}")
+    write_outputs(args, results.envelope("stress", base, {"variants": names, "runs": runs,
+                                                          "verdicts": {r["variant"]: r["verdict"] for r in runs}}))
     if runs and runs[-1]["interrupted"]:
         return 128 + (15 if runs[-1]["interrupted"] == "SIGTERM" else 2)
     return EXIT_OK if all(r["verdict"] == "SUCCESS" for r in runs) else EXIT_FAILURE

@@ -22,7 +22,7 @@ import numpy as np
 from shared import Arena, Field, Layout, remove_stale
 from workers import vcpu as vcpu_worker
 
-from . import abi, hostinfo, kernels, tlb
+from . import abi, kernels, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place
@@ -257,7 +257,7 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
             if on_sample is not None:
                 on_sample(s, cfg)
             last_t, last_ops = now, ops
-            next_sample += 1.0
+            next_sample = max(next_sample + 1.0, now + 0.5)   # after a long pause, no burst of empty samples
         if now >= end:
             break
         bad = watchdog.check()

@@ -5,7 +5,7 @@ Schema history (bump SCHEMA on any change a reader must know about):
 - 1: first version. A run (kind "testbed.run"): schema, kind, variant, vcpus,
   seed, workload, config, host, placement, startup, window, samples, totals,
   fairness, per_vcpu, latency, checks, failure, partial, interrupted, verdict.
-  Repetitions ("testbed.repeat"), compare, scale and timers results carry
+  Repetitions ("testbed.repeat"), compare, scale, timers and stress results carry
   schema, kind, seed, workload, config and host, their own rows, and every
   run they made under "runs". The JSON Schema is ``testbed/schema.json``.
 """

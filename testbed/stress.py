@@ -68,33 +68,47 @@ class Stressor:
         p = self.plan
         self.next_shuffle = t_start + p.shuffle_s if p.shuffle_s > 0 else None
         self.next_stutter = t_start + p.stutter_s if p.stutter_s > 0 else None
+        self.resume_at = None
         self.next_check = t_start + p.check_s if p.check_s > 0 else None
         # early enough that the watchdog has a second or more to find a stopped vCPU
         at = p.inject_at_s if p.inject_at_s is not None else cfg.warmup + cfg.duration / 3
         self.inject_at = t_start + at if p.inject else None
         self.rss_start = self.rss_now = _rss(procs)
         self.rss_t = t_start
+        self.rss_series = [(0.0, self.rss_start)]    # every 30 s: a long run's memory must stay flat
         state.extra["stress"] = self.summary()
 
     def tick(self, now: float):
+        self._step(now)
+        if now - self.rss_t >= 1.0:
+            self.rss_now, self.rss_t = _rss(self.procs), now
+            if not self.rss_series or now - self.t0 - self.rss_series[-1][0] >= 30.0:
+                self.rss_series.append((round(now - self.t0, 1), self.rss_now))
+        self.state.extra["stress"] = self.summary()
+        return None
+
+    def _step(self, now: float) -> None:
         self._note_violations(now)
         if self.next_shuffle is not None and now >= self.next_shuffle:
             self._shuffle()
             self.next_shuffle = now + self.plan.shuffle_s
-        if self.next_stutter is not None and now >= self.next_stutter:
-            self._stutter()
-            self.next_stutter = self.clock() + self.plan.stutter_s
-            self.next_check = self.clock() + self.plan.check_s if self.plan.check_s > 0 else None
+        if self.resume_at is not None:
+            if now < self.resume_at:           # a stutter pause: everyone waits, the watchdog still looks
+                return
+            self._resume_all()
+            self.resume_at = None
+            self.next_stutter = now + self.plan.stutter_s
+        elif self.next_stutter is not None and now >= self.next_stutter:
+            self.stutters += 1
+            self._quiescent(keep_paused=True)
+            self.resume_at = now + self.plan.stutter_s
+            return
         if self.next_check is not None and now >= self.next_check:
-            self._quiescent(lambda: None)
+            self._quiescent()
             self.next_check = self.clock() + self.plan.check_s
         if self.inject_at is not None and now >= self.inject_at:
             self.inject_at = None
             self._inject()
-        if now - self.rss_t >= 1.0:
-            self.rss_now, self.rss_t = _rss(self.procs), now
-        self.state.extra["stress"] = self.summary()
-        return None
 
     def stall(self, failure: dict) -> None:
         pid = self.procs[failure["vcpu"]].pid
@@ -148,8 +162,8 @@ class Stressor:
     def _resume_all(self) -> None:
         self.views["ctl"][abi.C_PAUSE] = 0
 
-    def _quiescent(self, during) -> None:
-        """Pause everyone between operations, check the shared state, run ``during``, resume."""
+    def _quiescent(self, keep_paused: bool = False) -> None:
+        """Pause everyone between operations and check the shared state; resume unless told not to."""
         from . import harness
 
         try:
@@ -165,13 +179,9 @@ class Stressor:
                 self.checks_run += 1
                 if found["violations"]:
                     self.periodic.append(found)
-            during()
         finally:
-            self._resume_all()
-
-    def _stutter(self) -> None:
-        self.stutters += 1
-        self._quiescent(lambda: time.sleep(self.plan.stutter_s))
+            if not keep_paused:
+                self._resume_all()
 
     def _inject(self) -> None:
         fault = self.plan.inject
@@ -206,10 +216,13 @@ class Stressor:
             "injected": self.injected,
             "rss_mb_start": getattr(self, "rss_start", None),
             "rss_mb_end": getattr(self, "rss_now", None),
+            "rss_mb_series": getattr(self, "rss_series", []),
         }
 
 
 def _rss(procs) -> float:
+    """Resident memory of the parent and its vCPUs, MiB. Pages of the shared arena count in
+    every process that touched them, so the sum rises while the vCPUs first touch the frames."""
     import psutil
 
     total = psutil.Process().memory_info().rss

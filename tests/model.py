@@ -73,18 +73,25 @@ class HashEntry:
 # --------------------------------------------------------------------------------------
 
 
-class LockedModel:
-    """Xen's per-domain mapcache (mapcache.md, "OLD")."""
+class _Geometry:
+    """The geometry both designs share: vCPUs, slots per vCPU, hash buckets."""
 
-    REFCNT_BITS = 32
-
-    def __init__(self, vcpus: int, entries: int = 16, hash_entries: int = 8):
+    def __init__(self, vcpus: int, entries: int, hash_entries: int):
         if vcpus < 1 or entries < 1 or not _pow2(hash_entries):
             raise ValueError(f"bad geometry: vcpus={vcpus} entries={entries} hash={hash_entries}")
         self.vcpus = vcpus
         self.entries = entries
         self.hash_entries = hash_entries
         self.slots = vcpus * entries
+
+
+class LockedModel(_Geometry):
+    """Xen's per-domain mapcache (mapcache.md, "OLD")."""
+
+    REFCNT_BITS = 32
+
+    def __init__(self, vcpus: int, entries: int = 16, hash_entries: int = 8):
+        super().__init__(vcpus, entries, hash_entries)
         # domain
         self.cursor = 0
         self.inuse = [False] * self.slots
@@ -235,18 +242,13 @@ class LockedModel:
 # --------------------------------------------------------------------------------------
 
 
-class LocklessModel:
+class LocklessModel(_Geometry):
     """The seed's per-vCPU mapcache (mapcache.md, "NEW")."""
 
     REFCNT_BITS = 8
 
     def __init__(self, vcpus: int, entries: int = 32, hash_entries: int = 8):
-        if vcpus < 1 or entries < 1 or not _pow2(hash_entries):
-            raise ValueError(f"bad geometry: vcpus={vcpus} entries={entries} hash={hash_entries}")
-        self.vcpus = vcpus
-        self.entries = entries
-        self.hash_entries = hash_entries
-        self.slots = vcpus * entries
+        super().__init__(vcpus, entries, hash_entries)
         self.hash_mfn = [[NOTINUSE] * hash_entries for _ in range(vcpus)]
         self.hash_idx = [[NOTINUSE] * hash_entries for _ in range(vcpus)]
         self.refcnt = [[0] * entries for _ in range(vcpus)]

@@ -98,6 +98,8 @@ def test_stress_finds_every_control_and_passes_real_variants(tmp_path, exclusive
     assert "locked: SUCCESS" in r.stdout and "lockless: SUCCESS" in r.stdout
     assert r.stdout.count("shuffle=0.3") == 2                 # echoed at start and at end
     res = json.loads(js.read_text())
+    jsonschema.validate(res, SCHEMA)
+    assert res["verdicts"] == {"locked": "SUCCESS", "lockless": "SUCCESS"}
     for run in res["runs"]:
         assert run["stress"]["moves"] > 0 and run["stress"]["quiescent_checks"] > 0
     r = testbed_cli("stress", "--variants", "locked-nolock,locked-noflush,lockless-noflush", "--duration", "3",

@@ -12,7 +12,7 @@ Simplification: a real direct map is itself translated by the TLB (with large
 pages, rarely missing); the testbed treats those translations as free.
 """
 
-from ..jit import inline_kernel, kernel
+from ..jit import inline_kernel
 
 NAME = "directmap"
 VID = 0

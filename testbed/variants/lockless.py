@@ -36,7 +36,7 @@ it held before, which the access check reports as a stale translation.
 """
 
 import numpy as np
-from ..jit import inline_kernel, kernel
+from ..jit import inline_kernel
 
 from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
