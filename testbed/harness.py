@@ -145,7 +145,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
         for v, core in enumerate(cores):
             proc = ctx.Process(
                 target=vcpu_worker.main,
-                args=(arena.name, layout, p, v, core, cfg.seed, cfg.chunk_ms, os.getpid()),
+                args=(arena.name, layout, p, v, core, cfg.seed, os.getpid()),
                 name=f"testbed-vcpu{v}", daemon=True,
             )
             proc.start()

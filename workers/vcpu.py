@@ -3,7 +3,7 @@
 A worker dies with its parent (PR_SET_PDEATHSIG, and a check that the parent
 is still the one that forked it), pins itself, attaches the arena by name,
 reports ready, waits for the start flag, then runs the compiled kernel in
-chunks of about ``chunk_ms``, checking the stop flag and publishing a heartbeat
+chunks of about ``--chunk-ms`` (the kernel bounds each call by p[P_CHUNK_CYCLES]), checking the stop flag and publishing a heartbeat
 between chunks, never per operation. It leaves its counters, status and
 context-switch counts in its own row of ``stats`` and exits. Ctrl-C belongs to
 the parent: a worker ignores SIGINT and stops when told.
@@ -45,7 +45,7 @@ def wait_paused(ctl, row) -> None:
     row[abi.S_STATE] = abi.W_RUNNING
 
 
-def main(arena_name, layout, p, vcpu, core, seed, chunk_ms, parent_pid):
+def main(arena_name, layout, p, vcpu, core, seed, parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)
