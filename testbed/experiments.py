@@ -20,15 +20,20 @@ from .config import RunConfig, validate
 from .progress import progress
 
 
+def _run(cfg: RunConfig) -> dict:
+    """One run of an experiment; a run stopped by Ctrl-C or SIGTERM stops the experiment too."""
+    res = harness.run(cfg)
+    if res["interrupted"]:
+        raise harness.Interrupted(res["interrupted"])
+    return res
+
+
 def _runs(cfg: RunConfig, repeat: int, bar, label: str) -> list[dict]:
     out = []
     for i in range(repeat):
-        c = dataclasses.replace(cfg, seed=cfg.seed + i)
-        res = harness.run(c)
+        res = _run(dataclasses.replace(cfg, seed=cfg.seed + i))
         out.append(res)
         bar.advance(f"{label} rep {i + 1}/{repeat}: {res['totals']['ops_per_s']:,.0f} ops/s")
-        if res["interrupted"]:
-            raise harness.Interrupted(res["interrupted"])
     return out
 
 
@@ -54,10 +59,7 @@ def compare(base: RunConfig, variants=("locked", "lockless"), vcpus_multi: int =
         for scope, n in (("single", 1), ("multi", vcpus_multi)):
             for i in range(repeat):
                 for name in names:
-                    cfg = dataclasses.replace(base, variant=name, vcpus=n, seed=base.seed + i)
-                    res = harness.run(cfg)
-                    if res["interrupted"]:
-                        raise harness.Interrupted(res["interrupted"])
+                    res = _run(dataclasses.replace(base, variant=name, vcpus=n, seed=base.seed + i))
                     cells.setdefault((scope, name), []).append(res)
                     all_runs.append(res)
                     bar.advance(f"compare {scope} {name} rep {i + 1}/{repeat}")
@@ -118,9 +120,7 @@ def timers(base: RunConfig, variants=("locked", "lockless"), show_progress: bool
     rows, all_runs = [], []
     with progress(len(variants), "timers", show_progress) as bar:
         for name in variants:
-            res = harness.run(dataclasses.replace(base, variant=name))
-            if res["interrupted"]:
-                raise harness.Interrupted(res["interrupted"])
+            res = _run(dataclasses.replace(base, variant=name))
             all_runs.append(res)
             t = res["totals"]
             sets = t["timer_sets"]

@@ -116,9 +116,9 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     """Run one experiment; a result dictionary (see ``testbed.results``).
 
     ``hooks``, if given, is told of the run as it goes (``testbed.stress``):
-    ``start(state, procs, views)`` once the vCPUs are released, ``tick(now)`` on
-    every poll (it may return a failure dictionary to end the run), and
-    ``stall(failure)`` when the watchdog finds a vCPU that stopped.
+    ``start(state, procs, views, t_start)`` once the vCPUs are released,
+    ``tick(now)`` on every poll (it may return a failure dictionary to end the
+    run), and ``stall(failure)`` when the watchdog finds a vCPU that stopped.
     """
     t0 = time.perf_counter()
     cfg = cfgmod.validate(cfg)
