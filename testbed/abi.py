@@ -27,6 +27,7 @@ P_COST_FLUSH_ALL = 14  # cycles added per full flush
 P_COST_WALK = 15       # cycles added per page walk
 P_WORKING_SET = 16     # MFNs the workload draws from
 P_GUEST_WORK = 17      # guest workload: private work units between bursts
+P_SCHED = 18           # scheduling model, SCHED_* below
 P_LAT_EVERY = 19       # sample the map latency every 2**k operations
 P_LONG_HOLD = 20       # cycles to spin inside critical sections
 P_HOT = 21             # hot workload: size of the hot set
@@ -34,6 +35,8 @@ P_BURST = 22           # guest and timers workloads: map operations per hypercal
 P_SLACK = 23           # timers workload: cycles between taking the deadline and arming the timer
 P_CHUNK_CYCLES = 25    # a kernel call returns after about this many cycles (checked every 16 operations)
 P_PANIC_STREAK = 24    # timers workload: consecutive -ETIME that panic the guest (FreeBSD 10: 60)
+P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
+P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 N_PARAMS = 32
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
@@ -81,7 +84,16 @@ S_STREAK = 41          # timers workload: current run of consecutive -ETIME
 S_MOVES_SEEN = 43      # moves the vCPU has taken in (flushed its TLB for)
 S_SAMPLING = 44        # set while a latency-sampled map runs: the lock times its hold then
 S_PROGRESS = 42        # bumped by the kernel per operation and per lock-spin round: the watchdog's pulse
-N_STATS = 48
+S_RUN_NS = 45          # time on a CPU (under --sched hypervisor: summed time slices)
+S_WAIT_NS = 46         # time descheduled, waiting for a CPU (--sched hypervisor)
+S_SWITCHES = 47        # context switches in (--sched hypervisor)
+S_MAX_WAIT_NS = 48     # longest single wait for a CPU (--sched hypervisor)
+S_BAD_SWITCH = 49      # switches away while holding a mapping or a lock: must stay 0
+S_T_ENTRY = 50         # monotonic ns when the forked process began
+S_T_READY = 51         # monotonic ns when it had attached the arena and pinned itself
+S_USS_KB = 52          # the process's unique memory (private pages) when it finished, KiB
+S_CPU_NS = 53          # CPU time the process used, when it finished
+N_STATS = 64
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 
 COUNTER_NAMES = {
@@ -102,17 +114,33 @@ W_READY = 1
 W_RUNNING = 2
 W_DONE = 3
 W_PAUSED = 4           # between chunks, waiting for C_PAUSE to clear (stutter, quiescent checks)
+W_DESCHED = 5          # --sched hypervisor: descheduled at an operation boundary, blocked until given a CPU
+
+# --- scheduling models (p[P_SCHED]) ---------------------------------------------------
+SCHED_DEDICATED = 0    # no more vCPUs than CPUs: each vCPU has a CPU of its own
+SCHED_HYPERVISOR = 1   # the testbed schedules vCPUs, switching only between operations
+SCHED_HOST = 2         # the host's scheduler preempts vCPU processes anywhere
+SCHED_NAMES = {SCHED_DEDICATED: "dedicated", SCHED_HYPERVISOR: "hypervisor", SCHED_HOST: "host"}
 
 # --- control words (ctl[...]), each on its own cache line ---------------------------
 C_START = 0
 C_STOP = 8
 C_PAUSE = 16           # while set, vCPUs wait between chunks
-N_CTL = 24
+C_SEQ = 24             # bumped after every change of the words above: the futex the vCPUs sleep on
+C_STOP_NS = 25         # monotonic ns when the stop flag was set
+N_CTL = 32
 
 # --- the parent's mailbox to each vCPU (mail[vcpu, ...]), read between chunks ------
 M_MOVES = 0            # times the parent re-pinned this vCPU: each is a context switch
 M_CORE = 1             # the host CPU it was moved to
-N_MAIL = 8
+M_WAKE = 8             # --sched hypervisor: bumped to wake this vCPU (a futex word)
+M_GRANT = 9            # ... the host CPU + 1 it was given by the vCPU that handed over, 0 if none
+N_MAIL = 16
+
+# --- the hypervisor scheduler's run queue (runq[...]), guarded by a process-shared lock --
+RQ_HEAD = 0            # next vCPU to get a CPU: ring[head % capacity]
+RQ_TAIL = 8            # where the next descheduled vCPU queues
+RQ_RING = 16           # the ring of vCPU ids, capacity = vcpus
 
 # --- kernel status codes --------------------------------------------------------------
 ST_OK = 0

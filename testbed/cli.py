@@ -96,6 +96,12 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
     ap.add_argument("--lat-every", type=_int, default=6, help="sample map latency every 2**k maps (default 6)")
     ap.add_argument("--long-hold", type=_int, default=0, help="cycles to spin inside the critical section")
     ap.add_argument("--chunk-ms", type=_float, default=5.0, help="kernel chunk between stop checks (default 5 ms)")
+    ap.add_argument("--sched", default=None, metavar="{hypervisor,host}",
+                    help="with more vCPUs than CPUs: 'hypervisor' (default) schedules vCPUs as a hypervisor does, "
+                         "switching only between operations; 'host' lets the host preempt them anywhere "
+                         "(lock-holder preemption, as with guest spinlocks). No effect with vCPUs <= CPUs")
+    ap.add_argument("--timeslice-us", type=_float, default=None,
+                    help="--sched hypervisor: time slice (default 1000, Xen credit2's rate limit)")
 
 
 def config_from(args):
@@ -122,7 +128,8 @@ def config_from(args):
         tlb_entries=args.tlb_entries, tlb_ways=args.tlb_ways, cost_flush_one=costs[0],
         cost_flush_all=costs[1], cost_walk=costs[2], guest_work=args.guest_work, burst=args.burst,
         slack_us=args.slack_us, panic_streak=args.panic_streak, lat_every=args.lat_every,
-        long_hold=args.long_hold, chunk_ms=args.chunk_ms,
+        long_hold=args.long_hold, chunk_ms=args.chunk_ms, sched=args.sched,
+        **({"timeslice_us": args.timeslice_us} if args.timeslice_us is not None else {}),
     )
 
 

@@ -29,6 +29,19 @@ WORKLOADS = {
 
 MAX_VCPUS = 1024
 
+# Scheduling models for more vCPUs than CPUs (--sched); see workers/sched.py and the README.
+SCHED_MODELS = {
+    "hypervisor": "the testbed schedules vCPUs as a hypervisor does: at most one per CPU, switched only "
+                  "between operations when its time slice is up (never inside map/unmap or holding a lock)",
+    "host": "the host's scheduler preempts vCPU processes anywhere, inside critical sections too: "
+            "lock-holder preemption, as with a guest's own spinlocks",
+}
+# Xen credit2's default rate limit (sched_ratelimit_us): the least a vCPU runs before it can
+# be preempted, and the slice that equal-weight vCPUs contending for a pCPU end up with.
+TIMESLICE_US = 1000.0
+# Xen's bounds on scheduler time values: rate limit >= 100 us, credit1 time slice <= 1000 ms.
+TIMESLICE_MIN_US, TIMESLICE_MAX_US = 100.0, 1_000_000.0
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -60,6 +73,8 @@ class RunConfig:
     long_hold: int = 0
     chunk_ms: float = 5.0
     unchecked: bool = False            # run a lockless geometry that cannot hold a nested walk
+    sched: str | None = None           # with more vCPUs than CPUs: hypervisor (default) or host
+    timeslice_us: float = TIMESLICE_US # --sched hypervisor: time slice
 
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on other fields."""
@@ -139,7 +154,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--lat-every {cfg.lat_every}: must be between 0 and 40 (sample every 2**k maps)")
     if not cfg.chunk_ms > 0:
         raise UsageError(f"--chunk-ms {cfg.chunk_ms}: must be positive")
+    if cfg.sched is not None and cfg.sched not in SCHED_MODELS:
+        raise UsageError(f"--sched {cfg.sched!r}: unknown scheduling model; choose one of: {', '.join(SCHED_MODELS)}")
+    if not TIMESLICE_MIN_US <= cfg.timeslice_us <= TIMESLICE_MAX_US:
+        raise UsageError(
+            f"--timeslice-us {cfg.timeslice_us:g}: must be between {TIMESLICE_MIN_US:g} and {TIMESLICE_MAX_US:g} "
+            f"microseconds (Xen's own bounds; its credit2 default is {TIMESLICE_US:g})"
+        )
     return cfg
+
+
+def sched_model(cfg: RunConfig, cpus: int) -> str:
+    """The scheduling model a run of ``cfg`` on ``cpus`` allowed CPUs uses.
+
+    With no more vCPUs than CPUs each vCPU has a CPU of its own ("dedicated") and
+    --sched has no effect; beyond that, --sched picks, "hypervisor" by default.
+    """
+    if cfg.vcpus <= cpus:
+        return "dedicated"
+    return cfg.sched or "hypervisor"
 
 
 def params(cfg: RunConfig) -> np.ndarray:
@@ -171,6 +204,8 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_PANIC_STREAK] = cfg.panic_streak
     hz = tsc_hz()
     p[abi.P_CHUNK_CYCLES] = int(cfg.chunk_ms * 1e-3 * hz)
+    p[abi.P_TSC_KHZ] = int(hz / 1000)
+    p[abi.P_TIMESLICE_NS] = int(cfg.timeslice_us * 1000)
     if cfg.workload == "timers":
         p[abi.P_SLACK] = int(cfg.slack_us * 1e-6 * hz)
     return p

@@ -12,6 +12,7 @@ exception so that it takes the same path as Ctrl-C.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -19,18 +20,25 @@ from dataclasses import dataclass, field
 import multiprocess as mp
 import numpy as np
 
-from shared import Arena, Field, Layout, remove_stale
+from shared import Arena, Field, Layout, futex, remove_stale
 from workers import vcpu as vcpu_worker
 
-from . import abi, kernels, tlb
+from . import abi, kernels, limits, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place
+from .vproc import VcpuProcess, wait_any
 
-STALL_S = 1.0          # a running vCPU whose heartbeat is older than this has stalled
+STALL_S = 1.0          # a vCPU whose pulse is older than this is looked at: stopped, hung or starved
+HUNG_CPU_S = 0.5       # ... hung if it got this much CPU since, without a single operation
 POLL_S = 0.05
 READY_TIMEOUT_S = 60.0
+# Every vCPU stops within JOIN_TIMEOUT_S of the stop flag, plus DRAIN_PER_SHARER_S for each
+# vCPU beyond the first that shares a CPU (all of them must get the CPU to exit), plus
+# DRAIN_PER_WAITER_S for each vCPU queued for the lock when the stop came (a convoy drains).
 JOIN_TIMEOUT_S = 5.0
+DRAIN_PER_SHARER_S = 0.05
+DRAIN_PER_WAITER_S = 0.25
 
 
 class Interrupted(Exception):
@@ -47,6 +55,7 @@ def build_layout(cfg: cfgmod.RunConfig) -> Layout:
     V = cfg.vcpus
     return Layout((
         Field("ctl", "int64", (abi.N_CTL,)),
+        Field("runq", "int64", (abi.RQ_RING + V,)),
         Field("dom", "int64", (max(dom_words, 8),)),
         Field("pte", "int64", (max(V * cfg.entries, 1),)),
         Field("dbits", "int64", (max(bit_words, 1),)),
@@ -81,6 +90,9 @@ def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray) -> None:
     init_state(views, cfg)
     tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
     kernels.run_ops(1, 0, *kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
+    # would compile (or load) it on its first switch, seconds of CPU each.
+    tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])
 
 
 @dataclass
@@ -99,6 +111,7 @@ class Sample:
 class RunState:
     cfg: cfgmod.RunConfig
     cores: list
+    sched: str = "dedicated"
     samples: list = field(default_factory=list)
     failure: dict | None = None
     interrupted: str | None = None
@@ -106,6 +119,10 @@ class RunState:
     window: tuple = (0.0, 0.0)
     ops_at: tuple = ((), ())
     extra: dict = field(default_factory=dict)     # what stress hooks add to the result
+    fork_ns: list = field(default_factory=list)   # per vCPU: the parent's time in fork
+    starved: np.ndarray | None = None             # per vCPU: longest time without progress, s
+    stop: dict = field(default_factory=dict)
+    victims: dict = field(default_factory=dict)   # vCPU -> why it was killed
 
 
 def _raise_interrupted(signum, frame):
@@ -123,82 +140,134 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     t0 = time.perf_counter()
     cfg = cfgmod.validate(cfg)
     topo = host_topology()
-    cores = place(topo, allowed_cpus(topo, cfg.cpus), cfg.vcpus, cfg.oversubscribe)
+    allowed = allowed_cpus(topo, cfg.cpus)
+    cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe)
+    model = cfgmod.sched_model(cfg, len(allowed))
+    layout = build_layout(cfg)
+    limits.check_capacity(cfg.vcpus, layout.size)
     p = cfgmod.params(cfg)
+    p[abi.P_SCHED] = {v: k for k, v in abi.SCHED_NAMES.items()}[model]
     remove_stale()
 
-    state = RunState(cfg, cores)
+    state = RunState(cfg, cores, sched=model)
     t_compile = time.perf_counter()
     compile_kernels(cfg, p)
     state.startup["compile_s"] = time.perf_counter() - t_compile
 
-    layout = build_layout(cfg)
     arena = None
     procs = []
     old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    ready_r = ready_w = go_r = go_w = None
     try:
         arena = Arena.create(layout)
         views = arena.views
         init_state(views, cfg)
-        ctx = mp.get_context("fork")
+        rq_lock = None
+        if model == "hypervisor":
+            rq_lock = mp.get_context("fork").Lock()
+            _init_runqueue(views, cores, len(allowed))
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
         t_fork = time.perf_counter()
         for v, core in enumerate(cores):
-            proc = ctx.Process(
+            proc = VcpuProcess(
                 target=vcpu_worker.main,
-                args=(arena.name, layout, p, v, core, cfg.seed, os.getpid()),
-                name=f"testbed-vcpu{v}", daemon=True,
+                args=(arena.name, layout, p, v, core, cfg.seed, os.getpid(), ready_w, rq_lock, (go_r, go_w)),
+                name=f"testbed-vcpu{v}",
             )
+            t = time.perf_counter_ns()
             proc.start()
+            state.fork_ns.append(time.perf_counter_ns() - t)
             procs.append(proc)
+        for fd in (ready_w, go_r, go_w):
+            os.close(fd)          # the vCPUs set themselves up now (see workers.vcpu)
+        ready_w = go_r = go_w = None
         state.startup["fork_s"] = time.perf_counter() - t_fork
-        _wait_ready(state, procs, views)
+        _wait_ready(state, procs, views, ready_r)
         state.startup["attach_s"] = time.perf_counter() - t_fork - state.startup["fork_s"]
         state.startup["total_s"] = time.perf_counter() - t0
         if t_launch is not None:
             state.startup["since_launch_s"] = time.perf_counter() - t_launch
         if state.failure is None:
             _measure(state, procs, views, on_sample, hooks=hooks)
-        views["ctl"][abi.C_STOP] = 1
-        if state.failure is not None and state.failure["kind"] == "stalled" and state.failure.get("action") != "resumed":
-            _kill(procs[state.failure["vcpu"]])      # a stopped process cannot heed the stop flag
-        hung = _reap(procs)
-        if hung and state.failure is None:
-            v = hung[0]
-            state.failure = {"kind": "hung", "vcpu": v, "pid": procs[v].pid,
-                             "message": f"vCPU {v} (pid {procs[v].pid}) did not stop within {JOIN_TIMEOUT_S:.0f} s "
-                                        f"of the stop flag and was killed"}
+        if state.failure is not None and state.failure["kind"] in ("stalled", "hung") \
+                and state.failure.get("action") != "resumed":
+            v = state.failure["vcpu"]
+            _kill(procs[v])      # a stopped or hung process cannot heed the stop flag
+            state.victims[v] = state.failure["kind"]
+        stop_all(views, len(procs))
+        _drain(state, procs, views)
         return _result(state, procs, views, layout)
     except (KeyboardInterrupt, Interrupted) as e:
         state.interrupted = e.signame if isinstance(e, Interrupted) else "SIGINT"
         if arena is not None and arena.views:
-            arena.views["ctl"][abi.C_STOP] = 1
-            _reap(procs)
+            stop_all(arena.views, len(procs))
+            _drain(state, procs, arena.views)
             return _result(state, procs, arena.views, layout)
         raise
     finally:
         if arena is not None and arena.views:
-            arena.views["ctl"][abi.C_STOP] = 1
+            stop_all(arena.views, len(procs))
         _reap(procs, kill=True)
+        for fd in (ready_r, ready_w, go_r, go_w):
+            if fd is not None:
+                os.close(fd)
         if arena is not None:
             arena.destroy()
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _wait_ready(state: RunState, procs, views) -> None:
-    stats = views["stats"]
+def _init_runqueue(views, cores: list, cpus: int) -> None:
+    """--sched hypervisor: the first vCPUs get a CPU each, the others queue in order."""
+    mail, rq = views["mail"], views["runq"]
+    running = min(cpus, len(cores))
+    for v in range(running):
+        mail[v, abi.M_GRANT] = cores[v] + 1
+    for i, v in enumerate(range(running, len(cores))):
+        rq[abi.RQ_RING + i] = v
+    rq[abi.RQ_HEAD], rq[abi.RQ_TAIL] = 0, len(cores) - running
+
+
+def release(views) -> None:
+    """The start: every vCPU sleeping on the control word wakes up."""
+    views["ctl"][abi.C_START] = 1
+    futex.bump_and_wake(views["ctl"], abi.C_SEQ)
+
+
+def stop_all(views, n: int) -> None:
+    """The stop flag, and a wake-up for every vCPU asleep (at the start, paused or descheduled)."""
+    ctl = views["ctl"]
+    if ctl[abi.C_STOP]:
+        return
+    ctl[abi.C_STOP_NS] = time.monotonic_ns()
+    ctl[abi.C_STOP] = 1
+    futex.bump_and_wake(ctl, abi.C_SEQ)
+    mail = views["mail"]
+    for v in range(n):
+        futex.bump_and_wake(mail[v], abi.M_WAKE)
+
+
+def _wait_ready(state: RunState, procs, views, ready_fd: int) -> None:
+    """Block until every vCPU has written its byte down the pipe, or one died, or the time-out."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if all(stats[v, abi.S_STATE] >= abi.W_READY for v in range(len(procs))):
-            return
-        for v, proc in enumerate(procs):
-            if proc.exitcode is not None:
-                state.failure = _death(v, proc, views, "before it was ready", state.cfg)
-                return
-        if time.monotonic() > deadline:
+    ready = 0
+    fds = [ready_fd]
+    while ready < len(procs):
+        left = deadline - time.monotonic()
+        if left <= 0:
             state.failure = {"kind": "start_timeout", "vcpu": None,
-                             "message": f"vCPUs not ready after {READY_TIMEOUT_S:.0f} s"}
+                             "message": f"{ready} of {len(procs)} vCPUs ready after {READY_TIMEOUT_S:.0f} s"}
             return
-        time.sleep(0.001)
+        exited, readable = wait_any(procs, left, fds)
+        if exited:
+            v = procs.index(exited[0])
+            state.failure = _death(v, exited[0], views, "before it was ready", state.cfg)
+            return
+        if readable:
+            got = os.read(ready_fd, 4096)
+            if not got:            # every writer gone: a death shows up among the sentinels
+                fds = []
+            ready += len(got)
 
 
 def _death(v: int, proc, views, when: str, cfg) -> dict:
@@ -228,22 +297,24 @@ def _ops(views, n: int) -> np.ndarray:
     return views["stats"][:n, abi.S_OPS].copy()
 
 
-def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sleep=time.sleep, hooks=None) -> None:
+def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sleep=time.sleep, hooks=None,
+             probe=None) -> None:
     """Release the vCPUs, sample their counters once a second, watch them, stop at the end.
 
     The first ``warmup`` seconds are sampled and reported but not measured; the
     measured window runs from the first reading after the warm-up to the end.
-    ``clock`` and ``sleep`` are parameters so that tests can drive a fake clock.
+    ``clock``, ``sleep`` and ``probe`` are parameters so that tests can drive a
+    fake clock and fake processes.
     """
     cfg = state.cfg
     n = len(procs)
-    views["ctl"][abi.C_START] = 1
+    release(views)
     t_start = clock()
     end = t_start + cfg.warmup + cfg.duration
     last_t, last_ops = t_start, _ops(views, n)
     next_sample = t_start + 1.0
     warm_ops, warm_t = (last_ops, t_start) if cfg.warmup == 0 else (None, None)
-    watchdog = Watchdog(procs, views, cfg, clock=clock)
+    watchdog = Watchdog(procs, views, cfg, clock=clock, probe=probe or proc_probe)
     if hooks is not None:
         hooks.start(state, procs, views, t_start)
     while True:
@@ -279,33 +350,83 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
         warm_ops, warm_t = _ops(views, n), t_end
     state.window = (warm_t - t_start, t_end - t_start)
     state.ops_at = (warm_ops, _ops(views, n))
+    state.starved = watchdog.starved.copy()
+
+
+def proc_probe(pid: int) -> tuple[str, float]:
+    """(state letter, CPU seconds used) of a process, from /proc; ("gone", 0) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return "gone", 0.0
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Watchdog:
-    """Finds vCPUs that died or stopped making progress.
+    """Tells stopped, hung and starved vCPUs apart; finds dead ones.
 
     The pulse is ``S_PROGRESS``, which the kernel bumps after every operation
-    and on every round of a lock spin: a vCPU waiting behind a preempted lock
-    holder still beats, a vCPU that is stopped (SIGSTOP) or hung does not.
+    and on every round of a lock spin: a vCPU waiting behind a lock holder
+    still beats. A running vCPU whose pulse has not moved for ``stall_s`` is
+    looked at through the CPU time its process got since (``probe``):
+
+    - stopped (SIGSTOP, state T): ``stalled``, a failure;
+    - got ``HUNG_CPU_S`` of CPU and did not complete one operation: ``hung``,
+      a failure;
+    - got no CPU: starved by the host's scheduler. That is a measured figure
+      (the longest starvation per vCPU, ``starved``), never a failure.
+
+    A vCPU that is not running (paused, descheduled by ``--sched hypervisor``,
+    done) is not watched: the testbed knows why it does not beat.
     """
 
-    def __init__(self, procs, views, cfg, stall_s: float = STALL_S, clock=time.monotonic):
-        self.procs, self.views, self.cfg, self.stall_s, self.clock = procs, views, cfg, stall_s, clock
+    def __init__(self, procs, views, cfg, stall_s: float = STALL_S, clock=time.monotonic, probe=proc_probe):
+        self.procs, self.views, self.cfg, self.stall_s, self.clock, self.probe = procs, views, cfg, stall_s, clock, probe
+        n = len(procs)
         now = clock()
-        self.last = [(int(views["stats"][v, abi.S_PROGRESS]), now) for v in range(len(procs))]
+        self.pulse = views["stats"][:n, abi.S_PROGRESS].copy()
+        self.since = np.full(n, now)             # when each pulse last moved (or the vCPU stopped running)
+        self.starved = np.zeros(n)               # longest time each vCPU went without progress, s
+        self.cpu_at = {}                         # vCPU -> CPU seconds when it was first looked at
 
     def check(self):
-        stats = self.views["stats"]
-        now = self.clock()
         for v, proc in enumerate(self.procs):
             if proc.exitcode is not None:
                 return _death(v, proc, self.views, "during the run", self.cfg)
-            pulse = int(stats[v, abi.S_PROGRESS])
-            if pulse != self.last[v][0] or stats[v, abi.S_STATE] != abi.W_RUNNING:
-                self.last[v] = (pulse, now)
-            elif now - self.last[v][1] > self.stall_s:
-                return {"kind": "stalled", "vcpu": v, "pid": proc.pid,
-                        "message": f"vCPU {v} (pid {proc.pid}) made no progress for {now - self.last[v][1]:.1f} s"}
+        return self.stalls()
+
+    def stalls(self, among=None):
+        """The first stopped or hung vCPU (of ``among``, default all), or None."""
+        stats = self.views["stats"]
+        n = len(self.procs)
+        now = self.clock()
+        pulse = stats[:n, abi.S_PROGRESS].copy()
+        moved = (pulse != self.pulse) | (stats[:n, abi.S_STATE] != abi.W_RUNNING)
+        self.pulse = pulse
+        self.since[moved] = now
+        for v in np.flatnonzero(moved):
+            self.cpu_at.pop(int(v), None)
+        gap = now - self.since
+        np.maximum(self.starved, gap, out=self.starved)
+        for v in np.flatnonzero(gap > self.stall_s):
+            v = int(v)
+            if among is not None and v not in among:
+                continue
+            pid = self.procs[v].pid
+            letter, cpu = self.probe(pid)
+            if letter in ("T", "t"):
+                return {"kind": "stalled", "vcpu": v, "pid": pid,
+                        "message": f"vCPU {v} (pid {pid}) is stopped and made no progress for {gap[v]:.1f} s"}
+            base = self.cpu_at.setdefault(v, cpu)
+            if cpu - base >= HUNG_CPU_S:
+                return {"kind": "hung", "vcpu": v, "pid": pid,
+                        "message": f"vCPU {v} (pid {pid}) ran {cpu - base:.2f} s of CPU without completing an "
+                                   f"operation (no progress for {gap[v]:.1f} s)"}
         return None
 
 
@@ -340,6 +461,61 @@ def live_mappings(views, n: int) -> dict:
     return {v: _live(views, v) for v in range(n)}
 
 
+def lock_waiters(views, cfg) -> int:
+    """vCPUs queued for the variant's lock now (0 for a variant without one)."""
+    hook = getattr(registry.get(cfg.variant).module, "lock_waiters", None)
+    return int(hook(views)) if hook is not None else 0
+
+
+def stop_bound(vcpus: int, cpus: int, waiters: int) -> float:
+    """Seconds every vCPU gets to stop after the stop flag (see JOIN_TIMEOUT_S)."""
+    sharers = max(0, -(-vcpus // max(1, cpus)) - 1)
+    return JOIN_TIMEOUT_S + DRAIN_PER_SHARER_S * sharers + DRAIN_PER_WAITER_S * waiters
+
+
+def _drain(state: RunState, procs, views, clock=time.monotonic, probe=proc_probe) -> None:
+    """After the stop flag: let every vCPU finish and exit; kill only the stopped or hung.
+
+    A vCPU queued in a lock convoy when the stop came is neither: it finishes
+    its operation when its turn comes. The deadline is ``stop_bound``; a vCPU
+    still there after it is killed and reported as hung. Blocks on the
+    processes' pidfds, never polls them.
+    """
+    t0 = clock()
+    waiters = lock_waiters(views, state.cfg)
+    deadline = t0 + stop_bound(len(procs), len(set(state.cores)), waiters)
+    alive = {v for v, p in enumerate(procs) if p.exitcode is None}
+    watchdog = Watchdog(procs, views, state.cfg, clock=clock, probe=probe)
+    last_exit = t0
+    while alive:
+        now = clock()
+        if now >= deadline:
+            for v in alive:
+                _kill(procs[v])
+                state.victims.setdefault(v, "did not stop")
+                if state.failure is None:
+                    state.failure = {"kind": "hung", "vcpu": v, "pid": procs[v].pid,
+                                     "message": f"vCPU {v} (pid {procs[v].pid}) did not stop within "
+                                                f"{deadline - t0:.1f} s of the stop flag and was killed"}
+            break
+        exited, _ = wait_any([procs[v] for v in alive], min(POLL_S * 2, deadline - now))
+        if exited:
+            alive -= {v for v in alive if procs[v].exitcode is not None}
+            last_exit = clock()
+        # Among those still running, a stopped or hung vCPU will never stop by itself.
+        bad = watchdog.stalls(among=alive)
+        if bad is not None:
+            v = bad["vcpu"]
+            _kill(procs[v])
+            alive.discard(v)
+            state.victims.setdefault(v, bad["kind"])
+            if state.failure is None:
+                bad["message"] += "; found while stopping, killed"
+                state.failure = bad
+    state.stop = {"drain_s": round(last_exit - t0, 4), "lock_waiters_at_stop": waiters,
+                  "deadline_s": round(deadline - t0, 2)}
+
+
 def _reap(procs, kill: bool = False) -> list[int]:
     """Join every vCPU; SIGKILL those still running after the timeout. The vCPUs that needed it."""
     deadline = time.monotonic() + (0.0 if kill else JOIN_TIMEOUT_S)
@@ -368,12 +544,39 @@ def _result(state: RunState, procs, views, layout) -> dict:
     n = cfg.vcpus
     stats = views["stats"]
     lost, written, counted = lost_writes(views, cfg)
-    vchecks = registry.get(cfg.variant).module.check(views, cfg, live_mappings(views, n))
+    vchecks = variant_checks(views, cfg, victims=state.victims)
     exited = all(p.exitcode is not None for p in procs)
+    runtime = {
+        "sched": {"model": state.sched, "requested": cfg.sched, "cpus": len(set(state.cores)),
+                  "timeslice_us": cfg.timeslice_us if state.sched == "hypervisor" else None,
+                  "description": sched_description(state.sched)},
+        "stop": state.stop, "fork_ns": state.fork_ns, "victims": state.victims,
+        "starved_s": None if state.starved is None else [float(x) for x in state.starved],
+        "watch_resolution_s": POLL_S,
+        "parent_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
     return results.build(
         cfg=cfg, cores=state.cores, stats=stats[:n].copy(), hist=views["hist"][:n].copy(),
         samples=state.samples, window=state.window, ops_at=state.ops_at,
         lost_writes=lost, writes_reported=written, writes_counted=counted, variant_checks=vchecks,
         failure=state.failure, interrupted=state.interrupted, startup=state.startup,
-        exitcodes=[p.exitcode for p in procs], complete=exited, extra=state.extra,
+        exitcodes=[p.exitcode for p in procs], complete=exited and not state.victims, extra=state.extra,
+        runtime=runtime,
     )
+
+
+def variant_checks(views, cfg, victims=None) -> dict:
+    """The variant's own invariants over the shared state, told which vCPUs were killed.
+
+    A vCPU killed inside an operation leaves that operation half done (a slot
+    taken but not yet listed as held, a ticket taken but never served): the
+    variant does not count against the design what only the kill explains.
+    """
+    return registry.get(cfg.variant).module.check(views, cfg, live_mappings(views, cfg.vcpus),
+                                                  victims=frozenset(victims or ()))
+
+
+def sched_description(model: str) -> str:
+    if model == "dedicated":
+        return "one vCPU per CPU, nothing else scheduled on it"
+    return cfgmod.SCHED_MODELS[model]

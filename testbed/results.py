@@ -8,6 +8,17 @@ Schema history (bump SCHEMA on any change a reader must know about):
   Repetitions ("testbed.repeat"), compare, scale, timers and stress results carry
   schema, kind, seed, workload, config and host, their own rows, and every
   run they made under "runs". The JSON Schema is ``testbed/schema.json``.
+- 2: a run records how its vCPUs were scheduled and started. "sched": the
+  model (dedicated, hypervisor or host), the CPUs, the time slice (hypervisor
+  only) and what the model means. Per vCPU: run_s (time on a CPU), wait_s
+  (time waiting for one), switches and max_wait_s (hypervisor), starved_s
+  (longest time without progress as the watchdog saw it, at
+  watch_resolution_s), fork_ms, attach_ms, uss_kib. "fairness" adds the
+  spread of run time; "startup" the per-vCPU fork and attach figures;
+  "memory" the parent's peak and the vCPUs' summed unique memory; "stop" how
+  long the vCPUs took to stop (drain_s), the lock queue at the stop and the
+  deadline; "victims" the vCPUs killed and why. checks adds sched_violations
+  (switches that found a vCPU holding a mapping or a lock).
 """
 
 from __future__ import annotations
@@ -19,11 +30,11 @@ import numpy as np
 
 from . import abi, hostinfo
 
-SCHEMA = 1
+SCHEMA = 2
 KIND = "testbed.run"
 
 CHECK_KEYS = ("stale_translations", "lost_writes", "slot_leaks", "refcount_errors", "exhaustion",
-              "invariant_violations", "periodic_violations", "worker_failures")
+              "invariant_violations", "periodic_violations", "worker_failures", "sched_violations")
 
 
 def _percentile_from_hist(hist: np.ndarray, q: float) -> int | None:
@@ -56,8 +67,11 @@ def latency(hist: np.ndarray, max_cycles: int, every: int) -> dict:
 
 
 def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writes_reported, writes_counted,
-          variant_checks, failure, interrupted, startup, exitcodes, complete, extra=None) -> dict:
+          variant_checks, failure, interrupted, startup, exitcodes, complete, extra=None, runtime=None) -> dict:
     n = cfg.vcpus
+    runtime = runtime or {}
+    fork_ns = runtime.get("fork_ns") or []
+    starved = runtime.get("starved_s") or []
     totals = {name: int(stats[:, col].max() if col in abi.MAX_COUNTERS else stats[:, col].sum())
               for col, name in abi.COUNTER_NAMES.items()}
     measured_s = float(window[1] - window[0])
@@ -86,14 +100,44 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
             involuntary_ctx_switches=int(row[abi.S_NIVCSW]), voluntary_ctx_switches=int(row[abi.S_NVCSW]),
             pid=int(row[abi.S_PID]), status=abi.STATUS_NAMES.get(int(row[abi.S_STATUS]), int(row[abi.S_STATUS])),
             exitcode=exitcodes[v] if v < len(exitcodes) else None,
+            run_s=row[abi.S_RUN_NS] / 1e9, wait_s=row[abi.S_WAIT_NS] / 1e9, switches=int(row[abi.S_SWITCHES]),
+            max_wait_s=row[abi.S_MAX_WAIT_NS] / 1e9, cpu_s=row[abi.S_CPU_NS] / 1e9,
+            starved_s=round(starved[v], 3) if v < len(starved) else None,
+            fork_ms=round(fork_ns[v] / 1e6, 3) if v < len(fork_ns) else None,
+            attach_ms=round((row[abi.S_T_READY] - row[abi.S_T_ENTRY]) / 1e6, 3) if row[abi.S_T_ENTRY] else None,
+            uss_kib=int(row[abi.S_USS_KB]),
         )
         per_vcpu.append(d)
     ops = [d["ops"] for d in per_vcpu]
+    run_s = [d["run_s"] for d in per_vcpu]
+    mid = float(np.median(run_s)) if run_s else 0.0
     fairness = {
         "min_ops": int(min(ops)) if ops else 0,
         "max_ops": int(max(ops)) if ops else 0,
         "starvation": bool(ops and max(ops) > 0 and min(ops) < max(ops) / 2),
+        "run_s_min": min(run_s, default=0.0), "run_s_median": mid, "run_s_max": max(run_s, default=0.0),
+        # the spread of time on a CPU across vCPUs, relative to the median: 0 is perfectly fair
+        "run_spread": (max(run_s) - min(run_s)) / mid if mid > 0 else None,
+        "starved_max_s": max((d["starved_s"] for d in per_vcpu if d["starved_s"] is not None), default=None),
+        "max_wait_s": max((d["max_wait_s"] for d in per_vcpu), default=0.0),
     }
+    forks = sorted(fork_ns)
+    if forks:
+        tenth = max(1, len(fork_ns) // 10)
+        startup = dict(startup)
+        startup.update(
+            fork_ms_median=float(np.median(forks)) / 1e6, fork_ms_max=forks[-1] / 1e6,
+            # forking must not slow down as vCPUs pile up: the first tenth against the last
+            fork_ms_first_tenth=float(np.median(fork_ns[:tenth])) / 1e6,
+            fork_ms_last_tenth=float(np.median(fork_ns[-tenth:])) / 1e6,
+            attach_ms_median=float(np.median([d["attach_ms"] or 0.0 for d in per_vcpu])),
+        )
+    uss = [d["uss_kib"] for d in per_vcpu if d["uss_kib"] > 0]
+    # Beyond 32 vCPUs only a sample measures its unique memory: the sum is then the median times n.
+    uss_sum = sum(uss) if len(uss) == n else (float(np.median(uss)) * n if uss else 0.0)
+    memory = {"parent_peak_mib": round(runtime.get("parent_peak_kib", 0) / 1024, 1),
+              "vcpus_uss_mib": round(uss_sum / 1024, 1), "vcpus_uss_measured": len(uss),
+              "vcpu_uss_mib_median": round(float(np.median(uss)) / 1024, 2) if uss else None}
 
     checks = {
         "stale_translations": totals["stale_translations"],
@@ -105,6 +149,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "periodic_violations": int((extra or {}).get("stress", {}).get("periodic_violations", 0)),
         "worker_failures": 1 if failure is not None and failure.get("kind") in ("killed", "stalled", "exited",
                                                                                "start_timeout", "hung") else 0,
+        "sched_violations": int(stats[:, abi.S_BAD_SWITCH].sum()),
     }
     # Frame counters must add up to the writes the vCPUs report; a worker killed
     # mid-operation may have counted a write it never made, so only a complete run is held to it.
@@ -124,7 +169,13 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "config": cfg.as_dict(),
         "host": hostinfo.host(),
         "placement": [int(c) for c in cores],
+        "sched": runtime.get("sched", {"model": "dedicated", "requested": None, "cpus": len(set(cores)),
+                                       "timeslice_us": None, "description": "one vCPU per CPU"}),
         "startup": {k: round(v, 4) for k, v in startup.items()},
+        "memory": memory,
+        "stop": runtime.get("stop", {}),
+        "victims": {str(k): v for k, v in (runtime.get("victims") or {}).items()},
+        "watch_resolution_s": runtime.get("watch_resolution_s"),
         "window": {"warmup_s": cfg.warmup, "start_s": window[0], "end_s": window[1]},
         "samples": [s.as_dict() for s in samples],
         "totals": totals,

@@ -31,6 +31,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from shared import futex
+
 from . import abi
 from . import variants as registry
 
@@ -149,18 +151,26 @@ class Stressor:
             self.moves += 1
 
     def _pause_all(self, timeout_s: float = 0.25) -> bool:
+        """Pause every vCPU between operations; False if they were not all paused in time.
+
+        A vCPU descheduled by ``--sched hypervisor`` is between operations too,
+        and stays asleep until a running vCPU hands it a CPU, which a paused one
+        does not.
+        """
         ctl, st = self.views["ctl"], self.views["stats"]
         ctl[abi.C_PAUSE] = 1
+        futex.bump_and_wake(ctl, abi.C_SEQ)
+        quiet = (abi.W_PAUSED, abi.W_DONE, abi.W_DESCHED)
         deadline = self.clock() + timeout_s
         while self.clock() < deadline:
-            if all(p.exitcode is not None or st[v, abi.S_STATE] in (abi.W_PAUSED, abi.W_DONE)
-                   for v, p in enumerate(self.procs)):
+            if all(p.exitcode is not None or st[v, abi.S_STATE] in quiet for v, p in enumerate(self.procs)):
                 return True
             time.sleep(0.0005)
         return False
 
     def _resume_all(self) -> None:
         self.views["ctl"][abi.C_PAUSE] = 0
+        futex.bump_and_wake(self.views["ctl"], abi.C_SEQ)
 
     def _quiescent(self, keep_paused: bool = False) -> None:
         """Pause everyone between operations and check the shared state; resume unless told not to."""
@@ -169,8 +179,7 @@ class Stressor:
         try:
             if self._pause_all():
                 cfg = self.state.cfg
-                module = registry.get(cfg.variant).module
-                found = module.check(self.views, cfg, harness.live_mappings(self.views, cfg.vcpus))
+                found = harness.variant_checks(self.views, cfg)
                 lost, written, counted = harness.lost_writes(self.views, cfg)
                 found = {k: int(v) for k, v in found.items()}
                 found["lost_writes"] = max(lost, abs(written - counted))
@@ -193,15 +202,13 @@ class Stressor:
     def _pick_victim(self, fault: str) -> int:
         n = len(self.procs)
         if fault == "stop":
-            dom = self.views["dom"]
-            module = registry.get(self.state.cfg.variant).module
-            owner_word = getattr(module, "D_LOCK_OWNER", None)
-            if owner_word is not None:
+            holder = getattr(registry.get(self.state.cfg.variant).module, "lock_holder", None)
+            if holder is not None:
                 deadline = self.clock() + 0.5
                 while self.clock() < deadline:
-                    owner = int(dom[owner_word])
-                    if owner:
-                        return owner - 1
+                    owner = holder(self.views)
+                    if owner is not None:
+                        return owner
         return self.rng.randrange(n)
 
     def summary(self) -> dict:
