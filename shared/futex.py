@@ -18,7 +18,6 @@ a sequence word takes between two wake-ups.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -32,7 +31,7 @@ FUTEX_WAKE = 1
 WAKE_ALL = 0x7FFFFFFF
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "ppc64le": 221, "s390x": 238, "riscv64": 98}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)          # the C library the interpreter is linked with
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _NR = _SYS_FUTEX.get(platform.machine())

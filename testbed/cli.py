@@ -166,14 +166,31 @@ def print_result(res: dict, out=sys.stdout) -> None:
     t = res["totals"]
     w = out.write
     w(f"variant {res['variant']}  vcpus {res['vcpus']}  workload {res['workload']}  seed {res['seed']}\n")
-    w(f"start-up {res['startup'].get('total_s', 0):.2f} s (compile {res['startup'].get('compile_s', 0):.2f} s)  "
-      f"measured {t['measured_s']:.2f} s\n")
+    st, sc, mem = res["startup"], res["sched"], res["memory"]
+    w(f"start-up {st.get('total_s', 0):.2f} s (compile {st.get('compile_s', 0):.2f} s, fork "
+      f"{st.get('fork_s', 0):.2f} s: {st.get('fork_ms_median', 0):.1f} ms per vCPU, attach and pin "
+      f"{st.get('attach_s', 0):.2f} s)  measured {t['measured_s']:.2f} s\n")
+    w(f"scheduling: {sc['model']} ({sc['description']})"
+      + (f", time slice {sc['timeslice_us']:g} us" if sc.get("timeslice_us") else "") + "\n")
     w(f"{'vcpu':>4} {'cpu':>4} {'ops':>14} {'ops/s':>14} {'maps':>12} {'hash%':>6} {'tlb miss':>10} "
-      f"{'lock cont':>10} {'invcsw':>7}\n")
-    for d in res["per_vcpu"]:
+      f"{'lock cont':>10} {'run s':>7} {'wait s':>7} {'switch':>6} {'starved':>7}\n")
+    rows = res["per_vcpu"]
+    shown = rows if len(rows) <= 32 else rows[:8] + rows[-8:]
+    for d in shown:
         hr = 100.0 * d["hash_hits"] / d["maps"] if d["maps"] else 0.0
+        if shown is not rows and d is rows[-8]:
+            w(f"  ... {len(rows) - 16} more vCPUs (all in --json)\n")
         w(f"{d['vcpu']:>4} {d['core']:>4} {d['ops']:>14,} {d['ops_per_s']:>14,.0f} {d['maps']:>12,} {hr:>6.1f} "
-          f"{d['tlb_misses']:>10,} {d['lock_contended']:>10,} {d['involuntary_ctx_switches']:>7}\n")
+          f"{d['tlb_misses']:>10,} {d['lock_contended']:>10,} {d['run_s']:>7.2f} {d['wait_s']:>7.2f} "
+          f"{d['switches']:>6} {d['starved_s'] if d['starved_s'] is not None else '-':>7}\n")
+    f = res["fairness"]
+    spread = f"{f['run_spread']:.2f}" if f["run_spread"] is not None else "-"
+    w(f"fairness: run time per vCPU {f['run_s_min']:.3f}..{f['run_s_max']:.3f} s (spread {spread} of the median), "
+      f"longest wait for a CPU {f['max_wait_s']:.3f} s, longest without progress {f['starved_max_s']} s\n")
+    w(f"memory: parent peak {mem['parent_peak_mib']} MiB, vCPUs' unique memory {mem['vcpus_uss_mib']} MiB "
+      f"({mem['vcpu_uss_mib_median']} MiB each, {mem['vcpus_uss_measured']} measured); stop: drained in "
+      f"{res['stop'].get('drain_s', 0)} s (bound {res['stop'].get('deadline_s', '-')} s, "
+      f"{res['stop'].get('lock_waiters_at_stop', 0)} queued for the lock)\n")
     w(f"total ops {t['ops']:,}  ops/s {t['ops_per_s']:,.0f}  ns/op per vCPU "
       f"{(1e9 * res['vcpus'] / t['ops_per_s']) if t['ops_per_s'] else float('nan'):.1f}\n")
     lat = res["latency"]
@@ -340,13 +357,24 @@ def cmd_scale(args) -> int:
     print(f"testbed scale: variants {','.join(variants)}, vCPUs {','.join(map(str, counts))}, "
           f"workload {cfg.workload}, seed {cfg.seed}", flush=True)
     res = experiments.scale(cfg, variants=variants, vcpu_counts=counts, repeat=args.repeat)
-    print(f"{'variant':12} {'vcpus':>5} {'ops/s':>14} {'linear':>14} {'efficiency':>10} {'p99 cycles':>10}")
+    print(f"{'variant':12} {'vcpus':>5} {'sched':>10} {'ops/s':>14} {'linear':>14} {'efficiency':>10} "
+          f"{'p99 cycles':>10} {'starved s':>9}")
     for r in res["rows"]:
         p99 = r["p99_cycles"] if r["p99_cycles"] is not None else "-"
-        print(f"{r['variant']:12} {r['vcpus']:>5} {r['ops_per_s']:>14,.0f} {r['linear']:>14,.0f} "
-              f"{r['efficiency']:>10.3f} {p99:>10}")
+        print(f"{r['variant']:12} {r['vcpus']:>5} {r['sched']:>10} {r['ops_per_s']:>14,.0f} {r['linear']:>14,.0f} "
+              f"{r['efficiency']:>10.3f} {p99:>10} {r['starved_max_s']:>9.2f}")
+    print_models({r["sched"] for r in res["rows"]})
     return _finish(res, args, csv=lambda path: results.write_scale_csv(res, path),
                    plot=lambda path: plots.scale_plot(res, path))
+
+
+def print_models(models, out=sys.stdout) -> None:
+    """Say what each scheduling model in a table means: the figures depend on it."""
+    from .config import SCHED_MODELS
+
+    for m in ("hypervisor", "host"):
+        if m in models:
+            out.write(f"  {m}: {SCHED_MODELS[m]}\n")
 
 
 def default_counts(cores: int) -> list[int]:
@@ -366,15 +394,17 @@ def cmd_timers(args) -> int:
           f"{cfg.slack_us:g} us, burst {cfg.burst}, panic after {cfg.panic_streak} consecutive -ETIME, "
           f"{cfg.duration:g} s, seed {cfg.seed}", flush=True)
     res = experiments.timers(cfg)
-    print(f"{'variant':10} {'timers set':>12} {'-ETIME':>10} {'rate':>8} {'worst streak':>12} {'panics':>7} "
-          f"{'mean path us':>12}")
+    print(f"{'variant':10} {'sched':>10} {'timers set':>12} {'-ETIME':>10} {'rate':>8} {'worst streak':>12} "
+          f"{'panics':>7} {'mean path us':>12}")
     for r in res["rows"]:
         path = f"{r['mean_path_us']:.2f}" if r["mean_path_us"] is not None else "-"
-        print(f"{r['variant']:10} {r['timer_sets']:>12,} {r['etime']:>10,} {100 * r['etime_rate']:>7.3f}% "
-              f"{r['worst_streak']:>12} {r['panics']:>7} {path:>12}")
+        print(f"{r['variant']:10} {r['sched']:>10} {r['timer_sets']:>12,} {r['etime']:>10,} "
+              f"{100 * r['etime_rate']:>7.3f}% {r['worst_streak']:>12} {r['panics']:>7} {path:>12}")
     for r in res["rows"]:
-        print(f"{r['variant']}: {'PANIC: a FreeBSD 10 guest would crash' if r['panics'] else 'no panic'} "
+        print(f"{r['variant']} ({r['sched']} scheduling): "
+              f"{'PANIC: a FreeBSD 10 guest would crash' if r['panics'] else 'no panic'} "
               f"(worst streak {r['worst_streak']} of {cfg.panic_streak})")
+    print_models({r["sched"] for r in res["rows"]})
     return _finish(res, args)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import harness, results, stats
-from .config import RunConfig, validate
+from .config import SCHED_MODELS, RunConfig, validate
 from .progress import progress
 
 
@@ -81,34 +81,61 @@ def compare(base: RunConfig, variants=("locked", "lockless"), vcpus_multi: int =
                           "failures": _failures(all_runs), "runs": all_runs})
 
 
+def allowed_cpu_count(base: RunConfig) -> int:
+    from .topology import allowed_cpus, host_topology
+
+    topo = host_topology()
+    return len(topo.order(allowed_cpus(topo, base.cpus)))
+
+
+def sched_models(base: RunConfig, n: int, cpus: int) -> list[str]:
+    """The scheduling models to run ``n`` vCPUs under: both, unless --sched names one.
+
+    Up to the number of CPUs every vCPU has its own and the model is "dedicated".
+    """
+    if n <= cpus:
+        return ["dedicated"]
+    return [base.sched] if base.sched else list(SCHED_MODELS)
+
+
 def scale(base: RunConfig, variants=("directmap", "locked", "lockless"), vcpu_counts=(1, 2), repeat: int = 1,
           show_progress: bool | None = None) -> dict:
-    """ops/s, linear, efficiency and p99 map latency for each variant and vCPU count."""
+    """ops/s, linear, efficiency and p99 map latency for each variant and vCPU count.
+
+    vCPU counts beyond the CPUs run under each scheduling model (``sched_models``);
+    every row names the model its figures come from.
+    """
     counts = sorted(set(vcpu_counts) | {1})
+    cpus = allowed_cpu_count(base)
     for name in variants:
         for n in counts:
             validate(dataclasses.replace(base, variant=name, vcpus=n))
+    cells = [(n, m) for n in counts for m in sched_models(base, n, cpus)]
     rows, all_runs = [], []
-    with progress(len(variants) * len(counts) * repeat, "scale", show_progress) as bar:
+    with progress(len(variants) * len(cells) * repeat, "scale", show_progress) as bar:
         for name in variants:
             one = None
-            for n in counts:
-                runs = _runs(dataclasses.replace(base, variant=name, vcpus=n), repeat, bar, f"scale {name} {n} vCPUs")
+            for n, model in cells:
+                cfg = dataclasses.replace(base, variant=name, vcpus=n,
+                                          sched=None if model == "dedicated" else model)
+                runs = _runs(cfg, repeat, bar, f"scale {name} {n} vCPUs ({model})")
                 all_runs.extend(runs)
                 rate = stats.median(_rate(r) for r in runs)
                 if n == 1:
                     one = rate
                 p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
                 rows.append({
-                    "variant": name, "vcpus": n, "ops_per_s": rate,
+                    "variant": name, "vcpus": n, "sched": model, "ops_per_s": rate,
                     "spread": stats.spread(_rate(r) for r in runs),
                     "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
                     "p99_cycles": stats.median(p99) if p99 else None,
                     "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
                     "starvation": any(r["fairness"]["starvation"] for r in runs),
+                    "starved_max_s": max((r["fairness"]["starved_max_s"] or 0.0) for r in runs),
+                    "run_spread": stats.median(r["fairness"]["run_spread"] or 0.0 for r in runs),
                     "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE",
                 })
-    return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts,
+    return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts, "cpus": cpus,
                                             "failures": _failures(all_runs), "runs": all_runs})
 
 
@@ -117,21 +144,22 @@ def timers(base: RunConfig, variants=("locked", "lockless"), show_progress: bool
     base = dataclasses.replace(base, workload="timers")
     for name in variants:
         validate(dataclasses.replace(base, variant=name))
+    models = sched_models(base, base.vcpus, allowed_cpu_count(base))
     rows, all_runs = [], []
-    with progress(len(variants), "timers", show_progress) as bar:
-        for name in variants:
-            res = _run(dataclasses.replace(base, variant=name))
+    with progress(len(variants) * len(models), "timers", show_progress) as bar:
+        for name, model in ((v, m) for m in models for v in variants):
+            res = _run(dataclasses.replace(base, variant=name, sched=None if model == "dedicated" else model))
             all_runs.append(res)
             t = res["totals"]
             sets = t["timer_sets"]
             rows.append({
-                "variant": name, "timer_sets": sets, "etime": t["etime"],
+                "variant": name, "sched": model, "timer_sets": sets, "etime": t["etime"],
                 "etime_rate": t["etime"] / sets if sets else 0.0,
                 "worst_streak": t["etime_streak_max"], "panics": t["panics"],
                 "mean_path_us": (t["timer_path_cycles"] / sets / res["host"]["tsc_hz"] * 1e6) if sets else None,
                 "guest_work_per_s": t["ops_per_s"], "verdict": res["verdict"],
             })
-            bar.advance(f"timers {name}: {t['panics']} panics")
+            bar.advance(f"timers {name} ({model}): {t['panics']} panics")
     return results.envelope("timers", base, {"rows": rows, "panic_streak": base.panic_streak,
                                              "slack_us": base.slack_us, "failures": _failures(all_runs),
                                              "runs": all_runs})

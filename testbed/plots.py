@@ -11,16 +11,24 @@ def scale_plot(res: dict, path: str) -> None:
 
     rows = res["rows"]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    models = [m for m in ("hypervisor", "host") if any(r.get("sched") == m for r in rows)] or [None]
+    styles = {"hypervisor": "o-", "host": "s:", None: "o-"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, name in enumerate(variants):
-        rs = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["vcpus"])
-        x = [r["vcpus"] for r in rs]
         color = f"C{i}"
-        ax1.plot(x, [max(r["ops_per_s"], 1.0) for r in rs], "o-", color=color, label=name)
-        ax1.plot(x, [r["linear"] for r in rs], "--", color=color, alpha=0.5, label=f"{name} linear")
-        p99 = [(r["vcpus"], r["p99_cycles"]) for r in rs if r["p99_cycles"]]
-        if p99:
-            ax2.plot([a for a, _ in p99], [b for _, b in p99], "o-", color=color, label=name)
+        mine = [r for r in rows if r["variant"] == name]
+        for model in models:
+            # a line per model: the shared points (vCPUs <= CPUs, "dedicated") start every line
+            rs = sorted((r for r in mine if r.get("sched") in ("dedicated", model)), key=lambda r: r["vcpus"])
+            x = [r["vcpus"] for r in rs]
+            label = name if model is None else f"{name} ({model})"
+            ax1.plot(x, [max(r["ops_per_s"], 1.0) for r in rs], styles[model], color=color, label=label)
+            p99 = [(r["vcpus"], r["p99_cycles"]) for r in rs if r["p99_cycles"]]
+            if p99:
+                ax2.plot([a for a, _ in p99], [b for _, b in p99], styles[model], color=color, label=label)
+        rs = sorted((r for r in mine if r.get("sched") in ("dedicated", models[0])), key=lambda r: r["vcpus"])
+        ax1.plot([r["vcpus"] for r in rs], [r["linear"] for r in rs], "--", color=color, alpha=0.4,
+                 label=f"{name} linear")
     cores = res["host"]["physical_cores"]
     ticks = sorted({r["vcpus"] for r in rows})
     for ax in (ax1, ax2):
@@ -31,7 +39,9 @@ def scale_plot(res: dict, path: str) -> None:
         ax.legend(fontsize=8)
     ax1.set_ylabel("operations / s (log scale)")
     ax1.set_yscale("log")
-    ax1.set_title(f"Throughput ({res['workload']} workload)")
+    ax1.set_title(f"Throughput ({res['workload']} workload)"
+                  + ("; beyond the dotted line: circles hypervisor, squares host scheduling" if models[0] else ""),
+                  fontsize=9)
     ax2.set_ylabel("p99 map latency (cycles, log2 bin upper bound)")
     ax2.set_yscale("log", base=2)
     ax2.set_title("Tail latency of map")

@@ -215,8 +215,8 @@ def repeated(runs: list[dict]) -> dict:
 RUN_CSV = ("variant", "vcpus", "workload", "seed", "ops", "ops_per_s", "maps", "hash_hits", "tlb_misses",
            "tlb_flush_one", "tlb_flush_all", "lock_acquisitions", "lock_contended", "lock_spin_cycles",
            "p50_cycles", "p99_cycles", "violations", "verdict")
-SCALE_CSV = ("variant", "vcpus", "ops_per_s", "linear", "efficiency", "p99_cycles", "spread", "lock_contended",
-             "starvation", "verdict")
+SCALE_CSV = ("variant", "vcpus", "sched", "ops_per_s", "linear", "efficiency", "p99_cycles", "spread",
+             "lock_contended", "starvation", "starved_max_s", "run_spread", "verdict")
 
 
 def write_run_csv(runs: list[dict], path: str) -> None:

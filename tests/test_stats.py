@@ -67,7 +67,8 @@ def test_sampling_with_a_fake_clock_excludes_warmup_and_counts_each_second():
 def test_watchdog_with_a_fake_clock_finds_a_stalled_vcpu_within_a_second():
     state, procs, views = _state([1000, 1000], duration=10.0, warmup=0.0)
     clock = FakeClock(views["stats"], [1000, 1000], stall_after=2.0)
-    harness._measure(state, procs, views, None, clock=clock, sleep=clock.sleep)
+    stopped = lambda pid: ("T", 0.0)        # noqa: E731  (a SIGSTOPped process: state T, no CPU)
+    harness._measure(state, procs, views, None, clock=clock, sleep=clock.sleep, probe=stopped)
     assert state.failure["kind"] == "stalled" and state.failure["vcpu"] == 0
     stalled_for = clock.t - 1000.0 - 2.0
     assert harness.STALL_S < stalled_for <= harness.STALL_S + 0.2
