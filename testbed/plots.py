@@ -13,7 +13,7 @@ def scale_plot(res: dict, path: str) -> None:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     models = [m for m in ("hypervisor", "host") if any(r.get("sched") == m for r in rows)] or [None]
     styles = {"hypervisor": "o-", "host": "s:", None: "o-"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 6))
     for i, name in enumerate(variants):
         color = f"C{i}"
         mine = [r for r in rows if r["variant"] == name]
@@ -32,15 +32,18 @@ def scale_plot(res: dict, path: str) -> None:
     cores = res["host"]["physical_cores"]
     ticks = sorted({r["vcpus"] for r in rows})
     for ax in (ax1, ax2):
-        ax.set_xlabel("vCPUs")
+        ax.set_xlabel("vCPUs (log scale)")
+        ax.set_xscale("log", base=2)
         ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
         ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     ax1.set_ylabel("operations / s (log scale)")
     ax1.set_yscale("log")
     ax1.set_title(f"Throughput ({res['workload']} workload)"
-                  + ("; beyond the dotted line: circles hypervisor, squares host scheduling" if models[0] else ""),
+                  + ("\npast the dotted line: circles hypervisor, squares host scheduling" if models[0] else ""),
                   fontsize=9)
     ax2.set_ylabel("p99 map latency (cycles, log2 bin upper bound)")
     ax2.set_yscale("log", base=2)
