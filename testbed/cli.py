@@ -511,6 +511,8 @@ def cmd_variants(args) -> int:
 
     for v in variants.VARIANTS.values():
         print(f"{v.name:18} {v.description}")
+    print("\nwith more vCPUs than CPUs (--oversubscribe), --sched picks how they share the CPUs:")
+    print_models({"hypervisor", "host"})
     return EXIT_OK
 
 
