@@ -190,11 +190,12 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
             state.startup["since_launch_s"] = time.perf_counter() - t_launch
         if state.failure is None:
             _measure(state, procs, views, on_sample, hooks=hooks)
-        if state.failure is not None and state.failure["kind"] in ("stalled", "hung") \
-                and state.failure.get("action") != "resumed":
-            v = state.failure["vcpu"]
-            _kill(procs[v])      # a stopped or hung process cannot heed the stop flag
-            state.victims[v] = state.failure["kind"]
+        f = state.failure
+        if f is not None and f["kind"] in ("stalled", "hung") and f.get("action") != "resumed":
+            _kill(procs[f["vcpu"]])      # a stopped or hung process cannot heed the stop flag
+            state.victims[f["vcpu"]] = f["kind"]
+        elif f is not None and f["kind"] in ("killed", "exited"):
+            state.victims[f["vcpu"]] = f["kind"]
         stop_all(views, len(procs))
         _drain(state, procs, views)
         return _result(state, procs, views, layout)
