@@ -6,6 +6,7 @@
 #   scripts/slurm-local.sh install   # apt-get the Debian packages (slurm-wlm munge mariadb-server slurmdbd)
 #   scripts/slurm-local.sh start     # idempotent; prints 'export SLURM_CONF=...'
 #   scripts/slurm-local.sh status    # exit 0 if the node answers and is usable
+#   scripts/slurm-local.sh env       # prints 'export SLURM_CONF=...'
 #   scripts/slurm-local.sh stop      # stops the daemons it started, by their pids (slurmd first, munged last)
 #
 # No systemd or cgroups: proctrack/linuxproc, task/none. Settings (environment):
@@ -26,8 +27,12 @@ DAEMONS="munged mariadbd slurmdbd slurmctld slurmd"
 die() { echo "slurm-local: $*" >&2; exit 1; }
 log() { echo "slurm-local: $*" >&2; }
 
+running() {     # pid -> 0 if it runs (a zombie waiting for its reaper does not)
+    kill -0 "$1" 2>/dev/null && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+}
+
 pid_alive() {   # pidfile -> 0 if the process it names runs
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+    [ -s "$1" ] && running "$(cat "$1")"
 }
 
 wait_for() {    # seconds, description, command...
@@ -187,8 +192,8 @@ cmd_stop() {
         pid_alive "$pidfile" || { rm -f "$pidfile"; continue; }
         pid=$(cat "$pidfile")
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && { log "$name ($pid) ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+        for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
+        running "$pid" && { log "$name ($pid) ignored SIGTERM; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
         rm -f "$pidfile"
     done
 }
@@ -207,5 +212,6 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+    env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+    *) echo "usage: $0 install|start|stop|status|env" >&2; exit 2 ;;
 esac
