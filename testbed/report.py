@@ -108,7 +108,7 @@ def rows(runs: list[dict], failures: list[dict]) -> list[dict]:
         row.update(_flat_host(r["host"]))
         row.update({k: r["config"].get(k) for k in CONFIG_KEYS})
         row.update(ops=t["ops"], ops_per_s=round(t["ops_per_s"], 1), linear=round(linear, 1) if linear else None,
-                   efficiency=round(t["ops_per_s"] / linear, 4) if linear else None,
+                   efficiency=float(f"{t['ops_per_s'] / linear:.4g}") if linear else None,
                    measured_s=round(t["measured_s"], 3), p50_cycles=lat["p50"], p99_cycles=lat["p99"],
                    max_cycles=lat["max"], lock_contended=t["lock_contended"],
                    hash_hit_rate=round(t["hash_hit_rate"], 4), tlb_misses=t["tlb_misses"],
