@@ -203,7 +203,8 @@ cmd_status() {
     for name in $DAEMONS; do
         if pid_alive "$RUN/$name.pid"; then echo "$name: running ($(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; up=1; fi
     done
-    if [ -f "$SLURM_CONF" ] && node_ready; then echo "node $NODE: ready"; else echo "node $NODE: not ready"; up=1; fi
+    # no sinfo (and its timeout) while a daemon is down
+    if [ $up -eq 0 ] && node_ready; then echo "node $NODE: ready"; else echo "node $NODE: not ready"; up=1; fi
     return $up
 }
 
