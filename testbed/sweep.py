@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -71,6 +72,7 @@ class _RaisingParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+@functools.lru_cache(maxsize=1)
 def _run_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The run options, and plan key -> argparse action (both spellings: working-set, working_set)."""
     from .cli import add_run_options

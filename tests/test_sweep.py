@@ -288,3 +288,21 @@ def test_no_segments_left_by_a_sweep(tmp_path, exclusive):
                     "--out", tmp_path / "o", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not dead_owners(testbed_segments() - before)
+
+
+def test_a_cell_without_result_is_failed_and_reported_as_error(tmp_path, capsys):
+    """A failure record (what a cell that raised, or a Slurm job that died, leaves) makes the cell 'failed',
+    a whole result for the cell supersedes it, and the report shows it as an ERROR row with its options.
+    Breaks if cell_state ignored failure records (the cell would run again without --retry-failed)."""
+    plan = sweep.load_plan(str(plan_file(tmp_path, SMALL)))
+    cell = plan.cells[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert sweep.cell_state(out, cell) == "todo"
+    sweep.record_failure(out, cell, plan.path, "RuntimeError: node lost", slurm_job="17")
+    assert sweep.cell_state(out, cell) == "failed"
+    assert cli.main(["report", str(out)]) == 0
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [(r["verdict"], r["variant"], r["vcpus"], r["error"]) for r in rows] == [
+        ("ERROR", "directmap", "2", "RuntimeError: node lost")]
+    assert "1 failed cells" in capsys.readouterr().out
