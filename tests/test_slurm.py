@@ -104,7 +104,7 @@ def test_a_two_cell_plan_runs_through_sbatch_and_the_report_merges_it(tmp_path, 
 
     r = testbed_cli("report", out)
     assert r.returncode == 0, r.stdout + r.stderr
-    rows = list(csv.DictReader((out / "report.csv").open()))
+    rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
     assert sorted(row["variant"] for row in rows) == ["directmap", "lockless"]
     assert all(row["host_hostname"] == results[0]["host"]["hostname"] for row in rows)
     assert list(out.glob("report-*-uniform.png"))

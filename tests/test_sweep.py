@@ -169,7 +169,7 @@ def test_local_sweep_resume_corruption_retry_and_report(tmp_path, exclusive, no_
     r = testbed_cli("report", out)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "from 1 host" in r.stdout
-    rows = list(csv.DictReader((out / "report.csv").open()))
+    rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
     assert len(rows) == 4
     for col in ("host_hostname", "host_cpu_model", "host_physical_cores", "frames", "tlb_ways", "cost_walk",
                 "variant", "vcpus", "ops_per_s", "linear", "efficiency", "p99_cycles", "verdict"):
@@ -240,6 +240,7 @@ def test_an_interrupted_sweep_loses_at_most_the_cell_in_progress(tmp_path, exclu
             proc.kill()
             proc.wait()
     text = lines.text()
+    proc.stdout.close()
     assert "cell 2 (seed=2) lost" in text, text
     assert [json.loads(p.read_text())["seed"] for p in sorted(out.glob("*.json"))] == [1]
     assert not list(out.glob(".*tmp*"))
@@ -302,7 +303,7 @@ def test_a_cell_without_result_is_failed_and_reported_as_error(tmp_path, capsys)
     sweep.record_failure(out, cell, plan.path, "RuntimeError: node lost", slurm_job="17")
     assert sweep.cell_state(out, cell) == "failed"
     assert cli.main(["report", str(out)]) == 0
-    rows = list(csv.DictReader((out / "report.csv").open()))
+    rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
     assert [(r["verdict"], r["variant"], r["vcpus"], r["error"]) for r in rows] == [
         ("ERROR", "directmap", "2", "RuntimeError: node lost")]
     assert "1 failed cells" in capsys.readouterr().out
