@@ -506,6 +506,18 @@ def cmd_diff(args) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args) -> int:
+    from . import sweep
+
+    return sweep.main(args)
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    return report.main(args)
+
+
 def cmd_variants(args) -> int:
     from . import variants
 
@@ -592,6 +604,16 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("b")
     df.add_argument("--force", action="store_true", help="compare even if host or config differ")
     df.set_defaults(func=cmd_diff)
+
+    sw = sub.add_parser("sweep", help="run a grid of runs from a TOML plan, here or on Slurm; resumable")
+    from . import report, sweep
+
+    sweep.add_arguments(sw)
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="merge a sweep's results: one CSV, plots per host and workload")
+    report.add_arguments(rp)
+    rp.set_defaults(func=cmd_report)
 
     sub.add_parser("variants", help="list the mapcache variants").set_defaults(func=cmd_variants)
     sub.add_parser("workloads", help="list the workloads").set_defaults(func=cmd_workloads)

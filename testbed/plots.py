@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def scale_plot(res: dict, path: str) -> None:
+def scale_plot(res: dict, path: str, note: str | None = None) -> None:
+    """Throughput and p99 map latency against vCPUs, one line per row["variant"]; ``note`` heads the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +49,7 @@ def scale_plot(res: dict, path: str) -> None:
     ax2.set_ylabel("p99 map latency (cycles, log2 bin upper bound)")
     ax2.set_yscale("log", base=2)
     ax2.set_title("Tail latency of map")
-    fig.suptitle(f"{res['host']['cpu_model']}, {cores} physical cores (dotted line: more vCPUs share cores); "
+    fig.suptitle((f"{note}; " if note else "") + f"{res['host']['cpu_model']}, {cores} physical cores (dotted line: more vCPUs share cores); "
                  f"seed {res['seed']}; dashed: linear from one vCPU", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -47,6 +47,12 @@ def segments_owned_by(*pids: int) -> set[str]:
     return {n for n in testbed_segments() if arena_mod.owner_of(n) in wanted}
 
 
+def dead_owners(names) -> set[str]:
+    """The segments among ``names`` whose owner no longer runs: left behind (other tests' live ones are not)."""
+    owners = {n: arena_mod.owner_of(n) for n in names}
+    return {n for n, pid in owners.items() if pid is not None and not alive(pid)}
+
+
 def alive(pid: int) -> bool:
     """True if ``pid`` is a running (not zombie) process."""
     try:
