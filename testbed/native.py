@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tlb
+
 SOURCE = Path(__file__).resolve().parent / "csrc" / "testbed_op.c"
 CFLAGS = ("-O2", "-march=native", "-fPIC", "-shared")
 
@@ -67,7 +69,7 @@ class Native:
     def bind(self, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
         """A function ``f(n, vcpu) -> status`` that runs the C loop on these arrays (kernel_args order)."""
         for name, a in (("p", p), ("dom", dom), ("pte", pte), ("dbits", dbits), ("tlb", tlbv), ("rng", rng)):
-            _check(name, a, 1 if name != "tlb" else 2)
+            _check(name, a, 1)
         for name, a in (("vst", vst), ("frames", frames), ("expect", expect), ("stats", stats), ("hist", hist),
                         ("live", live)):
             _check(name, a, 2)
@@ -81,7 +83,7 @@ class Native:
 
         fixed = (addr(p), addr(dom), addr(pte), addr(dbits), addr(vst), rows(vst), addr(frames), rows(frames),
                  addr(expect), rows(expect), addr(stats), rows(stats), addr(hist), rows(hist), addr(live),
-                 rows(live), addr(tlbv), tlbv.shape[0], addr(rng))
+                 rows(live), addr(tlbv), tlbv.shape[0] // tlb.T_COLS, addr(rng))
         fn = self._fn
 
         def run_ops(n: int, vcpu: int) -> int:
@@ -99,5 +101,5 @@ def _check(name: str, a: np.ndarray, ndim: int) -> None:
     want = np.uint64 if name == "rng" else np.int64
     if a.dtype != want or a.ndim != ndim or a.strides[-1] != 8 or (ndim == 2 and a.strides[0] % 8):
         raise ValueError(f"native: array {name} must be a {ndim}-D {np.dtype(want).name} array with contiguous rows")
-    if name == "tlb" and a.strides[0] != 8 * a.shape[1]:
-        raise ValueError("native: the TLB must be one contiguous (rows, 3) array")
+    if name == "tlb" and a.shape[0] % tlb.T_COLS:
+        raise ValueError("native: the TLB must be one flat array of 3-word entries")

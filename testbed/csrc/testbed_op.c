@@ -520,7 +520,7 @@ static void guest_work(const i64 *p, u64 *rng, i64 *srow) {
 }
 
 /* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
- * rows is the TLB's row count (the last row holds the LRU tick). */
+ * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
 i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbits, i64 *vst, i64 vst_stride,
                     i64 *frames, i64 frames_stride, i64 *expect, i64 expect_stride, i64 *stats,
                     i64 stats_stride, i64 *hist, i64 hist_stride, i64 *live, i64 live_stride, i64 *tlb,
