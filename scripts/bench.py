@@ -12,6 +12,14 @@ Prints, from real runs of the harness (pinned worker processes):
 
 All figures of one invocation come from the same machine in the same minute;
 compare ratios, not absolute times, across invocations.
+
+With ``--vs-c`` it prints instead, per variant and frame count, the compiled
+loop against the same loop in C (``testbed/csrc/testbed_op.c``, built with the
+system compiler): ns per operation of both and their ratio, this process pinned
+to one CPU, cost model off, uniform workload. A round times three calls of
+each, alternating which goes first, and keeps each side's fastest (whatever
+else runs on the host only ever adds time); the figures are medians over
+--repeat rounds, the ratio the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -61,6 +69,102 @@ def kernel_ns(names, frames: int, repeat: int, n: int = 2_000_000) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def frames_given(argv) -> bool:
+    return any(a == "--frames" or a.startswith("--frames=") for a in argv)
+
+
+def _loop_args(name: str, frames: int):
+    """Fresh arrays for one vCPU of ``name``, cost model off, no time budget (kernel_args order)."""
+    from testbed import abi, config, kernels, tlb
+
+    cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
+                                    cost_walk=0))
+    p = config.params(cfg)
+    p[abi.P_CHUNK_CYCLES] = 1 << 62
+    layout = harness.build_layout(cfg)
+    views = layout.views(bytearray(layout.size))
+    harness.init_state(views, cfg)
+    return harness.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
+                               kernels.seed_state(1, 0))
+
+
+PAIRS = 3     # --vs-c: calls of each loop per round
+
+
+def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> int:
+    """The compiled loop against the C port: a table of ns/op and ratios. 0 if every ratio was measured."""
+    import os
+    import platform
+    import time
+
+    from testbed import kernels, native
+    from testbed.hostinfo import _cpu_model
+
+    try:
+        nat = native.Native()
+    except native.NoCompiler as e:
+        print(f"bench: --vs-c needs a C compiler: {e}", file=sys.stderr)
+        return 2
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if cpu is None else cpu
+    if cpu not in allowed:
+        print(f"bench: --cpu {cpu}: not one of this process's CPUs {allowed}", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {cpu})
+    model = _cpu_model() or platform.processor() or "unknown CPU"
+    print(f"# compiled loop (numba) vs the same loop in C ({native.compiler_version(nat.cc)} "
+          f"{' '.join(native.CFLAGS[:2])}), uniform workload, 1 vCPU, cost model off,")
+    print(f"# pinned to CPU {cpu} of {model}; {repeat} rounds of {PAIRS} calls of each, alternating, "
+          f"~{call_ms:g} ms a call;")
+    print("# a round's ns/op: each loop's fastest call; figures: median over rounds; "
+          "ratio = numba / C per round, median [min-max]")
+    print(f"{'frames':>6} {'variant':10} {'numba ns/op':>12} {'C ns/op':>9} {'ratio':>7}   spread")
+    rows = []
+    for frames in frame_counts:
+        for name in names:
+            # Both loops run on the same arrays, one after the other, each going on from the
+            # state the other left (they do the same work): the same physical pages, so the
+            # same cache-set conflicts for both.
+            ours = _loop_args(name, frames)
+            c_run = nat.bind(*ours)
+
+            def jit_run(n, ours=ours):
+                return kernels.run_ops(n, 0, *ours)
+
+            def c_call(n, c_run=c_run):
+                return c_run(n, 0)
+
+            # Warm both (caches, TLB, branch predictors) and size a call to about call_ms.
+            for f in (jit_run, c_call):
+                f(20_000)
+            t0 = time.perf_counter()
+            jit_run(200_000)
+            n = max(20_000, int(200_000 * call_ms * 1e-3 / (time.perf_counter() - t0)))
+            jit_ns, c_ns, ratios = [], [], []
+            for r in range(repeat):
+                # A round: PAIRS calls of each, alternating; each side's figure is its fastest call
+                # (interference from other work on the host only ever adds time).
+                best = {jit_run: float("inf"), c_call: float("inf")}
+                for k in range(PAIRS):
+                    for f in ((jit_run, c_call) if (r + k) % 2 == 0 else (c_call, jit_run)):
+                        t0 = time.perf_counter()
+                        st = f(n)
+                        best[f] = min(best[f], (time.perf_counter() - t0) / n * 1e9)
+                        if st != 0:
+                            print(f"bench: {name} stopped with status {st}", file=sys.stderr)
+                            return 1
+                jit_ns.append(best[jit_run])
+                c_ns.append(best[c_call])
+                ratios.append(jit_ns[-1] / c_ns[-1])
+            j, c, q = statistics.median(jit_ns), statistics.median(c_ns), statistics.median(ratios)
+            rows.append((frames, name, j, c, q))
+            print(f"{frames:>6} {name:10} {j:12.1f} {c:9.1f} {q:6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
+    nat.close()
+    worst = max(rows, key=lambda r: r[4])
+    print(f"# worst: {worst[1]} at {worst[0]} frames, {worst[4]:.2f}x")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -70,11 +174,26 @@ def main() -> int:
                     help="frames in the arena (default 256: 1 MiB, cache-resident, so that the figures measure the "
                          "mapping work rather than this host's memory system)")
     ap.add_argument("--variants", default="directmap,locked,lockless")
+    ap.add_argument("--vs-c", action="store_true",
+                    help="instead: the compiled loop against the same loop in C, at 256 and 4096 frames "
+                         "(or --frames when given)")
+    ap.add_argument("--cpu", type=int, default=None, help="--vs-c: the CPU to pin to (default: the last allowed)")
+    ap.add_argument("--call-ms", type=float, default=15.0, help="--vs-c: about how long one timed call runs")
     args = ap.parse_args()
+    names = args.variants.split(",")
+    from testbed import variants as registry
+
+    for name in names:
+        if name not in registry.VARIANTS:
+            ap.error(f"--variants: unknown variant {name!r}; choose from {','.join(registry.VARIANTS)}")
+    if args.repeat < 1:
+        ap.error("--repeat: must be at least 1")
+    if args.vs_c:
+        frame_counts = (args.frames,) if frames_given(sys.argv) else (256, 4096)
+        return vs_c(names, frame_counts, args.repeat, args.cpu, args.call_ms)
     common = dict(duration=args.duration, warmup=args.warmup, frames=args.frames,
                   cost_flush_one=0, cost_flush_all=0, cost_walk=0)
 
-    names = args.variants.split(",")
     print(f"# compiled loop alone, in-process, cost model off, {args.frames} frames, median of {2 * args.repeat + 1} "
           f"calls of 2M operations (variants interleaved)")
     kn = kernel_ns(names, args.frames, 2 * args.repeat + 1)

@@ -10,6 +10,7 @@
   kernel; divisors are validated before a run starts.
 """
 
+import numpy as np
 from numba import njit
 
 kernel = njit(cache=True, _nrt=False, error_model="numpy")
@@ -17,3 +18,10 @@ kernel = njit(cache=True, _nrt=False, error_model="numpy")
 # Helpers on the per-operation path are inlined into the loop at numba's IR
 # level: a call that passes a dozen arrays by value costs more than the work.
 inline_kernel = njit(cache=True, _nrt=False, error_model="numpy", inline="always")
+
+
+@kernel
+def nonneg(i):
+    """``i``, known to be >= 0, as an unsigned index: numba then emits no negative-index
+    wraparound (a sign test and an add on every access) for it."""
+    return np.uint64(i)

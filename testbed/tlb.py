@@ -58,8 +58,18 @@ CLOCK_MASK = 0xFFFFFFFF
 
 
 def make_tlb(sets: int, ways: int) -> np.ndarray:
-    """A private TLB: sets * ways entries, plus a last row holding the LRU tick."""
-    return np.zeros((sets * ways + 1, T_COLS), dtype=np.int64)
+    """A private TLB: sets * ways entries of T_COLS words, plus a last one whose first word is the LRU tick.
+
+    One flat array, entry ``w`` at words ``w * T_COLS`` onwards: a 2-D array would make
+    every access multiply by a row length read at run time, where this is a constant.
+    """
+    return np.zeros((sets * ways + 1) * T_COLS, dtype=np.int64)
+
+
+@kernel
+def word(w, col):
+    """Index of column ``col`` of entry ``w`` (w >= 0), unsigned: no negative-index wraparound code."""
+    return np.uint64(w * T_COLS + col)
 
 
 @kernel
@@ -76,18 +86,18 @@ def translate(tlb, p, pte, slot, srow):
     """Machine frame that ``slot`` maps to, through the TLB; -1 if not present."""
     ways = p[abi.P_TLB_WAYS]
     base = (slot & (p[abi.P_TLB_SETS] - 1)) * ways
-    meta = tlb.shape[0] - 1
-    tick = tlb[meta, 0] + 1
-    tlb[meta, 0] = tick
+    meta = np.uint64(tlb.size - T_COLS)
+    tick = tlb[meta] + 1
+    tlb[meta] = tick
     victim = base
     oldest = np.int64(1) << np.int64(62)
     for w in range(base, base + ways):
-        tag = tlb[w, T_TAG]
+        tag = tlb[word(w, T_TAG)]
         if tag == slot + 1:
-            tlb[w, T_AGE] = tick
+            tlb[word(w, T_AGE)] = tick
             srow[abi.S_TLB_HITS] += 1
-            return tlb[w, T_PFN]
-        age = -1 if tag == 0 else tlb[w, T_AGE]   # an invalid way is taken first
+            return tlb[word(w, T_PFN)]
+        age = -1 if tag == 0 else tlb[word(w, T_AGE)]   # an invalid way is taken first
         if age < oldest:
             oldest = age
             victim = w
@@ -98,9 +108,9 @@ def translate(tlb, p, pte, slot, srow):
     if (e & PTE_PRESENT) == 0:
         return -1
     pfn = e & PTE_MFN_MASK
-    tlb[victim, T_TAG] = slot + 1
-    tlb[victim, T_PFN] = pfn
-    tlb[victim, T_AGE] = tick
+    tlb[word(victim, T_TAG)] = slot + 1
+    tlb[word(victim, T_PFN)] = pfn
+    tlb[word(victim, T_AGE)] = tick
     return pfn
 
 
@@ -110,8 +120,8 @@ def flush_one(tlb, p, slot, srow):
     ways = p[abi.P_TLB_WAYS]
     base = (slot & (p[abi.P_TLB_SETS] - 1)) * ways
     for w in range(base, base + ways):
-        if tlb[w, T_TAG] == slot + 1:
-            tlb[w, T_TAG] = 0
+        if tlb[word(w, T_TAG)] == slot + 1:
+            tlb[word(w, T_TAG)] = 0
     srow[abi.S_FLUSH_ONE] += 1
     if p[abi.P_COST_FLUSH_ONE] > 0:
         spin_cycles(p[abi.P_COST_FLUSH_ONE])
@@ -140,9 +150,9 @@ def pre_flush(dom):
 def flush_all(tlb, p, dom, vrow, srow):
     """Full local flush: tick the clock, drop every entry, record this CPU's flush time."""
     t = pre_flush(dom)
-    n = tlb.shape[0] - 1
+    n = tlb.size // T_COLS - 1
     for w in range(n):
-        tlb[w, T_TAG] = 0
+        tlb[word(w, T_TAG)] = 0
     vrow[abi.V_TLBFLUSH_TIME] = t
     srow[abi.S_FLUSH_ALL] += 1
     if p[abi.P_COST_FLUSH_ALL] > 0:

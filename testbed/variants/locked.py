@@ -42,7 +42,7 @@ TLB keeps translating a reused slot to its old frame.
 """
 
 import numpy as np
-from ..jit import inline_kernel, kernel
+from ..jit import inline_kernel, kernel, nonneg
 
 from .. import abi, tlb
 from ..atomics import cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc, store_release
@@ -157,14 +157,14 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     hi = V_HASH + h
     hr = V_HASH + 2 * h
     b = mfn & (h - 1)
-    if vrow[hm + b] == mfn:
-        r = vrow[hr + b] + 1
-        vrow[hr + b] = r
+    if vrow[nonneg(hm + b)] == mfn:      # mfn >= 0: unsigned indices, no wraparound code
+        r = vrow[nonneg(hr + b)] + 1
+        vrow[nonneg(hr + b)] = r
         srow[abi.S_HASH_HITS] += 1
         if r >= REFCNT_LIMIT:
             srow[abi.S_REFCNT_ERR] += 1
             return -abi.ST_REFCOUNT
-        return abi.MAPCACHE_VA + vrow[hi + b]
+        return abi.MAPCACHE_VA + vrow[nonneg(hi + b)]
 
     nolock = (fault & FAULT_NO_LOCK) != 0
     my = 0
@@ -236,25 +236,26 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     idx = va - abi.MAPCACHE_VA
     if idx < 0 or idx >= slots:
         return abi.ST_BAD_VA
-    e = pte[idx]
+    e = pte[nonneg(idx)]
     if (e & tlb.PTE_PRESENT) == 0:
         return abi.ST_BAD_VA
     mfn = e & tlb.PTE_MFN_MASK
     b = mfn & (h - 1)
     gb = garbage_base(slots)
-    if vrow[hi + b] == idx:
-        r = vrow[hr + b]
+    # 0 <= idx < slots and b >= 0: unsigned indices, no wraparound code
+    if vrow[nonneg(hi + b)] == idx:
+        r = vrow[nonneg(hr + b)]
         if r == 0:
             srow[abi.S_REFCNT_ERR] += 1
             return abi.ST_REFCOUNT
-        vrow[hr + b] = r - 1
-    elif vrow[hr + b] == 0:
-        old = vrow[hi + b]
+        vrow[nonneg(hr + b)] = r - 1
+    elif vrow[nonneg(hr + b)] == 0:
+        old = vrow[nonneg(hi + b)]
         if old != NOTINUSE:
             store_release(pte, old, 0)
             set_bit(dbits, gb, old)
-        vrow[hm + b] = mfn
-        vrow[hi + b] = idx
+        vrow[nonneg(hm + b)] = mfn
+        vrow[nonneg(hi + b)] = idx
     else:
         store_release(pte, idx, 0)
         set_bit(dbits, gb, idx)

@@ -36,7 +36,7 @@ it held before, which the access check reports as a stale translation.
 """
 
 import numpy as np
-from ..jit import inline_kernel
+from ..jit import inline_kernel, nonneg
 
 from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
@@ -82,12 +82,14 @@ def _layout(p):
 def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     h, e, hm, hi, rc, iu = _layout(p)
     base = vcpu * e
-    b = hm + (mfn & (h - 1))
-    old = vrow[hi - hm + b]
+    # Every index below is >= 0 (mfn >= 0, idx and old checked): unsigned, no wraparound code.
+    b = nonneg(hm + (mfn & (h - 1)))
+    hb = nonneg(hi + (mfn & (h - 1)))
+    old = vrow[hb]
     if vrow[b] != mfn:
         idx = -1
         for w in range((e + 63) // 64):
-            free = ~vrow[iu + w]
+            free = ~vrow[nonneg(iu + w)]
             if free != 0:
                 bit = lowest_bit(free)
                 if w * 64 + bit < e:
@@ -96,21 +98,21 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         if idx < 0:
             srow[abi.S_EXHAUSTED] += 1
             return -abi.ST_EXHAUSTED
-        vrow[iu + idx // 64] |= np.int64(1) << np.int64(idx % 64)
+        vrow[nonneg(iu + idx // 64)] |= np.int64(1) << np.int64(idx % 64)
         store_release(pte, base + idx, mfn | tlb.PTE_PRESENT)
         if p[abi.P_LONG_HOLD] > 0:
             tlb.spin_cycles(p[abi.P_LONG_HOLD])    # --long-hold: widen the window between PTE write and use
         if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
             tlb.flush_one(tlbv, p, base + idx, srow)
-        if old >= 0 and vrow[rc + old] == 0:
-            vrow[iu + old // 64] &= ~(np.int64(1) << np.int64(old % 64))
+        if old >= 0 and vrow[nonneg(rc + old)] == 0:
+            vrow[nonneg(iu + old // 64)] &= ~(np.int64(1) << np.int64(old % 64))
         vrow[b] = mfn
-        vrow[hi - hm + b] = idx
+        vrow[hb] = idx
     else:
         idx = old
         srow[abi.S_HASH_HITS] += 1
-    r = (vrow[rc + idx] + 1) & REFCNT_MASK
-    vrow[rc + idx] = r
+    r = (vrow[nonneg(rc + idx)] + 1) & REFCNT_MASK
+    vrow[nonneg(rc + idx)] = r
     if r == 0:
         srow[abi.S_REFCNT_ERR] += 1
         return -abi.ST_REFCOUNT
@@ -124,14 +126,14 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     idx = va - abi.MAPCACHE_VA - base
     if idx < 0 or idx >= e:
         return abi.ST_BAD_VA
-    mfn = pte[base + idx] & tlb.PTE_MFN_MASK
-    r = vrow[rc + idx]
+    mfn = pte[nonneg(base + idx)] & tlb.PTE_MFN_MASK       # 0 <= idx < e from here on
+    r = vrow[nonneg(rc + idx)]
     if r == 0:
         srow[abi.S_REFCNT_ERR] += 1
         return abi.ST_REFCOUNT
-    vrow[rc + idx] = r - 1
-    if vrow[hm + (mfn & (h - 1))] != mfn and r == 1:
-        vrow[iu + idx // 64] &= ~(np.int64(1) << np.int64(idx % 64))
+    vrow[nonneg(rc + idx)] = r - 1
+    if vrow[nonneg(hm + (mfn & (h - 1)))] != mfn and r == 1:
+        vrow[nonneg(iu + idx // 64)] &= ~(np.int64(1) << np.int64(idx % 64))
     return abi.ST_OK
 
 

@@ -1,0 +1,586 @@
+/* testbed_op.c: the operation loop of testbed.kernels.run_ops, in C.
+ *
+ * The yardstick for the compiled loop: what the same work costs without numba. It is a
+ * line-by-line port of run_ops and everything it calls (kernels.py, tlb.py, atomics.py,
+ * variants/directmap.py, locked.py, lockless.py), every workload included, and it runs on
+ * the very arrays the harness lays out (testbed.native passes their addresses and row
+ * strides), so over the same seed and operation count it leaves the same counters, frames,
+ * expect rows, TLB and mapcache state as the compiled loop (tests/test_native.py checks
+ * this). Counters that measure time (cycle sums, the latency histogram's bins) differ, as
+ * they do between two runs of the compiled loop.
+ *
+ * Keep it in step with the kernels: a change to run_ops or to a variant's map / unmap
+ * changes this file in the same commit, or the equality test fails.
+ *
+ * Every tunable is read from the int64 array p[] at run time, as the kernels read it, so the
+ * C compiler cannot specialise on values numba cannot see either. Helpers numba inlines at
+ * the IR level (inline_kernel) are always inlined here; the others (kernel) are left to the
+ * compiler, as LLVM decides for numba's separately compiled functions.
+ */
+#include <stdint.h>
+#include <x86intrin.h>
+
+typedef int64_t i64;
+typedef uint64_t u64;
+
+/* --- abi.py --------------------------------------------------------------------------------- */
+enum {
+  P_VARIANT = 0, P_FAULT = 1, P_VCPUS = 2, P_FRAMES = 3, P_FRAME_WORDS = 4, P_ENTRIES = 5, P_HASH = 6,
+  P_LEVELS = 7, P_SLOTS = 8, P_WORKLOAD = 9, P_NEST = 10, P_TLB_SETS = 11, P_TLB_WAYS = 12,
+  P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
+  P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
+  P_CHUNK_CYCLES = 25,
+};
+enum {
+  S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
+  S_FLUSH_ALL = 7, S_LOCK_ACQ = 8, S_LOCK_CONTENDED = 9, S_LOCK_SPIN = 10, S_LOCK_HOLD = 11, S_STALE = 12,
+  S_REFCNT_ERR = 13, S_EXHAUSTED = 14, S_EPOCH_FLUSH = 15, S_HARVEST = 16, S_WORK = 17, S_INVARIANT = 18,
+  S_LAT_SAMPLES = 19, S_LAT_CYCLES = 20, S_LAT_MAX = 21, S_TIMER_SETS = 22, S_ETIME = 23, S_STREAK_MAX = 24,
+  S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
+  S_SAMPLING = 44,
+};
+enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3 };
+#define LAT_BINS 64
+#define MAPCACHE_VA ((i64)1 << 40)
+#define V_TLBFLUSH_TIME 0
+#define V_RESERVED 8
+
+/* --- kernels.py, tlb.py --------------------------------------------------------------------- */
+enum { WL_UNIFORM = 0, WL_HOT = 1, WL_PTWALK = 2, WL_GUEST = 3, WL_TIMERS = 4 };
+#define FRAME_HDR 8
+enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
+#define PTE_PRESENT ((i64)1 << 62)
+#define PTE_MFN_MASK (PTE_PRESENT - 1)
+#define D_TLBCLOCK 0
+#define CLOCK_MASK 0xFFFFFFFFLL
+
+/* --- variants ------------------------------------------------------------------------------- */
+enum { VID_DIRECTMAP = 0, VID_LOCKED = 1, VID_LOCKLESS = 2 };
+/* locked.py */
+#define D_LOCK_HEAD 8
+#define D_LOCK_TAIL 9
+#define D_LOCK_OWNER 10
+#define D_CURSOR 16
+#define D_EPOCH 24
+#define D_TLBFLUSH_TS 32
+#define V_SHADOW_EPOCH V_RESERVED
+#define V_HASH (V_RESERVED + 8)
+#define NOTINUSE (-1)
+#define LK_FAULT_NO_LOCK 1
+#define LK_FAULT_NO_EPOCH_FLUSH 2
+#define REFCNT_LIMIT ((i64)1 << 32)
+/* lockless.py */
+#define LL_FAULT_NO_FLUSH 1
+#define REFCNT_MASK 0xFF
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* The arrays of one call: base pointers and row strides in int64 words. */
+struct arrays {
+  const i64 *p;
+  i64 *dom, *pte, *dbits, *tlb, *frames, *erow, *srow, *vrow, *hrow, *lrow;
+  u64 *rng;
+  i64 fw, tlb_rows;
+};
+
+/* --- atomics.py: the instructions LLVM emits for the numba intrinsics ----------------------- */
+INLINE i64 fetch_add(i64 *a, i64 i, i64 v) { return __atomic_fetch_add(&a[i], v, __ATOMIC_SEQ_CST); }
+INLINE void fetch_or(i64 *a, i64 i, i64 v) { __atomic_fetch_or(&a[i], v, __ATOMIC_SEQ_CST); }
+INLINE void fetch_and(i64 *a, i64 i, i64 v) { __atomic_fetch_and(&a[i], v, __ATOMIC_SEQ_CST); }
+INLINE i64 exchange(i64 *a, i64 i, i64 v) { return __atomic_exchange_n(&a[i], v, __ATOMIC_SEQ_CST); }
+INLINE i64 cas(i64 *a, i64 i, i64 expected, i64 nv) {
+  __atomic_compare_exchange_n(&a[i], &expected, nv, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  return expected;
+}
+INLINE i64 load_acquire(i64 *a, i64 i) { return __atomic_load_n(&a[i], __ATOMIC_ACQUIRE); }
+INLINE void store_release(i64 *a, i64 i, i64 v) { __atomic_store_n(&a[i], v, __ATOMIC_RELEASE); }
+INLINE void cpu_relax(void) { _mm_pause(); }
+INLINE i64 rdtsc(void) { return (i64)__rdtsc(); }
+INLINE i64 lowest_bit(i64 x) { return __builtin_ctzll((u64)x); }
+INLINE i64 bit64(i64 k) { return (i64)((u64)1 << k); }
+
+/* --- the random generator (kernels.py) ------------------------------------------------------ */
+INLINE u64 next_rand(u64 *rng) {
+  u64 x = rng[0];
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  rng[0] = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+INLINE i64 draw(u64 *rng, i64 n) { return (i64)(((next_rand(rng) >> 32) * (u64)n) >> 32); }
+INLINE i64 draw_mfn(u64 *rng, const i64 *p) {
+  i64 ws = p[P_WORKING_SET];
+  if (p[P_WORKLOAD] == WL_HOT && p[P_HOT] > 0) {
+    if (draw(rng, 10) != 0) return draw(rng, p[P_HOT] < ws ? p[P_HOT] : ws);
+  }
+  return draw(rng, ws);
+}
+
+/* --- tlb.py --------------------------------------------------------------------------------- */
+static void spin_cycles(i64 cycles) {
+  if (cycles <= 0) return;
+  i64 t0 = rdtsc();
+  while (rdtsc() - t0 < cycles) {}
+}
+
+INLINE i64 translate(struct arrays *a, i64 slot) {
+  i64 *tlb = a->tlb, *srow = a->srow;
+  const i64 *p = a->p;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (slot & (p[P_TLB_SETS] - 1)) * ways;
+  i64 meta = a->tlb_rows - 1;
+  i64 tick = tlb[meta * T_COLS] + 1;
+  tlb[meta * T_COLS] = tick;
+  i64 victim = base;
+  i64 oldest = (i64)1 << 62;
+  for (i64 w = base; w < base + ways; w++) {
+    i64 tag = tlb[w * T_COLS + T_TAG];
+    if (tag == slot + 1) {
+      tlb[w * T_COLS + T_AGE] = tick;
+      srow[S_TLB_HITS] += 1;
+      return tlb[w * T_COLS + T_PFN];
+    }
+    i64 age = tag == 0 ? -1 : tlb[w * T_COLS + T_AGE];
+    if (age < oldest) {
+      oldest = age;
+      victim = w;
+    }
+  }
+  srow[S_TLB_MISSES] += 1;
+  if (p[P_COST_WALK] > 0) spin_cycles(p[P_COST_WALK]);
+  i64 e = load_acquire(a->pte, slot);
+  if ((e & PTE_PRESENT) == 0) return -1;
+  i64 pfn = e & PTE_MFN_MASK;
+  tlb[victim * T_COLS + T_TAG] = slot + 1;
+  tlb[victim * T_COLS + T_PFN] = pfn;
+  tlb[victim * T_COLS + T_AGE] = tick;
+  return pfn;
+}
+
+INLINE void flush_one(struct arrays *a, i64 slot) {
+  i64 *tlb = a->tlb;
+  const i64 *p = a->p;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (slot & (p[P_TLB_SETS] - 1)) * ways;
+  for (i64 w = base; w < base + ways; w++)
+    if (tlb[w * T_COLS + T_TAG] == slot + 1) tlb[w * T_COLS + T_TAG] = 0;
+  a->srow[S_FLUSH_ONE] += 1;
+  if (p[P_COST_FLUSH_ONE] > 0) spin_cycles(p[P_COST_FLUSH_ONE]);
+}
+
+static i64 clock_now(i64 *dom) { return load_acquire(dom, D_TLBCLOCK); }
+
+static i64 pre_flush(i64 *dom) {
+  for (;;) {
+    i64 t1 = load_acquire(dom, D_TLBCLOCK);
+    if (t1 == 0) return 0;
+    i64 t2 = (t1 + 1) & CLOCK_MASK;
+    if (cas(dom, D_TLBCLOCK, t1, t2) == t1) {
+      if (t2 == 0) cas(dom, D_TLBCLOCK, 0, 1);
+      return t2;
+    }
+  }
+}
+
+static void flush_all(struct arrays *a) {
+  i64 t = pre_flush(a->dom);
+  i64 n = a->tlb_rows - 1;
+  for (i64 w = 0; w < n; w++) a->tlb[w * T_COLS + T_TAG] = 0;
+  a->vrow[V_TLBFLUSH_TIME] = t;
+  a->srow[S_FLUSH_ALL] += 1;
+  if (a->p[P_COST_FLUSH_ALL] > 0) spin_cycles(a->p[P_COST_FLUSH_ALL]);
+}
+
+static int need_flush(i64 cpu_stamp, i64 lastuse, i64 now) {
+  if (now == 0) return 1;
+  return cpu_stamp <= lastuse && lastuse <= now;
+}
+
+/* --- variants/locked.py --------------------------------------------------------------------- */
+static i64 bitmap_words(i64 slots) { return (slots + 63) / 64; }
+static i64 garbage_base(i64 slots) { return (bitmap_words(slots) + 7) / 8 * 8; }
+
+static i64 lk_lock(i64 *dom, i64 *srow, i64 vcpu) {
+  i64 my = fetch_add(dom, D_LOCK_TAIL, 1);
+  srow[S_LOCK_ACQ] += 1;
+  if (load_acquire(dom, D_LOCK_HEAD) != my) {
+    srow[S_LOCK_CONTENDED] += 1;
+    i64 t0 = rdtsc();
+    while (load_acquire(dom, D_LOCK_HEAD) != my) {
+      cpu_relax();
+      srow[S_PROGRESS] += 1;
+    }
+    srow[S_LOCK_SPIN] += rdtsc() - t0;
+  }
+  dom[D_LOCK_OWNER] = vcpu + 1;
+  return my;
+}
+
+static void lk_unlock(i64 *dom, i64 my) {
+  dom[D_LOCK_OWNER] = 0;
+  store_release(dom, D_LOCK_HEAD, my + 1);
+}
+
+static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold) {
+  if (t_hold != 0) {
+    srow[S_LOCK_HOLD] += rdtsc() - t_hold;
+    srow[S_LOCK_HOLD_SAMPLES] += 1;
+  }
+  lk_unlock(dom, my);
+}
+
+/* Python's // and % on int64: floor division (the indices here are never negative). */
+static i64 find_zero(i64 *dbits, i64 start, i64 slots) {
+  i64 i = start;
+  while (i < slots) {
+    i64 w = load_acquire(dbits, i / 64);
+    i64 free_ = ~(w >> (i % 64));          /* arithmetic shift of an int64, as numba's */
+    if (free_ != 0) {
+      i64 bit = lowest_bit(free_);
+      if (i % 64 + bit < 64) {
+        i64 j = i + bit;
+        return j < slots ? j : slots;
+      }
+    }
+    i = (i / 64 + 1) * 64;
+  }
+  return slots;
+}
+
+static void set_bit(i64 *dbits, i64 base, i64 idx) { fetch_or(dbits, base + idx / 64, bit64(idx % 64)); }
+
+INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
+  const i64 *p = a->p;
+  i64 *dom = a->dom, *pte = a->pte, *dbits = a->dbits, *vrow = a->vrow, *srow = a->srow;
+  i64 h = p[P_HASH], slots = p[P_SLOTS], fault = p[P_FAULT];
+  i64 hm = V_HASH, hi = V_HASH + h, hr = V_HASH + 2 * h;
+  i64 b = mfn & (h - 1);
+  if (vrow[hm + b] == mfn) {
+    i64 r = vrow[hr + b] + 1;
+    vrow[hr + b] = r;
+    srow[S_HASH_HITS] += 1;
+    if (r >= REFCNT_LIMIT) {
+      srow[S_REFCNT_ERR] += 1;
+      return -ST_REFCOUNT;
+    }
+    return MAPCACHE_VA + vrow[hi + b];
+  }
+  int nolock = (fault & LK_FAULT_NO_LOCK) != 0;
+  i64 my = 0;
+  if (!nolock) my = lk_lock(dom, srow, vcpu);
+  i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
+  i64 epoch = dom[D_EPOCH];
+  if (epoch != vrow[V_SHADOW_EPOCH]) {
+    vrow[V_SHADOW_EPOCH] = epoch;
+    if ((fault & LK_FAULT_NO_EPOCH_FLUSH) == 0 &&
+        need_flush(vrow[V_TLBFLUSH_TIME], dom[D_TLBFLUSH_TS], clock_now(dom))) {
+      flush_all(a);
+      srow[S_EPOCH_FLUSH] += 1;
+    }
+  }
+  i64 idx = find_zero(dbits, dom[D_CURSOR], slots);
+  if (idx >= slots) {
+    i64 gb = garbage_base(slots), nw = bitmap_words(slots), freed = 0;
+    for (i64 i = 0; i < nw; i++) {
+      i64 g = exchange(dbits, gb + i, 0);
+      if (g != 0) {
+        fetch_and(dbits, i, ~g);
+        freed += 1;
+      }
+    }
+    if (freed) srow[S_HARVEST] += 1;
+    idx = find_zero(dbits, 0, slots);
+    if (idx >= slots) {
+      /* Replace one of this vCPU's idle hash entries, starting at the MFN's bucket. */
+      i64 i = b;
+      for (i64 k = 0; k < h; k++) {
+        if (vrow[hi + i] != NOTINUSE && vrow[hr + i] == 0) {
+          idx = vrow[hi + i];
+          store_release(pte, idx, 0);
+          vrow[hi + i] = NOTINUSE;
+          vrow[hm + i] = NOTINUSE;
+          break;
+        }
+        i = (i + 1) & (h - 1);
+      }
+    }
+    if (idx >= slots) {
+      srow[S_EXHAUSTED] += 1;
+      if (!nolock) lk_release(dom, my, srow, t_hold);
+      return -ST_EXHAUSTED;
+    }
+    flush_all(a);
+    epoch = dom[D_EPOCH] + 1;
+    dom[D_EPOCH] = epoch;
+    vrow[V_SHADOW_EPOCH] = epoch;
+    dom[D_TLBFLUSH_TS] = clock_now(dom);
+  }
+  set_bit(dbits, 0, idx);
+  dom[D_CURSOR] = idx + 1;
+  if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
+  if (!nolock) lk_release(dom, my, srow, t_hold);
+  store_release(pte, idx, mfn | PTE_PRESENT);
+  return MAPCACHE_VA + idx;
+}
+
+INLINE i64 locked_unmap(struct arrays *a, i64 va) {
+  const i64 *p = a->p;
+  i64 *pte = a->pte, *dbits = a->dbits, *vrow = a->vrow, *srow = a->srow;
+  i64 h = p[P_HASH], slots = p[P_SLOTS];
+  i64 hm = V_HASH, hi = V_HASH + h, hr = V_HASH + 2 * h;
+  i64 idx = va - MAPCACHE_VA;
+  if (idx < 0 || idx >= slots) return ST_BAD_VA;
+  i64 e = pte[idx];
+  if ((e & PTE_PRESENT) == 0) return ST_BAD_VA;
+  i64 mfn = e & PTE_MFN_MASK;
+  i64 b = mfn & (h - 1);
+  i64 gb = garbage_base(slots);
+  if (vrow[hi + b] == idx) {
+    i64 r = vrow[hr + b];
+    if (r == 0) {
+      srow[S_REFCNT_ERR] += 1;
+      return ST_REFCOUNT;
+    }
+    vrow[hr + b] = r - 1;
+  } else if (vrow[hr + b] == 0) {
+    i64 old = vrow[hi + b];
+    if (old != NOTINUSE) {
+      store_release(pte, old, 0);
+      set_bit(dbits, gb, old);
+    }
+    vrow[hm + b] = mfn;
+    vrow[hi + b] = idx;
+  } else {
+    store_release(pte, idx, 0);
+    set_bit(dbits, gb, idx);
+  }
+  return ST_OK;
+}
+
+/* --- variants/lockless.py ------------------------------------------------------------------- */
+INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
+  const i64 *p = a->p;
+  i64 *vrow = a->vrow, *srow = a->srow;
+  i64 h = p[P_HASH], e = p[P_ENTRIES];
+  i64 hm = V_RESERVED, hi = hm + h, rc = hm + 2 * h, iu = hm + 2 * h + e;
+  i64 base = vcpu * e;
+  i64 b = hm + (mfn & (h - 1));
+  i64 old = vrow[hi - hm + b];
+  i64 idx;
+  if (vrow[b] != mfn) {
+    idx = -1;
+    for (i64 w = 0; w < (e + 63) / 64; w++) {
+      i64 free_ = ~vrow[iu + w];
+      if (free_ != 0) {
+        i64 bit = lowest_bit(free_);
+        if (w * 64 + bit < e) idx = w * 64 + bit;
+        break;
+      }
+    }
+    if (idx < 0) {
+      srow[S_EXHAUSTED] += 1;
+      return -ST_EXHAUSTED;
+    }
+    vrow[iu + idx / 64] |= bit64(idx % 64);
+    store_release(a->pte, base + idx, mfn | PTE_PRESENT);
+    if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
+    if ((p[P_FAULT] & LL_FAULT_NO_FLUSH) == 0) flush_one(a, base + idx);
+    if (old >= 0 && vrow[rc + old] == 0) vrow[iu + old / 64] &= ~bit64(old % 64);
+    vrow[b] = mfn;
+    vrow[hi - hm + b] = idx;
+  } else {
+    idx = old;
+    srow[S_HASH_HITS] += 1;
+  }
+  i64 r = (vrow[rc + idx] + 1) & REFCNT_MASK;
+  vrow[rc + idx] = r;
+  if (r == 0) {
+    srow[S_REFCNT_ERR] += 1;
+    return -ST_REFCOUNT;
+  }
+  return MAPCACHE_VA + base + idx;
+}
+
+INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va) {
+  const i64 *p = a->p;
+  i64 *vrow = a->vrow, *srow = a->srow;
+  i64 h = p[P_HASH], e = p[P_ENTRIES];
+  i64 hm = V_RESERVED, rc = hm + 2 * h, iu = hm + 2 * h + e;
+  i64 base = vcpu * e;
+  i64 idx = va - MAPCACHE_VA - base;
+  if (idx < 0 || idx >= e) return ST_BAD_VA;
+  i64 mfn = a->pte[base + idx] & PTE_MFN_MASK;
+  i64 r = vrow[rc + idx];
+  if (r == 0) {
+    srow[S_REFCNT_ERR] += 1;
+    return ST_REFCOUNT;
+  }
+  vrow[rc + idx] = r - 1;
+  if (vrow[hm + (mfn & (h - 1))] != mfn && r == 1) vrow[iu + idx / 64] &= ~bit64(idx % 64);
+  return ST_OK;
+}
+
+/* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
+INLINE i64 map_page(struct arrays *a, i64 vcpu, i64 mfn) {
+  i64 vid = a->p[P_VARIANT];
+  if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn);
+  if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn);
+  return mfn;                                                      /* directmap */
+}
+
+INLINE i64 unmap_page(struct arrays *a, i64 vcpu, i64 va) {
+  i64 vid = a->p[P_VARIANT];
+  if (vid == VID_LOCKED) return locked_unmap(a, va);
+  if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va);
+  return 0;                                                        /* directmap */
+}
+
+static i64 log2_bin(i64 x) {
+  i64 b = 0;
+  while (x > 1 && b < LAT_BINS - 1) {
+    x >>= 1;
+    b += 1;
+  }
+  return b;
+}
+
+INLINE i64 timed_map(struct arrays *a, i64 vcpu, i64 mfn) {
+  i64 *srow = a->srow;
+  i64 n = srow[S_MAPS];
+  srow[S_MAPS] = n + 1;
+  int sampled = (n & (((i64)1 << a->p[P_LAT_EVERY]) - 1)) == 0;
+  i64 t0 = 0;
+  if (sampled) {
+    srow[S_SAMPLING] = 1;
+    t0 = rdtsc();
+  }
+  i64 va = map_page(a, vcpu, mfn);
+  if (sampled) {
+    srow[S_SAMPLING] = 0;
+    i64 dt = rdtsc() - t0;
+    a->hrow[log2_bin(dt)] += 1;
+    srow[S_LAT_SAMPLES] += 1;
+    srow[S_LAT_CYCLES] += dt;
+    if (dt > srow[S_LAT_MAX]) srow[S_LAT_MAX] = dt;
+  }
+  return va;
+}
+
+INLINE void access_frame(struct arrays *a, i64 vcpu, i64 va, i64 mfn) {
+  i64 *srow = a->srow;
+  i64 pfn;
+  if (va >= MAPCACHE_VA)
+    pfn = translate(a, va - MAPCACHE_VA);
+  else
+    pfn = va;
+  if (pfn < 0 || pfn >= a->p[P_FRAMES]) {
+    srow[S_STALE] += 1;
+  } else {
+    if (a->frames[pfn * a->fw] != mfn) srow[S_STALE] += 1;
+    a->frames[pfn * a->fw + FRAME_HDR + 8 * vcpu] += 1;          /* counter_col(vcpu) */
+  }
+  a->erow[mfn] += 1;
+  srow[S_WRITES] += 1;
+}
+
+static int held_mfn(const i64 *lrow, i64 k, i64 mfn) {
+  for (i64 j = 0; j < k; j++)
+    if (lrow[2 * j + 1] == mfn) return 1;
+  return 0;
+}
+
+static void arm_timer(const i64 *p, i64 *srow, i64 deadline) {
+  i64 now = rdtsc();
+  srow[S_TIMER_SETS] += 1;
+  srow[S_TIMER_CYCLES] += now - (deadline - p[P_SLACK]);
+  if (now <= deadline) {
+    srow[S_STREAK] = 0;
+    return;
+  }
+  srow[S_ETIME] += 1;
+  i64 streak = srow[S_STREAK] + 1;
+  if (streak > srow[S_STREAK_MAX]) srow[S_STREAK_MAX] = streak;
+  if (streak >= p[P_PANIC_STREAK]) {
+    srow[S_PANICS] += 1;
+    streak = 0;
+  }
+  srow[S_STREAK] = streak;
+}
+
+static void guest_work(const i64 *p, u64 *rng, i64 *srow) {
+  u64 x = rng[0];
+  for (i64 k = 0; k < p[P_GUEST_WORK]; k++) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+  }
+  rng[0] = x;
+  srow[S_WORK] += 1;
+}
+
+/* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
+ * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
+i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbits, i64 *vst, i64 vst_stride,
+                    i64 *frames, i64 frames_stride, i64 *expect, i64 expect_stride, i64 *stats,
+                    i64 stats_stride, i64 *hist, i64 hist_stride, i64 *live, i64 live_stride, i64 *tlb,
+                    i64 tlb_rows, u64 *rng) {
+  struct arrays A = {
+      .p = p, .dom = dom, .pte = pte, .dbits = dbits, .tlb = tlb, .frames = frames,
+      .erow = expect + vcpu * expect_stride, .srow = stats + vcpu * stats_stride,
+      .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
+      .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
+  };
+  struct arrays *a = &A;
+  i64 *srow = a->srow, *lrow = a->lrow;
+  i64 wl = p[P_WORKLOAD];
+  i64 nest = wl == WL_PTWALK ? p[P_NEST] : 1;
+  int distinct = wl == WL_PTWALK && p[P_WORKING_SET] >= nest;
+  int hypercall = wl == WL_GUEST || wl == WL_TIMERS;
+  i64 burst = hypercall ? p[P_BURST] : 1;
+  i64 done = 0, status = ST_OK;
+  i64 budget = p[P_CHUNK_CYCLES];
+  i64 check_mask = hypercall ? 0 : 15;
+  i64 t_chunk = rdtsc();
+  for (i64 it = 0; it < n; it++) {
+    if ((done & check_mask) == check_mask && rdtsc() - t_chunk > budget) break;
+    if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
+    i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
+    for (i64 bi = 0; bi < burst; bi++) {
+      i64 depth = wl != WL_PTWALK ? nest : 1 + draw(rng, nest);
+      i64 held = 0;
+      for (i64 k = 0; k < depth; k++) {
+        i64 mfn = draw_mfn(rng, p);
+        if (distinct)
+          while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
+        i64 va = timed_map(a, vcpu, mfn);
+        if (va < 0) {
+          status = -va;
+          break;
+        }
+        lrow[2 * k] = va;
+        lrow[2 * k + 1] = mfn;
+        held = k + 1;
+        access_frame(a, vcpu, va, mfn);
+      }
+      srow[S_LIVE] = held;
+      if (status != ST_OK) break;
+      for (i64 k = held - 1; k >= 0; k--) {
+        i64 st = unmap_page(a, vcpu, lrow[2 * k]);
+        if (st != ST_OK) {
+          if (st == ST_BAD_VA) srow[S_INVARIANT] += 1;
+          status = st;
+          break;
+        }
+        srow[S_LIVE] = k;
+      }
+      if (status != ST_OK) break;
+    }
+    if (status != ST_OK) break;
+    if (wl == WL_TIMERS) arm_timer(p, srow, deadline);
+    done += 1;
+    srow[S_PROGRESS] += 1;
+  }
+  srow[S_OPS] += done;
+  return status;
+}
