@@ -541,9 +541,11 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
   i64 done = 0, status = ST_OK;
   i64 budget = p[P_CHUNK_CYCLES];
   i64 check_mask = hypercall ? 0 : 15;
+  i64 spun = srow[S_LOCK_SPIN];
   i64 t_chunk = rdtsc();
   for (i64 it = 0; it < n; it++) {
-    if ((done & check_mask) == check_mask && rdtsc() - t_chunk > budget) break;
+    if (((done & check_mask) == check_mask || srow[S_LOCK_SPIN] != spun) && rdtsc() - t_chunk > budget) break;
+    spun = srow[S_LOCK_SPIN];
     if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
     i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
     for (i64 bi = 0; bi < burst; bi++) {
@@ -561,9 +563,9 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
         lrow[2 * k] = va;
         lrow[2 * k + 1] = mfn;
         held = k + 1;
+        srow[S_LIVE] = held;
         access_frame(a, vcpu, va, mfn);
       }
-      srow[S_LIVE] = held;
       if (status != ST_OK) break;
       for (i64 k = held - 1; k >= 0; k--) {
         i64 st = unmap_page(a, vcpu, lrow[2 * k]);
