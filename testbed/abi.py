@@ -37,6 +37,7 @@ P_CHUNK_CYCLES = 25    # a kernel call returns after about this many cycles (che
 P_PANIC_STREAK = 24    # timers workload: consecutive -ETIME that panic the guest (FreeBSD 10: 60)
 P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
 P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
+P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 N_PARAMS = 32
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------

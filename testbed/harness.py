@@ -147,6 +147,11 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     limits.check_capacity(cfg.vcpus, layout.size)
     p = cfgmod.params(cfg)
     p[abi.P_SCHED] = {v: k for k, v in abi.SCHED_NAMES.items()}[model]
+    # Under the host's scheduler a lock convoy can make one operation take a host time
+    # slice per waiter: the chunk then reads the clock after every operation, so that a
+    # vCPU sees the stop after the operation it is in, not sixteen convoys later. That
+    # costs a cycle-counter read per operation (about 11 ns), only in that case.
+    p[abi.P_CHECK_EVERY_OP] = int(model == "host" and lock_waiters_hook(cfg) is not None)
     remove_stale()
 
     state = RunState(cfg, cores, sched=model)
@@ -462,9 +467,13 @@ def live_mappings(views, n: int) -> dict:
     return {v: _live(views, v) for v in range(n)}
 
 
+def lock_waiters_hook(cfg):
+    return getattr(registry.get(cfg.variant).module, "lock_waiters", None)
+
+
 def lock_waiters(views, cfg) -> int:
     """vCPUs queued for the variant's lock now (0 for a variant without one)."""
-    hook = getattr(registry.get(cfg.variant).module, "lock_waiters", None)
+    hook = lock_waiters_hook(cfg)
     return int(hook(views)) if hook is not None else 0
 
 
@@ -573,8 +582,13 @@ def variant_checks(views, cfg, victims=None) -> dict:
     taken but not yet listed as held, a ticket taken but never served): the
     variant does not count against the design what only the kill explains.
     """
-    return registry.get(cfg.variant).module.check(views, cfg, live_mappings(views, cfg.vcpus),
-                                                  victims=frozenset(victims or ()))
+    live = live_mappings(views, cfg.vcpus)
+    for v in victims or ():
+        # S_LIVE is written after a walk's maps, not after each: a victim may hold any
+        # mapping its row lists, up to the deepest nest.
+        row = views["live"][v]
+        live[v] = [(int(row[2 * k]), int(row[2 * k + 1])) for k in range(cfg.nest) if row[2 * k] != 0]
+    return registry.get(cfg.variant).module.check(views, cfg, live, victims=frozenset(victims or ()))
 
 
 def sched_description(model: str) -> str:

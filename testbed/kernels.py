@@ -177,18 +177,15 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
     done = 0
     status = abi.ST_OK
     budget = p[abi.P_CHUNK_CYCLES]
-    check_mask = 0 if hypercall else 15
-    spun = srow[abi.S_LOCK_SPIN]
+    check_mask = 0 if hypercall or p[abi.P_CHECK_EVERY_OP] != 0 else 15
     t_chunk = rdtsc()
     for _ in range(n):
         # A chunk is bounded in time as well as in count, so that the stop flag is
-        # seen soon even when operations slow down a thousandfold (a lock convoy):
-        # the clock is read every 16 operations, and after every operation that had
-        # to wait for a lock. Hypercall workloads check every operation (each is
-        # microseconds of guest work).
-        if ((done & check_mask) == check_mask or srow[abi.S_LOCK_SPIN] != spun) and rdtsc() - t_chunk > budget:
+        # seen soon even when operations slow down a thousandfold: the clock is read
+        # every 16 operations, or every operation for hypercall workloads (each is
+        # microseconds of guest work) and where a lock convoy can form (P_CHECK_EVERY_OP).
+        if (done & check_mask) == check_mask and rdtsc() - t_chunk > budget:
             break
-        spun = srow[abi.S_LOCK_SPIN]
         # The guest computes, then makes a hypercall; after -ETIME it retries at once.
         if hypercall and srow[abi.S_STREAK] == 0:
             guest_work(p, rng, srow)
@@ -208,11 +205,8 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
                 lrow[2 * k] = va
                 lrow[2 * k + 1] = mfn
                 held = k + 1
-                # Kept exact after every map, so that a vCPU killed between two operations
-                # leaves a true list, and one killed inside an operation leaves one
-                # mapping at most in flight (see oracle: victims).
-                srow[abi.S_LIVE] = held
                 access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
+            srow[abi.S_LIVE] = held
             if status != abi.ST_OK:
                 break
             for k in range(held - 1, -1, -1):

@@ -29,7 +29,7 @@ enum {
   P_LEVELS = 7, P_SLOTS = 8, P_WORKLOAD = 9, P_NEST = 10, P_TLB_SETS = 11, P_TLB_WAYS = 12,
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
-  P_CHUNK_CYCLES = 25,
+  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -540,12 +540,10 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
   i64 burst = hypercall ? p[P_BURST] : 1;
   i64 done = 0, status = ST_OK;
   i64 budget = p[P_CHUNK_CYCLES];
-  i64 check_mask = hypercall ? 0 : 15;
-  i64 spun = srow[S_LOCK_SPIN];
+  i64 check_mask = hypercall || p[P_CHECK_EVERY_OP] != 0 ? 0 : 15;
   i64 t_chunk = rdtsc();
   for (i64 it = 0; it < n; it++) {
-    if (((done & check_mask) == check_mask || srow[S_LOCK_SPIN] != spun) && rdtsc() - t_chunk > budget) break;
-    spun = srow[S_LOCK_SPIN];
+    if ((done & check_mask) == check_mask && rdtsc() - t_chunk > budget) break;
     if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
     i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
     for (i64 bi = 0; bi < burst; bi++) {
@@ -563,9 +561,9 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
         lrow[2 * k] = va;
         lrow[2 * k + 1] = mfn;
         held = k + 1;
-        srow[S_LIVE] = held;
         access_frame(a, vcpu, va, mfn);
       }
+      srow[S_LIVE] = held;
       if (status != ST_OK) break;
       for (i64 k = held - 1; k >= 0; k--) {
         i64 st = unmap_page(a, vcpu, lrow[2 * k]);
