@@ -29,10 +29,10 @@ from .errors import UsageError
 
 CONFIG_KEYS = tuple(f.name for f in RunConfig.__dataclass_fields__.values())
 HOST_ID = ("hostname", "cpu_model", "physical_cores", "logical_cpus", "kernel")
-MEASURES = ("ops", "ops_per_s", "linear", "efficiency", "measured_s", "p50_cycles", "p99_cycles", "max_cycles",
+MEASURES = ("sched_model", "ops", "ops_per_s", "linear", "efficiency", "measured_s", "p50_cycles", "p99_cycles", "max_cycles",
             "lock_contended", "hash_hit_rate", "tlb_misses", "violations", "starvation", "partial")
-LEAD = ("host_hostname", "variant", "workload", "vcpus", "seed", "rep", "verdict", "ops_per_s", "linear",
-        "efficiency", "p99_cycles")    # the columns a reader looks at first; every other one follows
+LEAD = ("host_hostname", "variant", "workload", "vcpus", "sched_model", "seed", "rep", "verdict", "ops_per_s",
+        "linear", "efficiency", "p99_cycles")    # the columns a reader looks at first; every other one follows
 GROUP_FREE = ("vcpus", "seed")        # what may differ inside one scaling group
 CSV_NAME = "report.csv"
 
@@ -107,7 +107,8 @@ def rows(runs: list[dict], failures: list[dict]) -> list[dict]:
                "error": (r.get("failure") or {}).get("message", ""), "rep": (r.get("sweep") or {}).get("rep", "")}
         row.update(_flat_host(r["host"]))
         row.update({k: r["config"].get(k) for k in CONFIG_KEYS})
-        row.update(ops=t["ops"], ops_per_s=round(t["ops_per_s"], 1), linear=round(linear, 1) if linear else None,
+        # the model the run really used: "dedicated" up to the CPUs, whatever --sched asked for
+        row.update(sched_model=(r.get("sched") or {}).get("model"), ops=t["ops"], ops_per_s=round(t["ops_per_s"], 1), linear=round(linear, 1) if linear else None,
                    efficiency=float(f"{t['ops_per_s'] / linear:.4g}") if linear else None,
                    measured_s=round(t["measured_s"], 3), p50_cycles=lat["p50"], p99_cycles=lat["p99"],
                    max_cycles=lat["max"], lock_contended=t["lock_contended"],
