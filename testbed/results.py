@@ -8,6 +8,10 @@ Schema history (bump SCHEMA on any change a reader must know about):
   Repetitions ("testbed.repeat"), compare, scale, timers and stress results carry
   schema, kind, seed, workload, config and host, their own rows, and every
   run they made under "runs". The JSON Schema is ``testbed/schema.json``.
+  Added since, optional for readers: "lock" in a run (the lock's handoff cost
+  and fairness, null for a variant without a lock), "lock" in the config,
+  "lock" and "label" in compare and scale rows and their runs (rows are
+  labelled ``variant:lock`` when --lock names locks).
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "schema": SCHEMA,
         "kind": KIND,
         "variant": cfg.variant,
+        "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
         "vcpus": n,
         "seed": cfg.seed,
         "workload": cfg.workload,
@@ -137,6 +142,34 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "interrupted": interrupted,
         "verdict": verdict,
         **(extra or {}),
+    }
+
+
+def lock_summary(kind, totals: dict, per_vcpu: list[dict]) -> dict | None:
+    """The lock's handoff cost and fairness, for a run whose variant took a lock; None otherwise.
+
+    A handoff is an acquisition of a lock released while vCPUs waited; its
+    cost, the cycles from that release to the acquisition. Fairness is the
+    spread of acquisitions across vCPUs: Jain's index (sum x)**2 / (n sum x**2),
+    1 when every vCPU took the lock as often, 1/n when one took it every time.
+    """
+    acq = [d["lock_acquisitions"] for d in per_vcpu]
+    total = sum(acq)
+    if total == 0:
+        return None
+    handoffs = totals["lock_handoffs"]
+    contended = totals["lock_contended"]
+    return {
+        "kind": kind,
+        "acquisitions": total,
+        "acquisitions_per_vcpu": acq,
+        "contended_rate": contended / total,
+        "handoffs": handoffs,
+        "handoff_mean_cycles": totals["lock_handoff_cycles"] / handoffs if handoffs else None,
+        "spin_mean_cycles": totals["lock_spin_cycles"] / contended if contended else None,
+        "hold_mean_cycles": totals["lock_hold_mean_cycles"],
+        "jain_fairness": total * total / (len(acq) * sum(x * x for x in acq)),
+        "max_over_min": max(acq) / min(acq) if min(acq) else None,
     }
 
 

@@ -193,15 +193,14 @@ class Stressor:
     def _pick_victim(self, fault: str) -> int:
         n = len(self.procs)
         if fault == "stop":
-            dom = self.views["dom"]
-            module = registry.get(self.state.cfg.variant).module
-            owner_word = getattr(module, "D_LOCK_OWNER", None)
-            if owner_word is not None:
+            cfg = self.state.cfg
+            module = registry.get(cfg.variant).module
+            if module.LOCKS:
                 deadline = self.clock() + 0.5
                 while self.clock() < deadline:
-                    owner = int(dom[owner_word])
-                    if owner:
-                        return owner - 1
+                    holder = module.lock_holder(self.views, cfg)
+                    if holder is not None:
+                        return holder
         return self.rng.randrange(n)
 
     def summary(self) -> dict:

@@ -21,8 +21,8 @@ def test_compare_prints_the_table_and_writes_valid_json(tmp_path, exclusive, no_
     assert "larger than" in r.stdout or "within" in r.stdout
     res = json.loads(out.read_text())
     jsonschema.validate(res, SCHEMA)
-    assert [row["variant"] for row in res["rows"]] == ["locked", "lockless"]
-    assert res["vcpus_multi"] == 2 and len(res["runs"]) == 12
+    assert [row["variant"] for row in res["rows"]] == ["locked", "lockless", "percpu", "kmap-local"]
+    assert res["vcpus_multi"] == 2 and len(res["runs"]) == 20
     assert {r["seed"] for r in res["runs"]} == {3, 4}
 
 
@@ -57,7 +57,7 @@ def test_timers_reports_etime_and_panics(tmp_path, exclusive, no_leftovers):
     res = json.loads(js.read_text())
     jsonschema.validate(res, SCHEMA)
     rows = {row["variant"]: row for row in res["rows"]}
-    assert set(rows) == {"locked", "lockless"}
+    assert set(rows) == {"locked", "lockless", "percpu", "kmap-local"}
     for row in rows.values():
         assert row["timer_sets"] > 0 and 0 <= row["etime_rate"] <= 1 and row["worst_streak"] >= 0
     # a hypercall that waits for the domain lock takes longer than one that does not
