@@ -1,6 +1,6 @@
 """The layout contract between the harness, the kernels and the variants.
 
-Kernels take numpy arrays and scalars (style.md, 4 and 6). Tunable numbers
+Kernels take numpy arrays and scalars (docs/variants.md, conventions 4 and 6). Tunable numbers
 travel in one int64 parameter array ``p``, indexed by the ``P_*`` names below;
 the names themselves are compile-time constants, the values are not. Per-vCPU
 counters live in the vCPU's own cache-line-padded row of ``stats``, indexed by

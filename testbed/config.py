@@ -1,4 +1,4 @@
-"""One frozen configuration per run, validated before anything starts (style.md, 6).
+"""One frozen configuration per run, validated before anything starts (docs/variants.md, conventions 6).
 
 The command line becomes a ``RunConfig``; ``validate`` turns every bad value
 into a one-line ``UsageError`` that names the problem and the fix; ``params``

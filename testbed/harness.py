@@ -1,6 +1,6 @@
 """The parent side of a run: compile, lay out, fork, start, watch, stop, check.
 
-The harness never knows which variant it runs (style.md, 2): the variant is a
+The harness never knows which variant it runs (docs/variants.md, conventions 2): the variant is a
 registry entry, its id travels in the parameter array, and its state is sized
 and initialised through the variant's own hooks.
 

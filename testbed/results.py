@@ -1,4 +1,4 @@
-"""Run results: plain data that describes itself (style.md, 8).
+"""Run results: plain data that describes itself (docs/variants.md, conventions 8).
 
 Schema history (bump SCHEMA on any change a reader must know about):
 

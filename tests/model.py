@@ -16,7 +16,7 @@ modelled; the flushes the designs do are only counted (full local flushes for
 the old design, with the TLB clock and ``NEED_FLUSH`` that decide the lazy ones;
 single-entry flushes for the new design).
 
-Where mapcache.md leaves a choice open, the model takes Xen's, and says so:
+Where the design leaves a choice open, the model takes Xen's, and says so:
 
 - the old design's "evict one of THIS vcpu's hash entries with refcnt 0" scans
   the buckets from the MFN's own bucket upwards, cyclically (Xen 4.14
@@ -90,7 +90,7 @@ class _Geometry:
 
 
 class LockedModel(_Geometry):
-    """Xen's per-domain mapcache (mapcache.md, "OLD")."""
+    """Xen's per-domain mapcache (docs/variants.md, "locked")."""
 
     REFCNT_BITS = 32
 
@@ -247,7 +247,7 @@ class LockedModel(_Geometry):
 
 
 class LocklessModel(_Geometry):
-    """The seed's per-vCPU mapcache (mapcache.md, "NEW")."""
+    """The seed's per-vCPU mapcache (docs/variants.md, "lockless")."""
 
     REFCNT_BITS = 8
 

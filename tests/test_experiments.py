@@ -117,3 +117,24 @@ def test_stress_stop_injection_reports_the_lock_holder(tmp_path, exclusive, no_l
     line = next(x for x in r.stdout.splitlines() if x.startswith("locked: "))
     assert "made no progress" in line and "process status: stopped" in line and "holds lock" in line
     assert "resumed" in line
+
+
+def test_scale_shows_each_lock_of_locked(tmp_path, exclusive, no_leftovers):
+    js = tmp_path / "s.json"
+    r = testbed_cli("scale", *TINY, "--variants", "locked,percpu", "--lock", "ticket,mcs,tas", "--vcpus", "1,2",
+                    "--json", js, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(js.read_text())
+    jsonschema.validate(res, SCHEMA)
+    labels = [row["variant"] for row in res["rows"]]
+    assert labels == ["locked:ticket"] * 2 + ["locked:mcs"] * 2 + ["locked:tas"] * 2 + ["percpu"] * 2
+    for row in res["rows"]:
+        if row["variant"].startswith("locked:"):
+            assert row["lock"] == row["variant"].split(":")[1] and 0 < row["lock_fairness"] <= 1
+        else:
+            assert row["lock"] is None and row["lock_fairness"] is None
+    assert {r["config"]["lock"] for r in res["runs"] if r["variant"] == "locked"} == {"ticket", "mcs", "tas"}
+    assert "locked:mcs" in r.stdout and "fairness" in r.stdout
+    r = testbed_cli("scale", *TINY, "--variants", "lockless,percpu", "--lock", "mcs")
+    assert r.returncode == 2 and "--lock" in r.stderr and "ticket, mcs, tas" in r.stderr
+    assert len(r.stderr.splitlines()) == 1

@@ -1,6 +1,6 @@
 """The variants through the real harness: real ones pass, broken ones are caught.
 
-Every registered variant must be listed here (style.md, 1: the contract is
+Every registered variant must be listed here (docs/variants.md: the contract is
 tested); a variant added to the registry without a row here fails the suite.
 """
 

@@ -40,8 +40,8 @@ without a flush in between: the TLB oracle checks that at every access.
 
 Simplifications: the 32-bit refcount is an int64 checked against 2**32 (a
 wrap is a refcount error); the vCPU's state is one row of the shared arena,
-written by this vCPU only, with plain stores (style.md 5: laid out by
-ownership); the PTE write is a release store, read by this vCPU's TLB only.
+written by this vCPU only, with plain stores (laid out by ownership,
+docs/variants.md); the PTE write is a release store, read by this vCPU's TLB only.
 The series also maps the vCPU's mapcache page tables per vCPU, which the
 testbed's flat page table already does.
 
