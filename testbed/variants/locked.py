@@ -178,7 +178,7 @@ def mcs_lock(dom, srow, vcpu):
 
 
 @kernel
-def mcs_successor(dom, vcpu):
+def mcs_successor(dom, srow, vcpu):
     """The successor to hand over to (vcpu + 1), or 0 once the tail was swung back to empty."""
     node = mcs_node(vcpu)
     nxt = load_acquire(dom, node + N_NEXT)
@@ -187,6 +187,7 @@ def mcs_successor(dom, vcpu):
             return 0
         while nxt == 0:                # a successor swapped itself in and is about to link
             cpu_relax()
+            srow[abi.S_PROGRESS] += 1  # alive, if waiting (the successor may be preempted there)
             nxt = load_acquire(dom, node + N_NEXT)
     return nxt
 
@@ -244,7 +245,7 @@ def release(dom, my, srow, t_hold, vcpu, kind):
         srow[abi.S_LOCK_HOLD_SAMPLES] += 1
     if kind == LOCK_MCS:
         dom[D_LOCK_OWNER] = 0
-        nxt = mcs_successor(dom, vcpu)
+        nxt = mcs_successor(dom, srow, vcpu)
         if nxt != 0:
             dom[D_HANDOFF_TSC] = rdtsc()
             store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0)
