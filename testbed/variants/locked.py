@@ -136,6 +136,7 @@ def init_state(views, cfg):
 def lock(dom, srow, vcpu):
     """The ticket lock: the ticket taken (pass it to ``unlock``)."""
     my = fetch_add(dom, D_LOCK_TAIL, 1)
+    srow[abi.S_LOCK_ACQ] += 1
     if load_acquire(dom, D_LOCK_HEAD) != my:
         srow[abi.S_LOCK_CONTENDED] += 1
         t0 = rdtsc()
@@ -161,6 +162,7 @@ def mcs_node(vcpu):
 @kernel
 def mcs_lock(dom, srow, vcpu):
     node = mcs_node(vcpu)
+    srow[abi.S_LOCK_ACQ] += 1
     dom[node + N_NEXT] = 0
     dom[node + N_LOCKED] = 1
     pred = exchange(dom, D_MCS_TAIL, vcpu + 1)      # a full barrier: the node is ready before it is seen
@@ -199,6 +201,7 @@ def tas_try(dom):
 
 @kernel
 def tas_lock(dom, srow, vcpu):
+    srow[abi.S_LOCK_ACQ] += 1
     if not tas_try(dom):
         srow[abi.S_LOCK_CONTENDED] += 1
         t0 = rdtsc()
@@ -219,7 +222,6 @@ def tas_lock(dom, srow, vcpu):
 @kernel
 def acquire(dom, srow, vcpu, kind):
     """Take the domain lock of kind ``kind`` (LOCK_*); a token for ``release`` (the ticket)."""
-    srow[abi.S_LOCK_ACQ] += 1
     my = 0
     if kind == LOCK_MCS:
         mcs_lock(dom, srow, vcpu)
