@@ -66,8 +66,9 @@ S_STREAK_MAX = 24      # ... longest run of consecutive -ETIME (a maximum)
 S_PANICS = 25          # ... guest panics (PANIC_STREAK consecutive -ETIME)
 S_TIMER_CYCLES = 26    # ... cycles from deadline taken to timer armed, summed
 S_LOCK_HOLD_SAMPLES = 27  # acquisitions whose hold time was measured (those of latency-sampled maps)
-S_HANDOFFS = 28        # acquisitions of a lock released while vCPUs waited for it
+S_HANDOFFS = 28        # acquisitions of a lock another vCPU released while vCPUs waited for it
 S_HANDOFF_CYCLES = 29  # ... cycles from that release to this acquisition, summed
+S_LOCK_REACQ = 30      # acquisitions that re-took the lock this vCPU had released while others waited (barging)
 N_COUNTERS = 32        # counters summed into totals live below this column
 MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX)
 # harness and kernel words in the same row (written by the vCPU only)
@@ -97,7 +98,7 @@ COUNTER_NAMES = {
     S_LAT_SAMPLES: "lat_samples", S_LAT_CYCLES: "lat_cycles", S_LAT_MAX: "lat_max_cycles",
     S_TIMER_SETS: "timer_sets", S_ETIME: "etime", S_STREAK_MAX: "etime_streak_max", S_PANICS: "panics",
     S_TIMER_CYCLES: "timer_path_cycles", S_LOCK_HOLD_SAMPLES: "lock_hold_samples",
-    S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles",
+    S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
 }
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------

@@ -210,7 +210,8 @@ def describe_lock(lock: dict) -> str:
 
     acq = lock["acquisitions_per_vcpu"]
     return (f"{lock['acquisitions']:,} acquisitions ({100 * lock['contended_rate']:.1f}% contended), "
-            f"{lock['handoffs']:,} handoffs, mean handoff {cycles(lock['handoff_mean_cycles'])} cycles, "
+            f"{lock['handoffs']:,} handoffs, {lock.get('reacquired', 0):,} taken back by the releaser while others "
+            f"waited, mean handoff {cycles(lock['handoff_mean_cycles'])} cycles, "
             f"mean spin {cycles(lock['spin_mean_cycles'])} cycles, mean hold {cycles(lock['hold_mean_cycles'])} "
             f"cycles; fairness: per-vCPU acquisitions {min(acq):,}..{max(acq):,}, Jain index "
             f"{lock['jain_fairness']:.3f}")

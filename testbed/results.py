@@ -148,8 +148,10 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
 def lock_summary(kind, totals: dict, per_vcpu: list[dict]) -> dict | None:
     """The lock's handoff cost and fairness, for a run whose variant took a lock; None otherwise.
 
-    A handoff is an acquisition of a lock released while vCPUs waited; its
-    cost, the cycles from that release to the acquisition. Fairness is the
+    A handoff is an acquisition of a lock another vCPU released while vCPUs
+    waited; its cost, the cycles from that release to the acquisition.
+    ``reacquired`` counts the releaser taking the lock back ahead of the
+    waiters (barging). Fairness is the
     spread of acquisitions across vCPUs: Jain's index (sum x)**2 / (n sum x**2),
     1 when every vCPU took the lock as often, 1/n when one took it every time.
     """
@@ -165,6 +167,7 @@ def lock_summary(kind, totals: dict, per_vcpu: list[dict]) -> dict | None:
         "acquisitions_per_vcpu": acq,
         "contended_rate": contended / total,
         "handoffs": handoffs,
+        "reacquired": totals["lock_reacquired"],
         "handoff_mean_cycles": totals["lock_handoff_cycles"] / handoffs if handoffs else None,
         "spin_mean_cycles": totals["lock_spin_cycles"] / contended if contended else None,
         "hold_mean_cycles": totals["lock_hold_mean_cycles"],

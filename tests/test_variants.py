@@ -226,6 +226,8 @@ def test_every_lock_passes_and_reports_handoff_and_fairness(lock, exclusive, no_
     assert lk["handoffs"] <= res["totals"]["lock_contended"] + lk["acquisitions"]
     if lk["handoffs"]:
         assert lk["handoff_mean_cycles"] > 0
+    if lock in ("ticket", "mcs"):     # queue locks: a releaser never overtakes a waiter
+        assert lk["reacquired"] == 0, lk
 
 
 def test_locked_pool_runs_out_when_every_vcpu_walks_deep(exclusive, no_leftovers):

@@ -52,10 +52,12 @@ The lock, chosen with ``--lock`` (``LOCKS``; the kernel reads its index from
 Handoff cost and fairness. A releaser that knows vCPUs are waiting (ticket:
 the tail is past the next ticket; mcs: it has a successor; tas: the count of
 backing-off waiters, bumped once per contended acquisition, is non-zero)
-stamps the cycle counter into ``D_HANDOFF_TSC`` just before it releases; the
-next holder, whoever it is, adds the cycles since that stamp to
-``S_HANDOFF_CYCLES`` and clears it. Both happen under the lock. The spread of
-``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
+stamps the cycle counter and itself into ``D_HANDOFF_TSC`` and
+``D_HANDOFF_FROM`` just before it releases; the next holder adds the cycles
+since that stamp to ``S_HANDOFF_CYCLES`` and clears it, or, when it is the
+releaser itself taking the lock back ahead of the waiters (tas only: the queue
+locks cannot), counts ``S_LOCK_REACQ``. Both happen under the lock. The spread
+of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
 
 Simplifications: no ``local_irq_save`` until simulated interrupts exist; the
 32-bit refcount is an int64 checked against 2**32 (a wrap is a refcount error).
@@ -92,6 +94,7 @@ D_LOCK_OWNER = 10      # vcpu + 1 of the holder, 0 when free: for stall reports,
 D_MCS_TAIL = 11        # mcs: vcpu + 1 of the last node queued, 0 when free
 D_TAS = 12             # tas: 1 while held
 D_HANDOFF_TSC = 13     # cycle counter at a release that had waiters, 0 once the next holder took it
+D_HANDOFF_FROM = 14    # ... vcpu + 1 of the vCPU that released then
 D_CURSOR = 16
 D_EPOCH = 24
 D_TLBFLUSH_TS = 32
@@ -232,10 +235,13 @@ def acquire(dom, srow, vcpu, kind):
     t_rel = dom[D_HANDOFF_TSC]
     if t_rel != 0:                     # released to waiters: time the handoff
         dom[D_HANDOFF_TSC] = 0
-        dt = rdtsc() - t_rel
-        if dt >= 0:
-            srow[abi.S_HANDOFFS] += 1
-            srow[abi.S_HANDOFF_CYCLES] += dt
+        if dom[D_HANDOFF_FROM] == vcpu + 1:
+            srow[abi.S_LOCK_REACQ] += 1    # the releaser took it back before a waiter did
+        else:
+            dt = rdtsc() - t_rel
+            if dt >= 0:
+                srow[abi.S_HANDOFFS] += 1
+                srow[abi.S_HANDOFF_CYCLES] += dt
     return my
 
 
@@ -249,15 +255,18 @@ def release(dom, my, srow, t_hold, vcpu, kind):
         dom[D_LOCK_OWNER] = 0
         nxt = mcs_successor(dom, srow, vcpu)
         if nxt != 0:
+            dom[D_HANDOFF_FROM] = vcpu + 1
             dom[D_HANDOFF_TSC] = rdtsc()
             store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0)
     elif kind == LOCK_TAS:
         dom[D_LOCK_OWNER] = 0
         if load_acquire(dom, D_TAS_WAITERS) > 0:
+            dom[D_HANDOFF_FROM] = vcpu + 1
             dom[D_HANDOFF_TSC] = rdtsc()
         store_release(dom, D_TAS, 0)
     else:
         if load_acquire(dom, D_LOCK_TAIL) != my + 1:
+            dom[D_HANDOFF_FROM] = vcpu + 1
             dom[D_HANDOFF_TSC] = rdtsc()
         unlock(dom, my)
 
