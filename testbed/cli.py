@@ -261,7 +261,7 @@ def cmd_run(args) -> int:
             check_writable(path, option)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
-    print(f"testbed run: variant {cfg.variant}, {cfg.vcpus} vCPUs, workload {cfg.workload}, seed {cfg.seed}"
+    print(f"testbed run: variant {cfg.variant}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, workload {cfg.workload}, seed {cfg.seed}"
           + (f", {args.repeat} repetitions (seeds {cfg.seed}..{cfg.seed + args.repeat - 1})" if args.repeat > 1 else ""),
           flush=True)
     runs = []

@@ -54,8 +54,8 @@ def _python(root, cache, code, env=None):
                           text=True, timeout=120)
 
 
-SLOW = pytest.mark.skipif(not os.environ.get("TESTBED_SLOW"), reason="compiles a fresh cache (a minute): "
-                          "TESTBED_SLOW=1, or scripts/verify_designs.py")
+SLOW = pytest.mark.skipif(not os.environ.get("TESTBED_SLOW"),
+                          reason="compiles a fresh kernel cache (a minute or two): run with TESTBED_SLOW=1")
 
 
 @pytest.mark.parametrize("jit", [pytest.param(False, id="interpreted"), pytest.param(True, id="compiled", marks=SLOW)])
