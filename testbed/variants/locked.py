@@ -230,8 +230,17 @@ def acquire(dom, srow, vcpu, kind):
         mcs_lock(dom, srow, vcpu)
     elif kind == LOCK_TAS:
         tas_lock(dom, srow, vcpu)
-    else:
-        my = lock(dom, srow, vcpu)
+    else:                              # the ticket lock, as lock() (written out: no call on the hot path)
+        my = fetch_add(dom, D_LOCK_TAIL, 1)
+        srow[abi.S_LOCK_ACQ] += 1
+        if load_acquire(dom, D_LOCK_HEAD) != my:
+            srow[abi.S_LOCK_CONTENDED] += 1
+            t0 = rdtsc()
+            while load_acquire(dom, D_LOCK_HEAD) != my:
+                cpu_relax()
+                srow[abi.S_PROGRESS] += 1
+            srow[abi.S_LOCK_SPIN] += rdtsc() - t0
+        dom[D_LOCK_OWNER] = vcpu + 1
     t_rel = dom[D_HANDOFF_TSC]
     if t_rel != 0:                     # released to waiters: time the handoff
         dom[D_HANDOFF_TSC] = 0
@@ -268,7 +277,8 @@ def release(dom, my, srow, t_hold, vcpu, kind):
         if load_acquire(dom, D_LOCK_TAIL) != my + 1:
             dom[D_HANDOFF_FROM] = vcpu + 1
             dom[D_HANDOFF_TSC] = rdtsc()
-        unlock(dom, my)
+        dom[D_LOCK_OWNER] = 0          # unlock(), written out
+        store_release(dom, D_LOCK_HEAD, my + 1)
 
 
 @kernel
