@@ -3,7 +3,7 @@
 A layout is a list of named arrays, each with a dtype and a shape. Every array
 starts on a cache-line boundary. An array marked ``per_vcpu`` has one row per
 vCPU, and each row is padded to a whole number of cache lines, so that what one
-vCPU alone writes never shares a line with what another writes (style.md, 5).
+vCPU alone writes never shares a line with what another writes (docs/variants.md, conventions 5).
 The padding is part of the array: a per-vCPU array of logical shape
 ``(vcpus, n)`` is handed out as ``(vcpus, padded_n)``, C-contiguous, which keeps
 the views cheap for compiled kernels; columns past ``n`` are never touched.

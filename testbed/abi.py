@@ -1,6 +1,6 @@
 """The layout contract between the harness, the kernels and the variants.
 
-Kernels take numpy arrays and scalars (style.md, 4 and 6). Tunable numbers
+Kernels take numpy arrays and scalars (docs/variants.md, conventions 4 and 6). Tunable numbers
 travel in one int64 parameter array ``p``, indexed by the ``P_*`` names below;
 the names themselves are compile-time constants, the values are not. Per-vCPU
 counters live in the vCPU's own cache-line-padded row of ``stats``, indexed by
@@ -38,6 +38,7 @@ P_PANIC_STREAK = 24    # timers workload: consecutive -ETIME that panic the gues
 P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
 P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
+P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
 N_PARAMS = 32
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
@@ -69,6 +70,9 @@ S_STREAK_MAX = 24      # ... longest run of consecutive -ETIME (a maximum)
 S_PANICS = 25          # ... guest panics (PANIC_STREAK consecutive -ETIME)
 S_TIMER_CYCLES = 26    # ... cycles from deadline taken to timer armed, summed
 S_LOCK_HOLD_SAMPLES = 27  # acquisitions whose hold time was measured (those of latency-sampled maps)
+S_HANDOFFS = 28        # acquisitions of a lock another vCPU released while vCPUs waited for it
+S_HANDOFF_CYCLES = 29  # ... cycles from that release to this acquisition, summed
+S_LOCK_REACQ = 30      # acquisitions that re-took the lock this vCPU had released while others waited (barging)
 N_COUNTERS = 32        # counters summed into totals live below this column
 MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX)
 # harness and kernel words in the same row (written by the vCPU only)
@@ -107,6 +111,7 @@ COUNTER_NAMES = {
     S_LAT_SAMPLES: "lat_samples", S_LAT_CYCLES: "lat_cycles", S_LAT_MAX: "lat_max_cycles",
     S_TIMER_SETS: "timer_sets", S_ETIME: "etime", S_STREAK_MAX: "etime_streak_max", S_PANICS: "panics",
     S_TIMER_CYCLES: "timer_path_cycles", S_LOCK_HOLD_SAMPLES: "lock_hold_samples",
+    S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
 }
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------
@@ -148,12 +153,16 @@ ST_OK = 0
 ST_EXHAUSTED = 1       # no free mapcache slot: Xen's BUG()
 ST_REFCOUNT = 2        # a refcount wrapped or went negative
 ST_BAD_VA = 3          # unmap of an address that is not mapped
+ST_BAD_VARIANT = 4     # p[P_VARIANT] names no registered variant: the dispatch runs nothing
+ST_ORDER = 5           # unmap out of the order the variant requires (kmap-local: last mapped, first unmapped)
 
-STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap"}
+STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap",
+                ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order"}
 
 # Virtual addresses handed out by map: mapcache slots sit above this bit, the direct map below.
 MAPCACHE_VA = 1 << 40
 
 # Words reserved at the start of each vCPU's variant-state row for the harness and TLB.
 V_TLBFLUSH_TIME = 0    # this CPU's TLB clock stamp of its last full flush
+V_IRQ_OFF = 1          # reserved for simulated interrupts: non-zero while the variant has them disabled
 V_RESERVED = 8

@@ -61,12 +61,25 @@ def _vcpus(text: str):
     return text if text == "all" else _int(text)
 
 
+def _names(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing; give a comma-separated list, e.g. ticket,mcs")
+    return names
+
+
 def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload: str = "uniform",
                     vcpus: str | None = "all", variant: bool = True) -> None:
     from . import tlb
+    from . import variants as registry
 
+    locks = "; ".join(f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks)
     if variant:
-        ap.add_argument("--variant", default="directmap", help="mapcache design (see 'testbed variants')")
+        ap.add_argument("--variant", default=registry.BASELINE, help="mapcache design (see 'testbed variants')")
+        ap.add_argument("--lock", default=None, help=f"lock of a variant that has one ({locks}; default the first)")
+    else:
+        ap.add_argument("--lock", dest="locks", type=_names, default=None,
+                        help=f"run each variant that has a lock once per lock named, e.g. ticket,mcs,tas ({locks})")
     if vcpus is not None:
         ap.add_argument("--vcpus", type=_vcpus, default=vcpus, help="vCPU processes, or 'all' physical cores (default)")
     ap.add_argument("--duration", type=_float, default=duration, help=f"measured seconds (default {duration:g})")
@@ -78,11 +91,11 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
     ap.add_argument("--frames", type=_int, default=4096, help="machine frames in the arena (default 4096)")
     ap.add_argument("--working-set", type=_int, default=None, help="MFNs drawn from (default: all frames)")
     ap.add_argument("--hot-set", type=_int, default=8, help="hot workload: size of the hot set (default 8)")
-    ap.add_argument("--entries", type=_int, default=None, help="MAPCACHE_VCPU_ENTRIES (default 16 locked, 32 lockless)")
+    ap.add_argument("--entries", type=_int, default=None, help="MAPCACHE_VCPU_ENTRIES (default: the variant's, see 'testbed variants')")
     ap.add_argument("--hash", dest="hash_entries", type=_int, default=8, help="MAPHASH_ENTRIES (default 8)")
     ap.add_argument("--levels", type=_int, default=4, help="PAGING_LEVELS (default 4)")
     ap.add_argument("--nest", type=_int, default=None, help="ptwalk: most mappings held at once (default levels**2)")
-    ap.add_argument("--unchecked", action="store_true", help="run a lockless geometry too small for a nested walk")
+    ap.add_argument("--unchecked", action="store_true", help="run a geometry the variant rejects (e.g. too small for a nested walk)")
     ap.add_argument("--tlb-entries", type=_int, default=64, help="simulated TLB entries (default 64)")
     ap.add_argument("--tlb-ways", type=_int, default=4, help="simulated TLB associativity (default 4)")
     ap.add_argument("--cost-flush-one", type=_int, default=tlb.COST_FLUSH_ONE, help="cycles per invlpg (0: off)")
@@ -105,6 +118,7 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
 
 
 def config_from(args):
+    from . import variants as registry
     from .config import RunConfig
     from .topology import allowed_cpus, host_topology
 
@@ -121,7 +135,7 @@ def config_from(args):
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed {args.seed}: must be 0 or more")
     return RunConfig(
-        variant=getattr(args, "variant", "directmap"), vcpus=vcpus, duration=args.duration, warmup=args.warmup, seed=seed,
+        variant=getattr(args, "variant", None) or registry.BASELINE, lock=getattr(args, "lock", None), vcpus=vcpus, duration=args.duration, warmup=args.warmup, seed=seed,
         cpus=args.cpus, oversubscribe=args.oversubscribe, workload=args.workload, frames=args.frames,
         working_set=args.working_set, hot_set=args.hot_set, entries=args.entries,
         hash_entries=args.hash_entries, levels=args.levels, nest=args.nest, unchecked=args.unchecked,
@@ -197,6 +211,9 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if lat["samples"]:
         w(f"map latency (cycles, 1 in {lat['sampled_every_maps']} maps): p50<={lat['p50']} p90<={lat['p90']} "
           f"p99<={lat['p99']} p99.9<={lat['p99_9']} max={lat['max']}\n")
+    lock = res.get("lock")
+    if lock:
+        w(f"lock {lock['kind']}: {describe_lock(lock)}\n")
     checks = ", ".join(f"{k}={v}" for k, v in res["checks"].items())
     w(f"checks: {checks}\n")
     if res["failure"]:
@@ -208,6 +225,20 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if res["verdict"] != "SUCCESS":
         w(f"replay: {replay_command(res)}\n")
     w(f"verdict: {res['verdict']}\n")
+
+
+def describe_lock(lock: dict) -> str:
+    """Handoff cost and fairness of a run's lock, on one line."""
+    def cycles(x):
+        return "-" if x is None else f"{x:,.0f}"
+
+    acq = lock["acquisitions_per_vcpu"]
+    return (f"{lock['acquisitions']:,} acquisitions ({100 * lock['contended_rate']:.1f}% contended), "
+            f"{lock['handoffs']:,} handoffs, {lock.get('reacquired', 0):,} taken back by the releaser while others "
+            f"waited, mean handoff {cycles(lock['handoff_mean_cycles'])} cycles, "
+            f"mean spin {cycles(lock['spin_mean_cycles'])} cycles, mean hold {cycles(lock['hold_mean_cycles'])} "
+            f"cycles; fairness: per-vCPU acquisitions {min(acq):,}..{max(acq):,}, Jain index "
+            f"{lock['jain_fairness']:.3f}")
 
 
 def describe_live(live, limit: int = 24) -> str:
@@ -231,6 +262,8 @@ def replay_command(res: dict) -> str:
              f"--seed {c['seed']}", f"--workload {c['workload']}"]
     if c["entries"] is not None:
         parts.append(f"--entries {c['entries']}")
+    if c.get("lock"):
+        parts.append(f"--lock {c['lock']}")
     if c["cpus"]:
         parts.append(f"--cpus {c['cpus']}")
     if c["oversubscribe"]:
@@ -252,7 +285,7 @@ def cmd_run(args) -> int:
             check_writable(path, option)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
-    print(f"testbed run: variant {cfg.variant}, {cfg.vcpus} vCPUs, workload {cfg.workload}, seed {cfg.seed}"
+    print(f"testbed run: variant {cfg.variant}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, workload {cfg.workload}, seed {cfg.seed}"
           + (f", {args.repeat} repetitions (seeds {cfg.seed}..{cfg.seed + args.repeat - 1})" if args.repeat > 1 else ""),
           flush=True)
     runs = []
@@ -313,9 +346,13 @@ def cmd_compare(args) -> int:
 
     cfg = _experiment_base(args)
     multi = cfg.vcpus
-    print(f"testbed compare: workload {cfg.workload}, 1 and {multi} vCPUs, {args.repeat} repetitions of "
-          f"{cfg.duration:g} s (+{cfg.warmup:g} s warm-up), seed {cfg.seed}", flush=True)
-    res = experiments.compare(cfg, vcpus_multi=multi, repeat=args.repeat)
+    from . import variants as registry
+
+    names = registry.names(args.variants) if args.variants else list(registry.DESIGNS)
+    print(f"testbed compare: variants {','.join(names)} against {registry.BASELINE}, workload {cfg.workload}, "
+          f"1 and {multi} vCPUs, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
+          f"seed {cfg.seed}", flush=True)
+    res = experiments.compare(cfg, variants=names, vcpus_multi=multi, repeat=args.repeat, locks=args.locks)
     print_compare(res)
     return _finish(res, args)
 
@@ -323,25 +360,36 @@ def cmd_compare(args) -> int:
 def print_compare(res: dict, out=sys.stdout) -> None:
     w = out.write
     h = res["host"]
-    w(f"\nPerformance drop against directmap ({res['workload']} workload; host {h['cpu_model']}, "
-      f"{h['physical_cores']} cores; median of {res['repeat']} repetitions +/- median absolute deviation)\n\n")
-    w(f"{'perf drop':12} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
+    width = max([12] + [len(r["variant"]) + 1 for r in res["rows"]])
+    w(f"\nPerformance drop against {res.get('baseline', 'the baseline')} ({res['workload']} workload; host "
+      f"{h['cpu_model']}, {h['physical_cores']} cores; median of {res['repeat']} repetitions +/- median absolute "
+      f"deviation)\n\n")
+    w(f"{'perf drop':{width}} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
     for row in res["rows"]:
         cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" for s in ("single", "multi")]
-        w(f"{row['variant']:12} {cells[0]:>24} {cells[1]:>26}\n")
+        w(f"{row['variant']:{width}} {cells[0]:>24} {cells[1]:>26}\n")
     w("\n")
     for row in res["rows"]:
         for scope in ("single", "multi"):
             verdict = "larger than" if row[f"{scope}_significant"] else "within"
             w(f"{row['variant']} {scope}-core: drop {row[scope + '_drop_pct']:+.2f}% is {verdict} its spread "
               f"({row[scope + '_spread_pct']:.2f}%)\n")
-    rows = {r["variant"]: r for r in res["rows"]}
-    if "locked" in rows and "lockless" in rows:
-        a, b = rows["locked"], rows["lockless"]
-        gap = a["multi_drop_pct"] - b["multi_drop_pct"]
-        margin = a["multi_spread_pct"] + b["multi_spread_pct"]
-        w(f"multi-core: locked drops {gap:+.2f} points more than lockless; spreads add to {margin:.2f}: "
-          f"{'the difference is larger than the spreads' if gap > margin else 'not separated by more than the spreads'}\n")
+    for scope in ("single", "multi"):
+        for line in ranking(res["rows"], scope):
+            w(line + "\n")
+
+
+def ranking(rows: list[dict], scope: str) -> list[str]:
+    """Each design against the next best one on ``scope``: the gap and whether the spreads separate them."""
+    ranked = sorted(rows, key=lambda r: r[f"{scope}_drop_pct"])
+    out = []
+    for better, worse in zip(ranked, ranked[1:]):
+        gap = worse[f"{scope}_drop_pct"] - better[f"{scope}_drop_pct"]
+        margin = worse[f"{scope}_spread_pct"] + better[f"{scope}_spread_pct"]
+        out.append(f"{scope}-core: {worse['variant']} drops {gap:.2f} points more than {better['variant']}; spreads "
+                   f"add to {margin:.2f}: " + ("the difference is larger than the spreads" if gap > margin
+                                                else "not separated by more than the spreads"))
+    return out
 
 
 def cmd_scale(args) -> int:
@@ -349,20 +397,23 @@ def cmd_scale(args) -> int:
 
     from . import variants as registry
 
-    variants = [v for v in args.variants.split(",") if v]
-    for v in variants:
-        registry.get(v)
+    variants = registry.names(args.variants) if args.variants else [v.name for v in registry.REAL]
+    todo = experiments.series(variants, args.locks)
     cfg = _experiment_base(args)
     counts = args.vcpu_list or default_counts(cfg.vcpus)
-    print(f"testbed scale: variants {','.join(variants)}, vCPUs {','.join(map(str, counts))}, "
+    print(f"testbed scale: variants {','.join(label for label, _ in todo)}, vCPUs {','.join(map(str, counts))}, "
           f"workload {cfg.workload}, seed {cfg.seed}", flush=True)
-    res = experiments.scale(cfg, variants=variants, vcpu_counts=counts, repeat=args.repeat)
-    print(f"{'variant':12} {'vcpus':>5} {'sched':>10} {'ops/s':>14} {'linear':>14} {'efficiency':>10} "
-          f"{'p99 cycles':>10} {'starved s':>9}")
+    res = experiments.scale(cfg, variants=variants, vcpu_counts=counts, repeat=args.repeat, locks=args.locks)
+    width = max([12] + [len(label) for label, _ in todo])
+    print(f"{'variant':{width}} {'vcpus':>5} {'sched':>10} {'ops/s':>14} {'linear':>14} {'efficiency':>10} "
+          f"{'p99 cycles':>10} {'starved s':>9} {'handoff cyc':>11} {'fairness':>8}")
     for r in res["rows"]:
         p99 = r["p99_cycles"] if r["p99_cycles"] is not None else "-"
-        print(f"{r['variant']:12} {r['vcpus']:>5} {r['sched']:>10} {r['ops_per_s']:>14,.0f} {r['linear']:>14,.0f} "
-              f"{r['efficiency']:>10.3f} {p99:>10} {r['starved_max_s']:>9.2f}")
+        handoff = f"{r['lock_handoff_cycles']:,.0f}" if r["lock_handoff_cycles"] is not None else "-"
+        fair = f"{r['lock_fairness']:.3f}" if r["lock_fairness"] is not None else "-"
+        print(f"{r['variant']:{width}} {r['vcpus']:>5} {r['sched']:>10} {r['ops_per_s']:>14,.0f} "
+              f"{r['linear']:>14,.0f} {r['efficiency']:>10.3f} {p99:>10} {r['starved_max_s']:>9.2f} "
+              f"{handoff:>11} {fair:>8}")
     print_models({r["sched"] for r in res["rows"]})
     return _finish(res, args, csv=lambda path: results.write_scale_csv(res, path),
                    plot=lambda path: plots.scale_plot(res, path))
@@ -393,12 +444,12 @@ def cmd_timers(args) -> int:
     print(f"testbed timers: {cfg.vcpus} vCPUs{' (oversubscribed)' if cfg.oversubscribe else ''}, slack "
           f"{cfg.slack_us:g} us, burst {cfg.burst}, panic after {cfg.panic_streak} consecutive -ETIME, "
           f"{cfg.duration:g} s, seed {cfg.seed}", flush=True)
-    res = experiments.timers(cfg)
-    print(f"{'variant':10} {'sched':>10} {'timers set':>12} {'-ETIME':>10} {'rate':>8} {'worst streak':>12} "
+    res = experiments.timers(cfg, locks=args.locks)
+    print(f"{'variant':12} {'sched':>10} {'timers set':>12} {'-ETIME':>10} {'rate':>8} {'worst streak':>12} "
           f"{'panics':>7} {'mean path us':>12}")
     for r in res["rows"]:
         path = f"{r['mean_path_us']:.2f}" if r["mean_path_us"] is not None else "-"
-        print(f"{r['variant']:10} {r['sched']:>10} {r['timer_sets']:>12,} {r['etime']:>10,} "
+        print(f"{r['variant']:12} {r['sched']:>10} {r['timer_sets']:>12,} {r['etime']:>10,} "
               f"{100 * r['etime_rate']:>7.3f}% {r['worst_streak']:>12} {r['panics']:>7} {path:>12}")
     for r in res["rows"]:
         print(f"{r['variant']} ({r['sched']} scheduling): "
@@ -414,24 +465,22 @@ def cmd_stress(args) -> int:
     from .stress import StressPlan, Stressor
     from .topology import allowed_cpus, host_topology
 
-    names = [v for v in args.variants.split(",") if v]
-    if not names:
-        raise UsageError("--variants is empty; name at least one variant, e.g. locked,lockless")
-    for name in names:
-        registry.get(name)
+    from .experiments import series
+
+    names = registry.names(args.variants) if args.variants is not None else list(registry.DESIGNS)
+    todo = series(names, args.locks)
     for name, val in (("--shuffle", args.shuffle), ("--stutter", args.stutter), ("--check-every", args.check_every)):
         if val < 0:
             raise UsageError(f"{name} {val}: must be 0 (off) or a positive number of seconds")
     args.variant = names[0]
     base = _experiment_base(args)
-    for name in names:
-        checked = dataclasses.replace(base, variant=name)
-        from .config import validate
+    from .config import validate
 
-        validate(checked)
+    for _, fields in todo:
+        validate(dataclasses.replace(base, **fields))
     plan = StressPlan(shuffle_s=args.shuffle, stutter_s=args.stutter, check_s=args.check_every,
                       inject=args.inject, on_stall=args.on_stall)
-    echo = (f"testbed stress: variants={','.join(names)} vcpus={base.vcpus} duration={base.duration:g} "
+    echo = (f"testbed stress: variants={','.join(label for label, _ in todo)} vcpus={base.vcpus} duration={base.duration:g} "
             f"warmup={base.warmup:g} seed={base.seed} workload={base.workload} shuffle={plan.shuffle_s:g} "
             f"stutter={plan.stutter_s:g} long_hold={base.long_hold} check_every={plan.check_s:g} "
             f"inject={plan.inject or 'none'} on_stall={plan.on_stall} oversubscribe={base.oversubscribe}")
@@ -439,11 +488,12 @@ def cmd_stress(args) -> int:
     topo = host_topology()
     cpus = allowed_cpus(topo, base.cpus)
     runs, lines = [], []
-    for name in names:
-        cfg = dataclasses.replace(base, variant=name)
+    for name, fields in todo:
+        cfg = dataclasses.replace(base, **fields)
         print(f"--- {name}", flush=True)
         stressor = Stressor(plan, cpus, cfg.seed)
         res = harness.run(cfg, on_sample=None if args.quiet else _print_stress_sample, hooks=stressor)
+        res["label"] = name
         runs.append(res)
         st = res.get("stress", {})
         f = res["fairness"]
@@ -458,7 +508,7 @@ def cmd_stress(args) -> int:
             if when is None and res["failure"]:
                 when = res["failure"].get("t")
             lines.append(f"{name}: FAILURE: {why}" + (f"; detected after {when:.2f} s" if when is not None else "")
-                         + f"; seed {cfg.seed}; replay: {stress_replay(args, name, cfg)}")
+                         + f"; seed {cfg.seed}; replay: {stress_replay(args, cfg.variant, cfg)}")
         else:
             lines.append(f"{name}: SUCCESS")
         if res["interrupted"]:
@@ -466,8 +516,8 @@ def cmd_stress(args) -> int:
     print(echo.replace("testbed stress:", "testbed stress (end):"))
     for line in lines:
         print(line)
-    write_outputs(args, results.envelope("stress", base, {"variants": names, "runs": runs,
-                                                          "verdicts": {r["variant"]: r["verdict"] for r in runs}}))
+    write_outputs(args, results.envelope("stress", base, {"variants": [label for label, _ in todo], "runs": runs,
+                                                          "verdicts": {r["label"]: r["verdict"] for r in runs}}))
     if runs and runs[-1]["interrupted"]:
         return 128 + (15 if runs[-1]["interrupted"] == "SIGTERM" else 2)
     return EXIT_OK if all(r["verdict"] == "SUCCESS" for r in runs) else EXIT_FAILURE
@@ -491,6 +541,8 @@ def stress_replay(args, variant: str, cfg) -> str:
         parts.append(f"--cpus {cfg.cpus}")
     if cfg.entries is not None:
         parts.append(f"--entries {cfg.entries}")
+    if cfg.lock is not None:
+        parts.append(f"--lock {cfg.lock}")
     return " ".join(parts)
 
 
@@ -522,7 +574,13 @@ def cmd_variants(args) -> int:
     from . import variants
 
     for v in variants.VARIANTS.values():
-        print(f"{v.name:18} {v.description}")
+        m = v.module
+        if v.control:
+            extra = f"caught by: {', '.join(v.catches)}"
+        else:
+            extra = f"entries {m.DEFAULT_ENTRIES}" + (f", --lock {'|'.join(v.locks)}" if v.locks else "") + (
+                ", the baseline" if v.baseline else "")
+        print(f"{v.name:18} {v.description} [{extra}]")
     print("\nwith more vCPUs than CPUs (--oversubscribe), --sched picks how they share the CPUs:")
     print_models({"hypervisor", "host"})
     return EXIT_OK
@@ -562,17 +620,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no per-second lines")
     run.set_defaults(func=cmd_run)
 
-    cmp_ = sub.add_parser("compare", help="the seed's table: drop of locked and lockless against directmap")
+    cmp_ = sub.add_parser("compare", help="the seed's table: drop of every design against the baseline")
     add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False)
     cmp_.add_argument("--vcpus", dest="vcpus_multi", type=_int, default=None,
                       help="vCPUs of the multi-core column (default: all physical cores)")
+    cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
     cmp_.add_argument("--repeat", type=_int, default=3, help="repetitions per cell (default 3)")
     cmp_.add_argument("--json", default=None, help="write the table and every run to this JSON file")
     cmp_.set_defaults(func=cmd_compare)
 
     sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")
     add_run_options(sc, duration=2.0, vcpus=None, variant=False)
-    sc.add_argument("--variants", default="directmap,locked,lockless", help="comma-separated variants")
+    sc.add_argument("--variants", default=None, help="comma-separated variants (default: every real one)")
     sc.add_argument("--vcpus", dest="vcpu_list", type=_counts, default=None,
                     help="vCPU counts, e.g. 1,2,4 (default 1, 2, 4, ... physical cores)")
     sc.add_argument("--repeat", type=_int, default=1, help="repetitions per point (default 1)")
@@ -589,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     stp = sub.add_parser("stress", help="locktorture-style stress: shuffle, stutter, long holds, fault injection")
     add_run_options(stp, duration=10.0, variant=False)
     stp.set_defaults(warmup=0.0)
-    stp.add_argument("--variants", default="locked,lockless", help="comma-separated variants (controls allowed)")
+    stp.add_argument("--variants", default=None,
+                     help="comma-separated variants, controls allowed (default: every real design)")
     stp.add_argument("--shuffle", type=_float, default=0.0, help="re-pin vCPUs to other CPUs every S seconds")
     stp.add_argument("--stutter", type=_float, default=0.0, help="all vCPUs pause S seconds every S seconds")
     stp.add_argument("--check-every", type=_float, default=1.0, help="quiescent invariant checks every S seconds")

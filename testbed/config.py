@@ -1,4 +1,4 @@
-"""One frozen configuration per run, validated before anything starts (style.md, 6).
+"""One frozen configuration per run, validated before anything starts (docs/variants.md, conventions 6).
 
 The command line becomes a ``RunConfig``; ``validate`` turns every bad value
 into a one-line ``UsageError`` that names the problem and the fix; ``params``
@@ -45,7 +45,7 @@ TIMESLICE_MIN_US, TIMESLICE_MAX_US = 100.0, 1_000_000.0
 
 @dataclass(frozen=True)
 class RunConfig:
-    variant: str = "directmap"
+    variant: str = registry.BASELINE
     vcpus: int = 2
     duration: float = 3.0
     warmup: float = 1.0
@@ -72,9 +72,10 @@ class RunConfig:
     lat_every: int = 6                 # sample map latency every 2**lat_every maps
     long_hold: int = 0
     chunk_ms: float = 5.0
-    unchecked: bool = False            # run a lockless geometry that cannot hold a nested walk
     sched: str | None = None           # with more vCPUs than CPUs: hypervisor (default) or host
     timeslice_us: float = TIMESLICE_US # --sched hypervisor: time slice
+    unchecked: bool = False            # run a geometry the variant's own validate() rejects
+    lock: str | None = None            # --lock: one of the variant's LOCKS; default its first
 
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on other fields."""
@@ -84,6 +85,7 @@ class RunConfig:
             entries=self.entries if self.entries is not None else v.module.DEFAULT_ENTRIES,
             working_set=self.working_set if self.working_set is not None else self.frames,
             nest=self.nest if self.nest is not None else self.levels ** 2,
+            lock=self.lock if self.lock is not None or not v.locks else v.locks[0],
         )
 
     def as_dict(self) -> dict:
@@ -107,6 +109,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--warmup {cfg.warmup}: must be 0 or more seconds")
     if cfg.seed < 0 or cfg.seed >= 2**63:
         raise UsageError(f"--seed {cfg.seed}: must be between 0 and 2**63-1")
+    if cfg.lock is not None and cfg.lock not in v.locks:
+        with_locks = [f"{w.name}: {', '.join(w.locks)}" for w in registry.REAL if w.locks]
+        if not v.locks:
+            raise UsageError(f"--lock {cfg.lock}: variant {v.name} has no lock; --lock applies to "
+                             f"{'; '.join(with_locks)}")
+        raise UsageError(f"--lock {cfg.lock}: unknown lock for {v.name}; choose one of: {', '.join(v.locks)}")
     if cfg.workload not in WORKLOADS:
         raise UsageError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
     cfg = cfg.resolved()
@@ -123,13 +131,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.entries < 1 or cfg.entries > v.module.MAX_ENTRIES:
         raise UsageError(
             f"--entries {cfg.entries}: {v.module.NAME} holds at most {v.module.MAX_ENTRIES} slots per vCPU in its bitmap"
-        )
-    if v.module is registry.lockless and cfg.entries - cfg.hash_entries < cfg.levels ** 2 and not cfg.unchecked:
-        raise UsageError(
-            f"--entries {cfg.entries} with --hash {cfg.hash_entries}: lockless needs entries - hash >= "
-            f"levels**2 ({cfg.levels ** 2}) slots beside the hash for a nested walk; raise --entries to "
-            f"{cfg.hash_entries + cfg.levels ** 2} (the seed's BUILD_BUG_ON states this check inverted), or "
-            "pass --unchecked to run it anyway and watch it exhaust"
         )
     if cfg.nest < 1 or cfg.nest > 4096:
         raise UsageError(f"--nest {cfg.nest}: must be between 1 and 4096")
@@ -161,6 +162,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--timeslice-us {cfg.timeslice_us:g}: must be between {TIMESLICE_MIN_US:g} and {TIMESLICE_MAX_US:g} "
             f"microseconds (Xen's own bounds; its credit2 default is {TIMESLICE_US:g})"
         )
+    v.module.validate(cfg)             # the design's own rules (contract.py)
     return cfg
 
 
@@ -181,6 +183,7 @@ def params(cfg: RunConfig) -> np.ndarray:
     p = np.zeros(abi.N_PARAMS, dtype=np.int64)
     p[abi.P_VARIANT] = v.vid
     p[abi.P_FAULT] = v.fault
+    p[abi.P_LOCK] = v.locks.index(cfg.lock) if v.locks else 0
     p[abi.P_VCPUS] = cfg.vcpus
     p[abi.P_FRAMES] = cfg.frames
     p[abi.P_FRAME_WORDS] = kernels.frame_words(cfg.vcpus)

@@ -1,14 +1,18 @@
 """The experiments users come for, built from repeated runs of the harness.
 
 - ``compare``: the seed's table. Performance drop of each variant against
-  ``directmap`` on one vCPU and on N vCPUs, same workload and seeds: repetition
-  i of every variant runs with seed ``seed + i``, and the drop is taken against
-  the directmap repetition with that seed. Variants are interleaved inside each
-  repetition, so that slow drift of the machine hits them all alike.
+  the registry's baseline variant on one vCPU and on N vCPUs, same
+  workload and seeds: repetition i of every variant runs with seed
+  ``seed + i``, and the drop is taken against the baseline repetition with
+  that seed. Variants are interleaved inside each repetition, so that slow
+  drift of the machine hits them all alike. By default every real design.
 - ``scale``: throughput and map latency against the number of vCPUs, with the
   linear line (n times the one-vCPU throughput of the same variant).
 - ``timers``: the FreeBSD failure. Guests arm single-shot timers after a
   hypercall that maps pages; -ETIME streaks and panics per variant.
+
+Every experiment takes any registered variants, and ``locks``: each variant
+that has a lock runs once per lock named (rows labelled ``variant:lock``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,33 @@ from __future__ import annotations
 import dataclasses
 
 from . import harness, results, stats
+from . import variants as registry
 from .config import SCHED_MODELS, RunConfig, validate
+from .errors import UsageError
 from .progress import progress
+
+
+def series(variants, locks=None) -> list[tuple[str, dict]]:
+    """(label, config fields) of each run series: one per variant, or per variant and lock.
+
+    With ``locks`` (a list of --lock names), each variant that has a lock runs
+    once per lock, labelled ``variant:lock``; variants without one run once.
+    """
+    if not locks:
+        return [(name, {"variant": name}) for name in variants]
+    if not any(registry.get(name).locks for name in variants):
+        with_locks = [f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks]
+        raise UsageError(f"--lock {','.join(locks)}: none of {', '.join(variants)} has a lock; --lock applies to "
+                         f"{'; '.join(with_locks)}")
+    out = []
+    for name in variants:
+        if registry.get(name).locks:
+            out += [(f"{name}:{lock}", {"variant": name, "lock": lock}) for lock in locks]
+        else:
+            out.append((name, {"variant": name}))
+    return out
+
+
 
 
 def _run(cfg: RunConfig) -> dict:
@@ -42,43 +71,51 @@ def _rate(res: dict) -> float:
 
 
 def _failures(runs) -> list[dict]:
-    return [{"variant": r["variant"], "vcpus": r["vcpus"], "seed": r["seed"], "checks": r["checks"],
+    return [{"variant": r.get("label", r["variant"]), "vcpus": r["vcpus"], "seed": r["seed"], "checks": r["checks"],
              "failure": r["failure"]} for r in runs if r["verdict"] != "SUCCESS"]
 
 
-def compare(base: RunConfig, variants=("locked", "lockless"), vcpus_multi: int = 2, repeat: int = 3,
+def _median_or_none(values):
+    values = [x for x in values if x is not None]
+    return stats.median(values) if values else None
+
+
+def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 3, locks=None,
             show_progress: bool | None = None) -> dict:
-    """Drop of each variant against directmap, single-core and multi-core."""
-    names = ("directmap",) + tuple(v for v in variants if v != "directmap")
-    for name in names:
-        validate(dataclasses.replace(base, variant=name, vcpus=vcpus_multi))
+    """Drop of each variant (default: every real design) against the baseline, single-core and multi-core."""
+    names = [v for v in (variants or registry.DESIGNS) if v != registry.BASELINE]
+    todo = [(registry.BASELINE, {"variant": registry.BASELINE})] + series(names, locks)
+    for _, fields in todo:
+        validate(dataclasses.replace(base, vcpus=vcpus_multi, **fields))
     cells = {}
     all_runs = []
-    total = len(names) * 2 * repeat
+    total = len(todo) * 2 * repeat
     with progress(total, "compare", show_progress) as bar:
         for scope, n in (("single", 1), ("multi", vcpus_multi)):
             for i in range(repeat):
-                for name in names:
-                    res = _run(dataclasses.replace(base, variant=name, vcpus=n, seed=base.seed + i))
-                    cells.setdefault((scope, name), []).append(res)
+                for label, fields in todo:
+                    res = _run(dataclasses.replace(base, vcpus=n, seed=base.seed + i, **fields))
+                    res["label"] = label
+                    cells.setdefault((scope, label), []).append(res)
                     all_runs.append(res)
-                    bar.advance(f"compare {scope} {name} rep {i + 1}/{repeat}")
+                    bar.advance(f"compare {scope} {label} rep {i + 1}/{repeat}")
     rows = []
-    for name in names[1:]:
-        row = {"variant": name}
+    for label, fields in todo[1:]:
+        row = {"variant": label, "lock": fields.get("lock")}
         for scope in ("single", "multi"):
-            drops = stats.paired_drops([_rate(r) for r in cells[(scope, name)]],
-                                       [_rate(r) for r in cells[(scope, "directmap")]])
+            drops = stats.paired_drops([_rate(r) for r in cells[(scope, label)]],
+                                       [_rate(r) for r in cells[(scope, registry.BASELINE)]])
             row[f"{scope}_drop_pct"] = stats.median(drops)
             row[f"{scope}_spread_pct"] = stats.mad(drops)
             row[f"{scope}_half_range_pct"] = stats.spread(drops)
             row[f"{scope}_drops_pct"] = drops
             row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"]
         rows.append(row)
-    baseline = {scope: stats.median(_rate(r) for r in cells[(scope, "directmap")]) for scope in ("single", "multi")}
+    baseline = {scope: stats.median(_rate(r) for r in cells[(scope, registry.BASELINE)])
+                for scope in ("single", "multi")}
     return results.envelope(
-        "compare", base, {"rows": rows, "vcpus_multi": vcpus_multi, "repeat": repeat, "baseline_ops_per_s": baseline,
-                          "failures": _failures(all_runs), "runs": all_runs})
+        "compare", base, {"rows": rows, "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
+                          "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs})
 
 
 def allowed_cpu_count(base: RunConfig) -> int:
@@ -98,38 +135,43 @@ def sched_models(base: RunConfig, n: int, cpus: int) -> list[str]:
     return [base.sched] if base.sched else list(SCHED_MODELS)
 
 
-def scale(base: RunConfig, variants=("directmap", "locked", "lockless"), vcpu_counts=(1, 2), repeat: int = 1,
+def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, locks=None,
           show_progress: bool | None = None) -> dict:
-    """ops/s, linear, efficiency and p99 map latency for each variant and vCPU count.
+    """ops/s, linear, efficiency and p99 map latency for each variant (default: all real) and vCPU count.
 
     vCPU counts beyond the CPUs run under each scheduling model (``sched_models``);
     every row names the model its figures come from.
     """
     counts = sorted(set(vcpu_counts) | {1})
     cpus = allowed_cpu_count(base)
-    for name in variants:
+    todo = series(variants or [v.name for v in registry.REAL], locks)
+    for _, fields in todo:
         for n in counts:
-            validate(dataclasses.replace(base, variant=name, vcpus=n))
+            validate(dataclasses.replace(base, vcpus=n, **fields))
     cells = [(n, m) for n in counts for m in sched_models(base, n, cpus)]
     rows, all_runs = [], []
-    with progress(len(variants) * len(cells) * repeat, "scale", show_progress) as bar:
-        for name in variants:
+    with progress(len(todo) * len(cells) * repeat, "scale", show_progress) as bar:
+        for name, fields in todo:
             one = None
             for n, model in cells:
-                cfg = dataclasses.replace(base, variant=name, vcpus=n,
-                                          sched=None if model == "dedicated" else model)
+                cfg = dataclasses.replace(base, vcpus=n, sched=None if model == "dedicated" else model, **fields)
                 runs = _runs(cfg, repeat, bar, f"scale {name} {n} vCPUs ({model})")
+                for r in runs:
+                    r["label"] = name
                 all_runs.extend(runs)
                 rate = stats.median(_rate(r) for r in runs)
                 if n == 1:
                     one = rate
                 p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
                 rows.append({
-                    "variant": name, "vcpus": n, "sched": model, "ops_per_s": rate,
+                    "variant": name, "lock": fields.get("lock"), "vcpus": n, "sched": model, "ops_per_s": rate,
                     "spread": stats.spread(_rate(r) for r in runs),
                     "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
                     "p99_cycles": stats.median(p99) if p99 else None,
                     "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
+                    "lock_handoff_cycles": _median_or_none(r["lock"]["handoff_mean_cycles"] for r in runs
+                                                           if r.get("lock")),
+                    "lock_fairness": _median_or_none(r["lock"]["jain_fairness"] for r in runs if r.get("lock")),
                     "starvation": any(r["fairness"]["starvation"] for r in runs),
                     "starved_max_s": max((r["fairness"]["starved_max_s"] or 0.0) for r in runs),
                     "run_spread": stats.median(r["fairness"]["run_spread"] or 0.0 for r in runs),
@@ -139,16 +181,18 @@ def scale(base: RunConfig, variants=("directmap", "locked", "lockless"), vcpu_co
                                             "failures": _failures(all_runs), "runs": all_runs})
 
 
-def timers(base: RunConfig, variants=("locked", "lockless"), show_progress: bool | None = None) -> dict:
-    """-ETIME rate, worst streak and panics of each variant under the timers workload."""
+def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | None = None) -> dict:
+    """-ETIME rate, worst streak and panics of each variant (default: every real design) under the timers workload."""
     base = dataclasses.replace(base, workload="timers")
-    for name in variants:
-        validate(dataclasses.replace(base, variant=name))
+    todo = series(variants or registry.DESIGNS, locks)
+    for _, fields in todo:
+        validate(dataclasses.replace(base, **fields))
     models = sched_models(base, base.vcpus, allowed_cpu_count(base))
     rows, all_runs = [], []
-    with progress(len(variants) * len(models), "timers", show_progress) as bar:
-        for name, model in ((v, m) for m in models for v in variants):
-            res = _run(dataclasses.replace(base, variant=name, sched=None if model == "dedicated" else model))
+    with progress(len(todo) * len(models), "timers", show_progress) as bar:
+        for (name, fields), model in ((t, m) for m in models for t in todo):
+            res = _run(dataclasses.replace(base, sched=None if model == "dedicated" else model, **fields))
+            res["label"] = name
             all_runs.append(res)
             t = res["totals"]
             sets = t["timer_sets"]

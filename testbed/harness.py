@@ -1,6 +1,6 @@
 """The parent side of a run: compile, lay out, fork, start, watch, stop, check.
 
-The harness never knows which variant it runs (style.md, 2): the variant is a
+The harness never knows which variant it runs (docs/variants.md, conventions 2): the variant is a
 registry entry, its id travels in the parameter array, and its state is sized
 and initialised through the variant's own hooks.
 
@@ -151,7 +151,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     # slice per waiter: the chunk then reads the clock after every operation, so that a
     # vCPU sees the stop after the operation it is in, not sixteen convoys later. That
     # costs a cycle-counter read per operation (about 11 ns), only in that case.
-    p[abi.P_CHECK_EVERY_OP] = int(model == "host" and lock_waiters_hook(cfg) is not None)
+    p[abi.P_CHECK_EVERY_OP] = int(model == "host" and bool(registry.get(cfg.variant).module.LOCKS))
     remove_stale()
 
     state = RunState(cfg, cores, sched=model)
@@ -177,7 +177,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
         for v, core in enumerate(cores):
             proc = VcpuProcess(
                 target=vcpu_worker.main,
-                args=(arena.name, layout, p, v, core, cfg.seed, os.getpid(), ready_w, rq_lock, (go_r, go_w)),
+                args=(arena.name, layout, p, v, core, cfg, os.getpid(), ready_w, rq_lock, (go_r, go_w)),
                 name=f"testbed-vcpu{v}",
             )
             t = time.perf_counter_ns()
@@ -467,14 +467,9 @@ def live_mappings(views, n: int) -> dict:
     return {v: _live(views, v) for v in range(n)}
 
 
-def lock_waiters_hook(cfg):
-    return getattr(registry.get(cfg.variant).module, "lock_waiters", None)
-
-
 def lock_waiters(views, cfg) -> int:
     """vCPUs queued for the variant's lock now (0 for a variant without one)."""
-    hook = lock_waiters_hook(cfg)
-    return int(hook(views)) if hook is not None else 0
+    return int(registry.get(cfg.variant).module.lock_waiters(views, cfg))
 
 
 def stop_bound(vcpus: int, cpus: int, waiters: int) -> float:

@@ -1,4 +1,4 @@
-"""What a result needs to say about the machine it came from (style.md, 8)."""
+"""What a result needs to say about the machine it came from (docs/variants.md, conventions 8)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 - ``cache=True``: compiled code is kept on disk (the directory is keyed by the
   kernels' source, see ``testbed/__init__.py``), so later runs start at once.
-- ``_nrt=False``: no reference counting. Kernels never allocate (style.md, 4),
+- ``_nrt=False``: no reference counting. Kernels never allocate (docs/variants.md, conventions 4),
   and with the runtime on, every array passed to a helper or sliced to a row
   costs an atomic increment and decrement: measured here, it tripled the cost
   of a directmap operation.

@@ -9,8 +9,9 @@ writes it meant for each MFN (its ``expect`` row); after the run the two must
 agree frame by frame, or writes were lost.
 
 The variant is chosen by the small integer ``p[P_VARIANT]`` in one dispatch
-function (style.md, 2): a loop-invariant branch that keeps the whole loop in
-one cached compiled function per argument type, with no closures.
+function, generated from the registry (``variants/dispatch.py``): a
+loop-invariant branch that keeps the whole loop in one cached compiled
+function per argument type, with no closures.
 """
 
 import numpy as np
@@ -18,7 +19,7 @@ from .jit import inline_kernel, kernel
 
 from . import abi, tlb
 from .atomics import rdtsc
-from .variants import directmap, locked, lockless
+from .variants.dispatch import map_page, unmap_page  # generated from the registry
 
 # Workloads (p[P_WORKLOAD]).
 WL_UNIFORM = 0
@@ -76,31 +77,6 @@ def draw_mfn(rng, p):
         if draw(rng, 10) != 0:
             return draw(rng, min(p[abi.P_HOT], ws))
     return draw(rng, ws)
-
-
-# --- the variant dispatch --------------------------------------------------------------
-
-
-@inline_kernel
-def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
-    """Map ``mfn``: its virtual address, or -status when the variant cannot."""
-    vid = p[abi.P_VARIANT]
-    if vid == locked.VID:
-        return locked.map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
-    if vid == lockless.VID:
-        return lockless.map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
-    return directmap.map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
-
-
-@inline_kernel
-def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
-    """Unmap ``va``: a status code, 0 when all went well."""
-    vid = p[abi.P_VARIANT]
-    if vid == locked.VID:
-        return locked.unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
-    if vid == lockless.VID:
-        return lockless.unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
-    return directmap.unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
 
 
 # --- one operation ---------------------------------------------------------------------

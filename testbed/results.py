@@ -1,4 +1,4 @@
-"""Run results: plain data that describes itself (style.md, 8).
+"""Run results: plain data that describes itself (docs/variants.md, conventions 8).
 
 Schema history (bump SCHEMA on any change a reader must know about):
 
@@ -19,6 +19,10 @@ Schema history (bump SCHEMA on any change a reader must know about):
   long the vCPUs took to stop (drain_s), the lock queue at the stop and the
   deadline; "victims" the vCPUs killed and why. checks adds sched_violations
   (switches that found a vCPU holding a mapping or a lock).
+  Also in 2: "lock" in a run (the lock's handoff cost
+  and fairness, null for a variant without a lock), "lock" in the config,
+  "lock" and "label" in compare and scale rows and their runs (rows are
+  labelled ``variant:lock`` when --lock names locks).
 """
 
 from __future__ import annotations
@@ -163,6 +167,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "schema": SCHEMA,
         "kind": KIND,
         "variant": cfg.variant,
+        "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
         "vcpus": n,
         "seed": cfg.seed,
         "workload": cfg.workload,
@@ -188,6 +193,37 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "interrupted": interrupted,
         "verdict": verdict,
         **(extra or {}),
+    }
+
+
+def lock_summary(kind, totals: dict, per_vcpu: list[dict]) -> dict | None:
+    """The lock's handoff cost and fairness, for a run whose variant took a lock; None otherwise.
+
+    A handoff is an acquisition of a lock another vCPU released while vCPUs
+    waited; its cost, the cycles from that release to the acquisition.
+    ``reacquired`` counts the releaser taking the lock back ahead of the
+    waiters (barging). Fairness is the
+    spread of acquisitions across vCPUs: Jain's index (sum x)**2 / (n sum x**2),
+    1 when every vCPU took the lock as often, 1/n when one took it every time.
+    """
+    acq = [d["lock_acquisitions"] for d in per_vcpu]
+    total = sum(acq)
+    if total == 0:
+        return None
+    handoffs = totals["lock_handoffs"]
+    contended = totals["lock_contended"]
+    return {
+        "kind": kind,
+        "acquisitions": total,
+        "acquisitions_per_vcpu": acq,
+        "contended_rate": contended / total,
+        "handoffs": handoffs,
+        "reacquired": totals["lock_reacquired"],
+        "handoff_mean_cycles": totals["lock_handoff_cycles"] / handoffs if handoffs else None,
+        "spin_mean_cycles": totals["lock_spin_cycles"] / contended if contended else None,
+        "hold_mean_cycles": totals["lock_hold_mean_cycles"],
+        "jain_fairness": total * total / (len(acq) * sum(x * x for x in acq)),
+        "max_over_min": max(acq) / min(acq) if min(acq) else None,
     }
 
 

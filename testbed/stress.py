@@ -202,13 +202,14 @@ class Stressor:
     def _pick_victim(self, fault: str) -> int:
         n = len(self.procs)
         if fault == "stop":
-            holder = getattr(registry.get(self.state.cfg.variant).module, "lock_holder", None)
-            if holder is not None:
+            cfg = self.state.cfg
+            module = registry.get(cfg.variant).module
+            if module.LOCKS:
                 deadline = self.clock() + 0.5
                 while self.clock() < deadline:
-                    owner = holder(self.views)
-                    if owner is not None:
-                        return owner
+                    holder = module.lock_holder(self.views, cfg)
+                    if holder is not None:
+                        return holder
         return self.rng.randrange(n)
 
     def summary(self) -> dict:

@@ -1,7 +1,7 @@
-"""Plain-Python sequential reference models of the two mapcache designs.
+"""Plain-Python sequential reference models of the mapcache designs.
 
-Written from ``shared/background/mapcache.md`` alone, not from the compiled
-variants: nothing here imports ``testbed``. Each model runs one operation at a
+Written from the designs (docs/variants.md and the algorithms it points to),
+not from the compiled variants: nothing here imports ``testbed``. Each model runs one operation at a
 time (the sequential specification: no interleaving inside an operation), keeps
 its own plain Python state, and raises instead of returning a status:
 
@@ -16,7 +16,7 @@ modelled; the flushes the designs do are only counted (full local flushes for
 the old design, with the TLB clock and ``NEED_FLUSH`` that decide the lazy ones;
 single-entry flushes for the new design).
 
-Where mapcache.md leaves a choice open, the model takes Xen's, and says so:
+Where the design leaves a choice open, the model takes Xen's, and says so:
 
 - the old design's "evict one of THIS vcpu's hash entries with refcnt 0" scans
   the buckets from the MFN's own bucket upwards, cyclically (Xen 4.14
@@ -54,6 +54,10 @@ class BadUnmap(ModelError):
     """unmap of a slot that is not mapped (or not this vCPU's)."""
 
 
+class OrderError(ModelError):
+    """unmap out of the order a stack design requires (not the last slot mapped)."""
+
+
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -86,7 +90,7 @@ class _Geometry:
 
 
 class LockedModel(_Geometry):
-    """Xen's per-domain mapcache (mapcache.md, "OLD")."""
+    """Xen's per-domain mapcache (docs/variants.md, "locked")."""
 
     REFCNT_BITS = 32
 
@@ -243,7 +247,7 @@ class LockedModel(_Geometry):
 
 
 class LocklessModel(_Geometry):
-    """The seed's per-vCPU mapcache (mapcache.md, "NEW")."""
+    """The seed's per-vCPU mapcache (docs/variants.md, "lockless")."""
 
     REFCNT_BITS = 8
 
@@ -318,3 +322,167 @@ class LocklessModel(_Geometry):
             cached = {i for i in self.hash_idx[v] if i != NOTINUSE}
             n += sum(1 for i in range(self.entries) if self.inuse[v][i] and i not in held and i not in cached)
         return n
+
+
+# --------------------------------------------------------------------------------------
+# PERCPU: the ASI series' per-vCPU mapcache (garbage, wrap, one batched flush)
+# --------------------------------------------------------------------------------------
+
+
+class PercpuModel(_Geometry):
+    """The per-vCPU mapcache of Xen's Address Space Isolation series (docs/variants.md, "percpu").
+
+    The old design's algorithm with the domain's cursor and bitmaps moved into
+    each vCPU over its own ``entries`` slots (global index ``vcpu * entries +
+    idx``): no lock, no epoch, no TLB clock. A wrap reclaims the garbage and
+    flushes the local TLB once. Choices: eviction scans from the MFN's bucket
+    upwards as in the old design; the refcount is uint32 as in the old design.
+    """
+
+    REFCNT_BITS = 32
+
+    def __init__(self, vcpus: int, entries: int = 32, hash_entries: int = 8):
+        super().__init__(vcpus, entries, hash_entries)
+        E = entries
+        self.cursor = [0] * vcpus
+        self.inuse = [[False] * E for _ in range(vcpus)]
+        self.garbage = [[False] * E for _ in range(vcpus)]
+        self.hash = [[HashEntry() for _ in range(hash_entries)] for _ in range(vcpus)]
+        self.pte: list[int | None] = [None] * self.slots
+        self.flush_all = [0] * vcpus       # one per wrap
+        self.wraps = [0] * vcpus
+        self.harvests = [0] * vcpus        # wraps that reclaimed garbage
+        self.evictions = [0] * vcpus
+        self.hash_hits = [0] * vcpus
+        self.exhaustions = [0] * vcpus
+        self.refcount_errors = [0] * vcpus
+
+    def bucket(self, mfn: int) -> int:
+        return mfn & (self.hash_entries - 1)
+
+    def base(self, vcpu: int) -> int:
+        return vcpu * self.entries
+
+    def map(self, vcpu: int, mfn: int) -> int:
+        h = self.hash[vcpu][self.bucket(mfn)]
+        if h.mfn == mfn:
+            self.hash_hits[vcpu] += 1
+            h.refcnt = (h.refcnt + 1) & ((1 << self.REFCNT_BITS) - 1)
+            if h.refcnt == 0:
+                self.refcount_errors[vcpu] += 1
+                raise RefcountError(f"vcpu {vcpu}: 32-bit refcount of mfn {mfn} wrapped")
+            return self.base(vcpu) + h.idx
+        inuse, garbage = self.inuse[vcpu], self.garbage[vcpu]
+        idx = next((i for i in range(self.cursor[vcpu], self.entries) if not inuse[i]), None)
+        if idx is None:                                   # wrap
+            self.wraps[vcpu] += 1
+            reclaimed = False
+            for i in range(self.entries):
+                if garbage[i]:
+                    garbage[i] = False
+                    inuse[i] = False
+                    reclaimed = True
+            if reclaimed:
+                self.harvests[vcpu] += 1
+            idx = next((i for i in range(self.entries) if not inuse[i]), None)
+            if idx is None:
+                H = self.hash_entries
+                b0 = self.bucket(mfn)
+                for k in range(H):
+                    e = self.hash[vcpu][(b0 + k) % H]
+                    if e.idx != NOTINUSE and e.refcnt == 0:
+                        idx = e.idx
+                        self.pte[self.base(vcpu) + idx] = None
+                        e.idx = e.mfn = NOTINUSE
+                        self.evictions[vcpu] += 1
+                        break
+            if idx is None:
+                self.exhaustions[vcpu] += 1
+                raise Exhausted(f"vcpu {vcpu}: no free slot for mfn {mfn}")
+            self.flush_all[vcpu] += 1                     # one local flush per wrap
+        inuse[idx] = True
+        self.cursor[vcpu] = idx + 1
+        self.pte[self.base(vcpu) + idx] = mfn
+        return self.base(vcpu) + idx
+
+    def unmap(self, vcpu: int, slot: int) -> None:
+        idx = slot - self.base(vcpu)
+        if not 0 <= idx < self.entries or self.pte[slot] is None:
+            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not one of this vCPU's mapped slots")
+        mfn = self.pte[slot]
+        h = self.hash[vcpu][self.bucket(mfn)]
+        if h.idx == idx:
+            if h.refcnt == 0:
+                self.refcount_errors[vcpu] += 1
+                raise RefcountError(f"vcpu {vcpu}: unmap of cached slot {slot} with refcount 0")
+            h.refcnt -= 1
+        elif h.refcnt == 0:
+            if h.idx != NOTINUSE:
+                self.pte[self.base(vcpu) + h.idx] = None
+                self.garbage[vcpu][h.idx] = True
+            h.mfn, h.idx = mfn, idx
+        else:
+            self.pte[slot] = None
+            self.garbage[vcpu][idx] = True
+
+    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
+        n = 0
+        for v in range(self.vcpus):
+            held = {slot - self.base(v) for slot, _ in live.get(v, [])}
+            cached = {e.idx for e in self.hash[v] if e.idx != NOTINUSE}
+            n += sum(1 for i in range(self.entries)
+                     if self.inuse[v][i] and not self.garbage[v][i] and i not in held and i not in cached)
+        return n
+
+
+# --------------------------------------------------------------------------------------
+# KMAP-LOCAL: Linux's kmap_local_page, a per-vCPU stack
+# --------------------------------------------------------------------------------------
+
+
+class KmapLocalModel(_Geometry):
+    """Linux's ``kmap_local_page`` (docs/variants.md, "kmap-local").
+
+    Per vCPU a stack of ``entries`` slots (global index ``vcpu * entries +
+    depth``): map pushes and writes the PTE, unmap must release the top slot,
+    clears its PTE, flushes that slot (``invlpg``) and pops. No hash. An unmap
+    of another slot than the top raises ``OrderError``.
+    """
+
+    def __init__(self, vcpus: int, entries: int = 16, hash_entries: int = 8):
+        super().__init__(vcpus, entries, hash_entries)
+        self.stack: list[list[int]] = [[] for _ in range(vcpus)]     # mapped MFNs, bottom first
+        self.pte: list[int | None] = [None] * self.slots
+        self.flush_one = [0] * vcpus
+        self.exhaustions = [0] * vcpus
+        self.bug_on_present = [0] * vcpus
+
+    def base(self, vcpu: int) -> int:
+        return vcpu * self.entries
+
+    def map(self, vcpu: int, mfn: int) -> int:
+        st = self.stack[vcpu]
+        if len(st) == self.entries:
+            self.exhaustions[vcpu] += 1
+            raise Exhausted(f"vcpu {vcpu}: all {self.entries} kmap slots held")
+        slot = self.base(vcpu) + len(st)
+        if self.pte[slot] is not None:
+            self.bug_on_present[vcpu] += 1
+        st.append(mfn)
+        self.pte[slot] = mfn
+        return slot
+
+    def unmap(self, vcpu: int, slot: int) -> None:
+        idx = slot - self.base(vcpu)
+        if not 0 <= idx < self.entries or self.pte[slot] is None:
+            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not one of this vCPU's mapped slots")
+        if idx != len(self.stack[vcpu]) - 1:
+            raise OrderError(f"vcpu {vcpu}: unmap of slot {slot} while slot "
+                             f"{self.base(vcpu) + len(self.stack[vcpu]) - 1} is on top")
+        self.pte[slot] = None
+        self.flush_one[vcpu] += 1
+        self.stack[vcpu].pop()
+
+    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
+        return sum(1 for v in range(self.vcpus) for i in range(len(self.stack[v]), self.entries)
+                   if self.pte[self.base(v) + i] is not None)

@@ -64,6 +64,10 @@ BAD = [
     (("--workload", "nosuch"), "workload", "nosuch", ()),
     (("--hash", "6"), "hash", "6", ()),
     (("--variant", "lockless", "--entries", "16"), "entries", "16", ("BUILD_BUG_ON", "invert")),
+    (("--variant", "percpu", "--entries", "8"), "entries", "8", ("--unchecked",)),
+    (("--variant", "kmap-local", "--entries", "8"), "entries", "8", ("--unchecked",)),
+    (("--variant", "lockless", "--lock", "mcs"), "lock", "mcs", ("ticket, mcs, tas",)),
+    (("--variant", "locked", "--lock", "nosuch"), "lock", "nosuch", ("ticket, mcs, tas",)),
     (("--json", "/nonexistent/dir/x.json"), "json", "/nonexistent/dir/x.json", ()),
 ]
 
@@ -117,9 +121,10 @@ def test_variants_lists_real_ones_and_negative_controls():
     out = testbed_cli("variants", timeout=60)
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
-    for name in ("directmap", "locked", "lockless", "locked-nolock", "locked-noflush", "lockless-noflush"):
+    for name in ("directmap", "locked", "lockless", "percpu", "kmap-local", "locked-nolock", "locked-noflush",
+                 "lockless-noflush", "percpu-noflush", "percpu-eager", "kmap-local-noflush"):
         assert name in names, (name, out.stdout)
-    assert sum("negative control" in line for line in out.stdout.splitlines()) >= 3
+    assert sum("negative control" in line for line in out.stdout.splitlines()) >= 6
 
 
 def test_help_works():

@@ -21,8 +21,8 @@ def test_compare_prints_the_table_and_writes_valid_json(tmp_path, exclusive, no_
     assert "larger than" in r.stdout or "within" in r.stdout
     res = json.loads(out.read_text())
     jsonschema.validate(res, SCHEMA)
-    assert [row["variant"] for row in res["rows"]] == ["locked", "lockless"]
-    assert res["vcpus_multi"] == 2 and len(res["runs"]) == 12
+    assert [row["variant"] for row in res["rows"]] == ["locked", "lockless", "percpu", "kmap-local"]
+    assert res["vcpus_multi"] == 2 and len(res["runs"]) == 20
     assert {r["seed"] for r in res["runs"]} == {3, 4}
 
 
@@ -57,8 +57,9 @@ def test_timers_reports_etime_and_panics(tmp_path, exclusive, no_leftovers):
     res = json.loads(js.read_text())
     jsonschema.validate(res, SCHEMA)
     rows = {(row["variant"], row["sched"]): row for row in res["rows"]}
-    # 4 vCPUs on fewer CPUs: both scheduling models, each named in the output
-    assert set(rows) == {(v, m) for v in ("locked", "lockless") for m in ("hypervisor", "host")}, set(rows)
+    # 4 vCPUs on fewer CPUs: every design under both scheduling models, each named in the output
+    assert set(rows) == {(v, m) for v in ("locked", "lockless", "percpu", "kmap-local")
+                         for m in ("hypervisor", "host")}, set(rows)
     assert "hypervisor: the testbed schedules" in r.stdout and "host: the host's scheduler" in r.stdout
     for row in rows.values():
         assert row["timer_sets"] > 0 and 0 <= row["etime_rate"] <= 1 and row["worst_streak"] >= 0
@@ -119,3 +120,24 @@ def test_stress_stop_injection_reports_the_lock_holder(tmp_path, exclusive, no_l
     line = next(x for x in r.stdout.splitlines() if x.startswith("locked: "))
     assert "made no progress" in line and "process status: stopped" in line and "holds lock" in line
     assert "resumed" in line
+
+
+def test_scale_shows_each_lock_of_locked(tmp_path, exclusive, no_leftovers):
+    js = tmp_path / "s.json"
+    r = testbed_cli("scale", *TINY, "--variants", "locked,percpu", "--lock", "ticket,mcs,tas", "--vcpus", "1,2",
+                    "--json", js, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(js.read_text())
+    jsonschema.validate(res, SCHEMA)
+    labels = [row["variant"] for row in res["rows"]]
+    assert labels == ["locked:ticket"] * 2 + ["locked:mcs"] * 2 + ["locked:tas"] * 2 + ["percpu"] * 2
+    for row in res["rows"]:
+        if row["variant"].startswith("locked:"):
+            assert row["lock"] == row["variant"].split(":")[1] and 0 < row["lock_fairness"] <= 1
+        else:
+            assert row["lock"] is None and row["lock_fairness"] is None
+    assert {r["config"]["lock"] for r in res["runs"] if r["variant"] == "locked"} == {"ticket", "mcs", "tas"}
+    assert "locked:mcs" in r.stdout and "fairness" in r.stdout
+    r = testbed_cli("scale", *TINY, "--variants", "lockless,percpu", "--lock", "mcs")
+    assert r.returncode == 2 and "--lock" in r.stderr and "ticket, mcs, tas" in r.stderr
+    assert len(r.stderr.splitlines()) == 1

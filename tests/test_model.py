@@ -25,12 +25,15 @@ import pytest
 from testbed import abi, harness, kernels, tlb
 from testbed import config as cfgmod
 from testbed.config import RunConfig
-from testbed.variants import locked, lockless
+from testbed import variants as registry
+from testbed.variants import kmap_local, locked, lockless, percpu
 
 try:
-    from model import NOTINUSE, BadUnmap, Exhausted, LockedModel, LocklessModel, RefcountError
+    from model import (NOTINUSE, BadUnmap, Exhausted, KmapLocalModel, LockedModel, LocklessModel, OrderError,
+                       PercpuModel, RefcountError)
 except ImportError:  # tests/ made a package
-    from tests.model import NOTINUSE, BadUnmap, Exhausted, LockedModel, LocklessModel, RefcountError
+    from tests.model import (NOTINUSE, BadUnmap, Exhausted, KmapLocalModel, LockedModel, LocklessModel, OrderError,
+                             PercpuModel, RefcountError)
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -41,7 +44,7 @@ except ImportError:  # pragma: no cover
 VA = abi.MAPCACHE_VA
 PRESENT = int(tlb.PTE_PRESENT)
 MAX_NEST = 16
-MODULES = {"locked": locked, "lockless": lockless, "locked-noflush": locked, "lockless-noflush": lockless}
+MODELS = {locked: LockedModel, lockless: LocklessModel, percpu: PercpuModel, kmap_local: KmapLocalModel}
 
 
 # --------------------------------------------------------------------------------------
@@ -69,12 +72,15 @@ class Geom:
 
 
 def family(variant: str) -> str:
-    return "locked" if variant.startswith("locked") else "lockless"
+    """The design a variant (or a control) runs: its module's name."""
+    return registry.get(variant).module.__name__.rsplit(".", 1)[1]
+
+
+PER_VCPU = ("lockless", "percpu", "kmap_local")     # slots vcpu * entries + idx, never shared
 
 
 def make_model(variant: str, g: Geom):
-    cls = LockedModel if family(variant) == "locked" else LocklessModel
-    return cls(g.vcpus, g.entries, g.hash)
+    return MODELS[registry.get(variant).module](g.vcpus, g.entries, g.hash)
 
 
 class Compiled:
@@ -82,7 +88,7 @@ class Compiled:
 
     def __init__(self, variant: str, g: Geom):
         self.variant = variant
-        self.mod = MODULES[variant]
+        self.mod = registry.get(variant).module
         self.cfg = cfgmod.validate(RunConfig(
             variant=variant, vcpus=g.vcpus, entries=g.entries, hash_entries=g.hash, levels=g.levels,
             unchecked=g.unchecked, frames=1, tlb_entries=g.tlb_entries, tlb_ways=g.tlb_ways,
@@ -144,6 +150,8 @@ def model_unmap(model, v, slot):
         return abi.ST_REFCOUNT
     except BadUnmap:
         return abi.ST_BAD_VA
+    except OrderError:
+        return abi.ST_ORDER
 
 
 # --------------------------------------------------------------------------------------
@@ -259,6 +267,82 @@ def lockless_model_state(m: LocklessModel) -> dict:
     }
 
 
+def percpu_compiled_state(c: Compiled) -> dict:
+    cfg = c.cfg
+    V, H, E = cfg.vcpus, cfg.hash_entries, cfg.entries
+    hm, hi, hr, iu, gb, _ = percpu._offsets(H, E)
+    vst = c.views["vst"]
+    return {
+        "pte": [int(x) for x in c.views["pte"][:V * E]],
+        "cursor": [int(vst[v, percpu.V_CURSOR]) for v in range(V)],
+        "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b]), int(vst[v, hr + b])) for b in range(H)]
+                 for v in range(V)],
+        "inuse": [_bits(vst[v], iu, E) for v in range(V)],
+        "garbage": [_bits(vst[v], gb, E) for v in range(V)],
+        "bitmap_tails_clear": all(_tail_clear(vst[v], iu, E) and _tail_clear(vst[v], gb, E) for v in range(V)),
+        "flush_all": _stat(c, abi.S_FLUSH_ALL),
+        "flush_one": _stat(c, abi.S_FLUSH_ONE),
+        "harvests": _stat(c, abi.S_HARVEST),
+        "hash_hits": _stat(c, abi.S_HASH_HITS),
+        "exhaustions": _stat(c, abi.S_EXHAUSTED),
+        "refcount_errors": _stat(c, abi.S_REFCNT_ERR),
+        "lock_acquisitions": _stat(c, abi.S_LOCK_ACQ),
+    }
+
+
+def percpu_model_state(m: PercpuModel) -> dict:
+    V = m.vcpus
+    return {
+        "pte": _pte_words(m.pte),
+        "cursor": list(m.cursor),
+        "hash": [[e.as_tuple() for e in row] for row in m.hash],
+        "inuse": [list(u) for u in m.inuse],
+        "garbage": [list(g) for g in m.garbage],
+        "bitmap_tails_clear": True,
+        "flush_all": list(m.flush_all),
+        "flush_one": [0] * V,
+        "harvests": list(m.harvests),
+        "hash_hits": list(m.hash_hits),
+        "exhaustions": list(m.exhaustions),
+        "refcount_errors": list(m.refcount_errors),
+        "lock_acquisitions": [0] * V,
+    }
+
+
+def kmap_compiled_state(c: Compiled) -> dict:
+    V, E = c.cfg.vcpus, c.cfg.entries
+    return {
+        "pte": [int(x) for x in c.views["pte"][:V * E]],
+        "top": [int(c.views["vst"][v, kmap_local.V_TOP]) for v in range(V)],
+        "flush_one": _stat(c, abi.S_FLUSH_ONE),
+        "flush_all": _stat(c, abi.S_FLUSH_ALL),
+        "exhaustions": _stat(c, abi.S_EXHAUSTED),
+        "bug_on_present": _stat(c, abi.S_INVARIANT),
+        "hash_hits": _stat(c, abi.S_HASH_HITS),
+        "lock_acquisitions": _stat(c, abi.S_LOCK_ACQ),
+    }
+
+
+def kmap_model_state(m: KmapLocalModel) -> dict:
+    V = m.vcpus
+    return {
+        "pte": _pte_words(m.pte),
+        "top": [len(s) for s in m.stack],
+        "flush_one": list(m.flush_one),
+        "flush_all": [0] * V,
+        "exhaustions": list(m.exhaustions),
+        "bug_on_present": list(m.bug_on_present),
+        "hash_hits": [0] * V,
+        "lock_acquisitions": [0] * V,
+    }
+
+
+STATES = {LockedModel: (locked_model_state, locked_compiled_state),
+          LocklessModel: (lockless_model_state, lockless_compiled_state),
+          PercpuModel: (percpu_model_state, percpu_compiled_state),
+          KmapLocalModel: (kmap_model_state, kmap_compiled_state)}
+
+
 def _short_diff(a, b):
     """Where two (nested) lists differ: the first few differing positions."""
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
@@ -278,14 +362,14 @@ def _short_diff(a, b):
 SKIP = {
     "locked-noflush": {"flush_all", "epoch_flushes", "tlbflush_time", "tlbflush_clock", "tlbflush_timestamp"},
     "lockless-noflush": {"flush_one"},
+    "percpu-noflush": {"flush_all"},
+    "kmap-local-noflush": {"flush_one"},
 }
 
 
 def compare_state(model, c: Compiled, ctx: str) -> None:
-    if isinstance(model, LockedModel):
-        exp, got = locked_model_state(model), locked_compiled_state(c)
-    else:
-        exp, got = lockless_model_state(model), lockless_compiled_state(c)
+    of_model, of_compiled = STATES[type(model)]
+    exp, got = of_model(model), of_compiled(c)
     skip = SKIP.get(c.variant, set())
     diffs = [f"  {k}: {_short_diff(exp[k], got[k])}" for k in exp if k not in skip and exp[k] != got[k]]
     assert not diffs, f"{ctx}: model and compiled state differ:\n" + "\n".join(diffs)
@@ -336,6 +420,51 @@ def corruptions(variant, model, c: Compiled, live: dict, rng: random.Random):
         out.append(("leave the lock taken",
                     lambda w: w["dom"].__setitem__(locked.D_LOCK_TAIL, w["dom"][locked.D_LOCK_TAIL] + 1),
                     "invariant_violations"))
+    elif family(variant) == "percpu":
+        E, H = cfg.entries, cfg.hash_entries
+        hm, hi, hr, iu, gb, _ = percpu._offsets(H, E)
+        free = [(v, i) for v in range(model.vcpus) for i in range(E) if not model.inuse[v][i]]
+        hashed = [(v, b, e) for v, row in enumerate(model.hash) for b, e in enumerate(row) if e.idx != NOTINUSE]
+        garbage = [(v, i) for v in range(model.vcpus) for i in range(E) if model.garbage[v][i]]
+        if free:
+            v, i = rng.choice(free)
+            out.append((f"set inuse bit of free slot {i} of vcpu {v}",
+                        lambda w, v=v, i=i: _set_bit(w["vst"][v], iu, i, True), "slot_leaks"))
+            out.append((f"give free slot {i} of vcpu {v} a PTE",
+                        lambda w, v=v, i=i: w["pte"].__setitem__(v * E + i, 5 | PRESENT), "invariant_violations"))
+        if hashed:
+            v, b, e = rng.choice(hashed)
+            out.append((f"change the PTE under vcpu {v} bucket {b} (slot {e.idx})",
+                        lambda w, v=v, e=e: w["pte"].__setitem__(v * E + e.idx, (e.mfn + 1) | PRESENT),
+                        "invariant_violations"))
+            out.append((f"bump the refcount of vcpu {v} bucket {b}",
+                        lambda w, v=v, b=b: w["vst"].__setitem__((v, hr + b), w["vst"][v, hr + b] + 1),
+                        "invariant_violations"))
+            out.append((f"send vcpu {v} bucket {b}'s slot {e.idx} to garbage",
+                        lambda w, v=v, e=e: _set_bit(w["vst"][v], gb, e.idx, True), "invariant_violations"))
+        if held:
+            v, slot = rng.choice(held)
+            out.append((f"clear the inuse bit of held slot {slot}",
+                        lambda w, v=v, i=slot - v * E: _set_bit(w["vst"][v], iu, i, False), "invariant_violations"))
+        if garbage:
+            v, i = rng.choice(garbage)
+            out.append((f"clear the garbage bit of slot {i} of vcpu {v}",
+                        lambda w, v=v, i=i: _set_bit(w["vst"][v], gb, i, False), "slot_leaks"))
+    elif family(variant) == "kmap_local":
+        E = cfg.entries
+        v = rng.randrange(model.vcpus)
+        top = len(model.stack[v])
+        if top < E:
+            out.append((f"leave a PTE above the top of vcpu {v}",
+                        lambda w, s=v * E + top: w["pte"].__setitem__(s, 5 | PRESENT), "slot_leaks"))
+        out.append((f"push vcpu {v}'s top",
+                    lambda w, v=v: w["vst"].__setitem__((v, kmap_local.V_TOP), w["vst"][v, kmap_local.V_TOP] + 1),
+                    "invariant_violations"))
+        if held:
+            v, slot = rng.choice(held)
+            out.append((f"change the PTE of held slot {slot}",
+                        lambda w, s=slot: w["pte"].__setitem__(s, (int(w["pte"][s]) + 1) | PRESENT),
+                        "invariant_violations"))
     else:
         E, H = cfg.entries, cfg.hash_entries
         hm, hi, rc, iu, _ = lockless._offsets(H, E)
@@ -418,7 +547,7 @@ class Pair:
         s["maps"] += 1
         if exp[0] == "ok":
             self.live[v].append((exp[1], mfn))
-            local = exp[1] - v * self.g.entries if family(self.variant) == "lockless" else exp[1]
+            local = exp[1] - v * self.g.entries if family(self.variant) in PER_VCPU else exp[1]
             s["max_slot"] = max(s["max_slot"], local)
         elif exp[0] == "exhausted":
             s["exhausted"] += 1
@@ -449,8 +578,8 @@ class Pair:
                 assert not self.tlb_strict, f"{ctx}: slot {slot} mapped to mfn {mfn} translates to {pfn} (stale TLB)"
         leaks = model.leaks(live)
         s["leaks_max"] = max(s["leaks_max"], leaks)
-        if family(self.variant) == "locked":
-            assert leaks == 0, f"{ctx}: the locked model leaks {leaks} slots (model bug or design flaw)"
+        if family(self.variant) != "lockless":
+            assert leaks == 0, f"{ctx}: the {family(self.variant)} model leaks {leaks} slots (model bug or design flaw)"
         res = c.check(live)
         assert res == {"slot_leaks": leaks, "invariant_violations": 0}, (
             f"{ctx}: check() = {res}, model expects slot_leaks={leaks}, invariant_violations=0"
@@ -471,6 +600,11 @@ class Pair:
         if isinstance(m, LockedModel):
             s.update(wraps=sum(m.wraps), harvests=sum(m.harvests), evictions=sum(m.evictions),
                      epoch_flushes=sum(m.epoch_flushes), hash_hits=sum(m.hash_hits))
+        elif isinstance(m, PercpuModel):
+            s.update(wraps=sum(m.wraps), harvests=sum(m.harvests), evictions=sum(m.evictions),
+                     hash_hits=sum(m.hash_hits), flush_all=sum(m.flush_all))
+        elif isinstance(m, KmapLocalModel):
+            s.update(flush_one=sum(m.flush_one))
         else:
             s.update(hash_hits=sum(m.hash_hits), idle_frees=sum(m.idle_frees),
                      replacements=sum(m.hash_replacements), flush_one=sum(m.flush_one))
@@ -490,8 +624,10 @@ def run_sequence(variant: str, g: Geom, seed: int, steps: int, *, corrupt_every:
     V, H = g.vcpus, g.hash
     live = pair.live
 
-    # the sequence's character
+    # the sequence's character (a stack design is only ever released in LIFO order)
     order = rng.choice(["lifo", "random", "mixed"])
+    if family(variant) == "kmap_local":
+        order = "lifo"
     max_nest = [rng.choice([1, 2, 4, 8, MAX_NEST, MAX_NEST, rng.randint(1, MAX_NEST)]) for _ in range(V)]
     c0 = rng.randrange(H)
     collide = [c0 + H * k for k in range(rng.randint(2, 6))]      # all in one bucket
@@ -551,8 +687,10 @@ def run_fill(variant: str, g: Geom, seed: int, rounds: int = 3) -> dict:
             if res[0] != "ok":
                 break
         assert pair.summary["exhausted"] == r + 1, f"{pair.ctx}: round {r} never exhausted the cache"
+        lifo = family(variant) == "kmap_local"
         for _ in range(rng.randint(1, len(pair.live[v]))):
-            pair.unmap(v, rng.randrange(len(pair.live[v])), f"round {r} release: ")
+            k = len(pair.live[v]) - 1 if lifo else rng.randrange(len(pair.live[v]))
+            pair.unmap(v, k, f"round {r} release: ")
             pair.verify(v)
     pair.verify(v, random.Random(seed))
     pair.drain()
@@ -599,6 +737,26 @@ LOCKLESS_GEOMS = [
     (Geom(1, 64, 32, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # one full word
     (Geom(2, 80, 64, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # two words
 ]
+P_ALL = ("hash_hits", "wraps", "harvests", "evictions", "exhausted")
+PERCPU_GEOMS = [
+    (Geom(1, 1, 1), ("hash_hits", "wraps", "evictions", "exhausted")),   # one slot: never garbage
+    (Geom(2, 2, 2), P_ALL),
+    (Geom(1, 4, 2), P_ALL),
+    (Geom(2, 4, 2), P_ALL),
+    (Geom(3, 4, 4), P_ALL),
+    (Geom(2, 2, 8), P_ALL),                                               # more buckets than slots
+    (Geom(2, 4, 2, tlb_entries=8, tlb_ways=2), P_ALL),
+    (Geom(2, 32, 8, levels=4), ("hash_hits", "wraps", "harvests")),       # the default geometry
+    (Geom(1, 64, 8, levels=4), ("hash_hits", "wraps", "harvests")),       # one full word
+    (Geom(2, 80, 8, levels=4), ("hash_hits",)),       # two words (test_fill_to_exhaustion wraps them)
+]
+KMAP_GEOMS = [
+    (Geom(1, 1, 1), ("exhausted", "flush_one")),
+    (Geom(2, 2, 1), ("exhausted", "flush_one")),
+    (Geom(3, 4, 2), ("exhausted", "flush_one")),
+    (Geom(2, 4, 2, tlb_entries=8, tlb_ways=2), ("exhausted", "flush_one")),
+    (Geom(2, 16, 8, levels=4), ("flush_one",)),                           # Linux's KM_MAX_IDX
+]
 SEEDS = 8
 STEPS = 300
 
@@ -620,20 +778,38 @@ def test_lockless_matches_model(g, events):
     _covers(tot, events, f"seeds 0..{SEEDS - 1} lockless {g}")
 
 
+@pytest.mark.parametrize("g,events", PERCPU_GEOMS, ids=[str(g) for g, _ in PERCPU_GEOMS])
+def test_percpu_matches_model(g, events):
+    tot = _total(run_sequence("percpu", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
+    _covers(tot, events, f"seeds 0..{SEEDS - 1} percpu {g}")
+    # batched: one full flush per wrap that found a slot (an exhausted one has nothing to hand out),
+    # and never an invlpg (compare_state checks flush_one == 0)
+    assert tot["flush_all"] == tot["wraps"] - tot["exhausted"], tot
+
+
+@pytest.mark.parametrize("g,events", KMAP_GEOMS, ids=[str(g) for g, _ in KMAP_GEOMS])
+def test_kmap_local_matches_model(g, events):
+    tot = _total(run_sequence("kmap-local", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
+    _covers(tot, events, f"seeds 0..{SEEDS - 1} kmap-local {g}")
+    assert tot["flush_one"] == tot["unmaps"], tot       # one invlpg per unmap
+
+
 FILL = [("locked", Geom(3, 32, 8)), ("locked", Geom(2, 32, 8)), ("locked", Geom(2, 4, 2)),
         ("lockless", Geom(2, 80, 64, levels=4)), ("lockless", Geom(1, 64, 32, levels=4)),
-        ("lockless", Geom(2, 32, 8, levels=4)), ("lockless", Geom(2, 4, 2))]
+        ("lockless", Geom(2, 32, 8, levels=4)), ("lockless", Geom(2, 4, 2)),
+        ("percpu", Geom(2, 80, 8, levels=4)), ("percpu", Geom(2, 4, 2)), ("kmap-local", Geom(2, 70, 1)),
+        ("kmap-local", Geom(2, 16, 8, levels=4))]
 
 
 @pytest.mark.parametrize("variant,g", FILL, ids=[f"{v}-{g}" for v, g in FILL])
 def test_fill_to_exhaustion_matches_model(variant, g):
     for seed in range(2):
         s = run_fill(variant, g, seed)
-        per_vcpu = g.entries if family(variant) == "lockless" else g.vcpus * g.entries
+        per_vcpu = g.entries if family(variant) in PER_VCPU else g.vcpus * g.entries
         assert s["max_slot"] == per_vcpu - 1, f"seed={seed} {variant} {g}: highest slot used {s['max_slot']}"
 
 
-@pytest.mark.parametrize("variant", ["locked-noflush", "lockless-noflush"])
+@pytest.mark.parametrize("variant", ["locked-noflush", "lockless-noflush", "percpu-noflush", "kmap-local-noflush"])
 def test_tlb_oracle_catches_missing_flush(variant):
     """The negative controls keep the same state as the model, but a TLB goes stale."""
     g = Geom(3, 4, 2) if variant.startswith("locked") else Geom(2, 4, 2)
@@ -653,7 +829,7 @@ if given is not None:
     @settings(max_examples=25, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(
-        variant=st.sampled_from(["locked", "lockless"]),
+        variant=st.sampled_from(["locked", "lockless", "percpu", "kmap-local"]),
         vcpus=st.integers(1, 3),
         entries=st.integers(1, 6),
         hash_log=st.integers(0, 3),
@@ -665,7 +841,7 @@ if given is not None:
 
 
 # --------------------------------------------------------------------------------------
-# hand-traced sequences: both the model and the compiled code against mapcache.md
+# hand-traced sequences: both the model and the compiled code against the designs (docs/variants.md)
 # --------------------------------------------------------------------------------------
 
 
@@ -806,3 +982,32 @@ def test_illegal_unmaps_are_refused_alike():
         want = ([abi.ST_BAD_VA, abi.ST_OK, abi.ST_OK, abi.ST_BAD_VA, abi.ST_REFCOUNT] if variant == "locked"
                 else [abi.ST_REFCOUNT, abi.ST_BAD_VA, abi.ST_OK, abi.ST_REFCOUNT])
         assert statuses == want, f"{note} {variant}: statuses {statuses}, want {want}"
+
+
+def test_percpu_hand_trace():
+    """One vCPU, 4 slots, 2 buckets: garbage waits for the wrap, one flush per wrap, never an invlpg."""
+    g = Geom(1, 4, 2)
+    script = [("map", 0, 0), ("unmap", 0, 0), ("map", 0, 2), ("unmap", 0, 1), ("map", 0, 4), ("map", 0, 6),
+              ("map", 0, 8), ("map", 0, 10), ("map", 0, 12)]
+    # unmap 0 caches slot 0 in bucket 0; unmap 1 moves bucket 0 to slot 1, slot 0 to garbage.
+    # map 4, 6 take slots 2, 3; map 8 wraps: slot 0 reclaimed (flush 1); map 10 wraps, nothing to
+    # reclaim, evicts bucket 0's idle slot 1 (flush 2); map 12: nothing left.
+    expect = [0, None, 1, None, 2, 3, 0, 1, "exhausted"]
+    model, c = _run_script("percpu", g, script, expect, "seed=none(hand trace)")
+    got = (model.cursor, model.wraps, model.harvests, model.evictions, model.flush_all)
+    assert got == ([2], [3], [1], [1], [2]), f"seed=none(hand trace): cursor, wraps, harvests, evictions, flushes {got}"
+    assert int(c.views["stats"][0, abi.S_FLUSH_ONE]) == 0
+
+
+def test_kmap_local_hand_trace_and_order():
+    """Push, pop with one invlpg each; an out-of-order unmap is refused alike and changes nothing."""
+    g = Geom(2, 2, 1)
+    script = [("map", 0, 7), ("map", 0, 9), ("map", 1, 7), ("unmap", 0, 1), ("map", 0, 5), ("map", 0, 6)]
+    expect = [0, 1, 2, None, 1, "exhausted"]
+    model, c = _run_script("kmap-local", g, script, expect, "seed=none(hand trace)")
+    assert model.flush_one == [1, 0] and [len(s) for s in model.stack] == [2, 1]
+    note = "seed=none(unmap below the top)"
+    assert model_unmap(model, 0, 0) == c.unmap(0, VA + 0) == abi.ST_ORDER, note
+    assert model_unmap(model, 0, 3) == c.unmap(0, VA + 3) == abi.ST_BAD_VA, note    # vCPU 1's slot
+    compare_state(model, c, note)
+    assert c.check({0: [(0, 7), (1, 5)], 1: [(2, 7)]}) == {"slot_leaks": 0, "invariant_violations": 0}, note

@@ -19,6 +19,7 @@ import pytest
 
 from shared import futex
 from testbed import abi, harness, limits, results
+from testbed import variants as registry
 from testbed.config import RunConfig, sched_model, validate
 from testbed.errors import UsageError
 
@@ -98,8 +99,9 @@ def test_a_switch_inside_an_operation_is_counted_and_fails_the_run():
              "dom": np.zeros(64, np.int64)}
     p = np.zeros(abi.N_PARAMS, np.int64)
     p[abi.P_VCPUS], p[abi.P_TIMESLICE_NS], p[abi.P_TSC_KHZ] = n, 1000, 1000
-    p[abi.P_VARIANT] = 1                                     # locked: it has a lock holder word
-    s = HypervisorSched(views, p, 0, lock=None, flush=lambda: None)
+    cfg = validate(RunConfig(variant="locked", vcpus=n, duration=1, warmup=0))
+    p[abi.P_VARIANT] = registry.get("locked").vid
+    s = HypervisorSched(views, p, cfg, 0, lock=None, flush=lambda: None)
     s.check_boundary()
     assert views["stats"][0, abi.S_BAD_SWITCH] == 0
     views["stats"][0, abi.S_LIVE] = 1                        # a mapping held: inside an operation
@@ -109,7 +111,6 @@ def test_a_switch_inside_an_operation_is_counted_and_fails_the_run():
     views["dom"][locked.D_LOCK_OWNER] = 1                    # vCPU 0 holds the lock
     s.check_boundary()
     assert views["stats"][0, abi.S_BAD_SWITCH] == 2
-    cfg = validate(RunConfig(variant="locked", vcpus=n, duration=1, warmup=0))
     res = results.build(cfg=cfg, cores=[0, 1], stats=views["stats"], hist=np.zeros((n, abi.LAT_BINS), np.int64),
                         samples=[], window=(0, 1), ops_at=((), ()), lost_writes=0, writes_reported=0,
                         writes_counted=0, variant_checks={}, failure=None, interrupted=None, startup={},

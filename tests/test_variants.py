@@ -1,6 +1,6 @@
 """The variants through the real harness: real ones pass, broken ones are caught.
 
-Every registered variant must be listed here (style.md, 1: the contract is
+Every registered variant must be listed here (docs/variants.md: the contract is
 tested); a variant added to the registry without a row here fails the suite.
 """
 
@@ -11,21 +11,38 @@ from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.harness import run
 
-REAL = ("directmap", "locked", "lockless")
-CONTROLS = ("locked-nolock", "locked-noflush", "lockless-noflush")
-HOOKS = ("NAME", "VID", "DESCRIPTION", "DEFAULT_ENTRIES", "MAX_ENTRIES", "state_shape", "init_state",
-         "map_page", "unmap_page", "check")
+REAL = ("directmap", "locked", "lockless", "percpu", "kmap-local")
+CONTROLS = ("locked-nolock", "locked-noflush", "lockless-noflush", "percpu-noflush", "percpu-eager",
+            "kmap-local-noflush")
+LOCKS = ("ticket", "mcs", "tas")
 
 
 def test_every_registered_variant_is_covered_here():
+    from testbed.variants import contract
+
     assert set(registry.VARIANTS) == set(REAL) | set(CONTROLS)
     for v in registry.VARIANTS.values():
-        for hook in HOOKS:
+        for hook in contract.REQUIRED + tuple(contract.OPTIONAL):
             assert hasattr(v.module, hook), f"{v.name} lacks {hook}"
-    vids = [v.module.VID for v in registry.REAL]
-    assert len(set(vids)) == len(vids)
+    vids = [v.vid for v in registry.REAL]
+    assert vids == list(range(len(registry.MODULES))), "ids are the registry order, one per module"
     assert all(v.control and v.catches for v in registry.CONTROLS)
+    assert all(v.fault for v in registry.CONTROLS), "a control without a fault bit is its real variant"
     assert not any(v.control for v in registry.REAL)
+    assert [v.name for v in registry.REAL if v.baseline] == [registry.BASELINE]
+    assert registry.get("locked").locks == LOCKS
+
+
+def test_the_contract_refuses_an_incomplete_module():
+    """Mutation: drop the REQUIRED check in contract.complete and this fails."""
+    import types
+
+    from testbed.variants import contract
+
+    m = types.ModuleType("testbed.variants.half")
+    m.NAME = "half"
+    with pytest.raises(contract.ContractError, match="lacks DESCRIPTION"):
+        contract.complete(m)
 
 
 def _run(variant, seed, **kw):
@@ -34,7 +51,7 @@ def _run(variant, seed, **kw):
     return run(RunConfig(**cfg))
 
 
-@pytest.mark.parametrize("workload", ["uniform", "hot", "ptwalk", "guest"])
+@pytest.mark.parametrize("workload", ["uniform", "hot", "ptwalk", "guest", "timers"])
 @pytest.mark.parametrize("variant", REAL)
 def test_real_variants_pass_every_check(variant, workload, exclusive, no_leftovers):
     seed = 11
@@ -53,6 +70,12 @@ def test_real_variants_pass_every_check(variant, workload, exclusive, no_leftove
         assert t["lock_acquisitions"] > 0 and t["tlb_flush_all"] > 0
     if variant == "lockless":
         assert t["lock_acquisitions"] == 0 and t["tlb_flush_one"] > 0
+    if variant == "percpu":     # batched: full flushes at wraps, never an invlpg
+        assert t["lock_acquisitions"] == 0 and t["tlb_flush_one"] == 0
+        assert res["lock"] is None
+    if variant == "kmap-local":     # an invlpg per unmap, no hash
+        assert t["lock_acquisitions"] == 0 and t["hash_hits"] == 0 and t["tlb_flush_one"] == t["maps"]
+        assert t["tlb_flush_all"] == 0
     if variant != "directmap":
         assert t["tlb_hits"] + t["tlb_misses"] == t["writes"]
 
@@ -94,29 +117,117 @@ def test_256_nested_maps_of_one_mfn_wrap_the_lockless_refcount(exclusive, no_lef
     assert len(res["failure"]["live"]) == 255
 
 
-def test_dispatch_reaches_each_variant():
-    import numpy as np
-
+def _fresh(name, vcpus=1):
     from testbed import config, harness, tlb
 
-    for name in REAL:
-        cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=16))
-        p = config.params(cfg)
-        lay = harness.build_layout(cfg)
-        views = lay.views(bytearray(lay.size))
-        harness.init_state(views, cfg)
-        t = tlb.make_tlb(16, 4)
-        va = kernels.map_page(0, 3, p, views["dom"], views["pte"], views["dbits"], views["vst"][0],
-                              views["stats"][0], t)
-        if name == "directmap":
-            assert va == 3
-        else:
-            assert va >= abi.MAPCACHE_VA
-            assert views["pte"][va - abi.MAPCACHE_VA] & tlb.PTE_MFN_MASK == 3 or name == "locked"
-        st = kernels.unmap_page(0, va, p, views["dom"], views["pte"], views["dbits"], views["vst"][0],
-                                views["stats"][0], t)
-        assert st == abi.ST_OK
-        assert np.all(views["stats"][0, abi.S_REFCNT_ERR] == 0)
+    cfg = config.validate(RunConfig(variant=name, vcpus=vcpus, frames=16))
+    p = config.params(cfg)
+    lay = harness.build_layout(cfg)
+    views = lay.views(bytearray(lay.size))
+    harness.init_state(views, cfg)
+    return cfg, p, views, tlb.make_tlb(16, 4)
+
+
+def _op_args(p, views, t, v=0):
+    return (p, views["dom"], views["pte"], views["dbits"], views["vst"][v], views["stats"][v], t)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_dispatch_reaches_each_variants_own_map_page(name):
+    """Through the dispatch and straight through the module: the same address and the same state.
+
+    Mutation: swap two ``import ... as v1`` / ``as v2`` lines in dispatch.source and this fails.
+    """
+    import numpy as np
+
+    v = registry.get(name)
+    _, p, a, ta = _fresh(name)
+    _, _, b, tb = _fresh(name)
+    assert p[abi.P_VARIANT] == v.vid
+    for mfn in (3, 11, 3, 5):
+        via_dispatch = kernels.map_page(0, mfn, *_op_args(p, a, ta))
+        direct = v.module.map_page(0, mfn, *_op_args(p, b, tb))
+        assert via_dispatch == direct and via_dispatch > 0, (name, mfn, via_dispatch, direct)
+        for key in ("dom", "pte", "dbits", "vst", "stats"):
+            assert np.array_equal(a[key], b[key]), (name, mfn, key)
+    st = kernels.unmap_page(0, via_dispatch, *_op_args(p, a, ta))
+    assert st == v.module.unmap_page(0, direct, *_op_args(p, b, tb)) == abi.ST_OK
+    assert np.array_equal(a["vst"], b["vst"]) and np.array_equal(a["pte"], b["pte"])
+
+
+def test_an_unknown_variant_id_runs_nothing():
+    """Mutation: make the generated chain end in a call of the last variant and this fails."""
+    import numpy as np
+
+    from testbed import harness
+
+    _, p, views, t = _fresh("directmap")
+    p[abi.P_VARIANT] = len(registry.MODULES)
+    before = {k: views[k].copy() for k in ("dom", "pte", "dbits", "vst")}
+    assert kernels.map_page(0, 3, *_op_args(p, views, t)) == -abi.ST_BAD_VARIANT
+    assert kernels.unmap_page(0, abi.MAPCACHE_VA, *_op_args(p, views, t)) == abi.ST_BAD_VARIANT
+    assert all(np.array_equal(views[k], before[k]) for k in before)
+    st = kernels.run_ops(4, 0, *harness.kernel_args(views, p, t, kernels.seed_state(1, 0)))
+    assert st == abi.ST_BAD_VARIANT and abi.STATUS_NAMES[st] == "bad_variant"
+
+
+PROBE = """
+from testbed.jit import inline_kernel
+
+
+@inline_kernel
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+    return {k} * 1000 + mfn
+
+
+@inline_kernel
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+    return {k} * 1000 + 7
+"""
+
+
+def test_generated_dispatch_routes_each_id_to_its_module(tmp_path, monkeypatch):
+    """The generator on probe modules that say who they are: id k reaches module k, others nothing."""
+    import sys
+
+    from testbed.variants import dispatch
+
+    names = []
+    for k in range(1, 5):
+        (tmp_path / f"dispatch_probe_{k}.py").write_text(PROBE.format(k=k))
+        names.append(f"dispatch_probe_{k}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        gen = dispatch.load(names)
+        _, p, views, t = _fresh("directmap")
+        for vid in range(len(names)):
+            p[abi.P_VARIANT] = vid
+            assert gen.map_page(0, 5, *_op_args(p, views, t)) == (vid + 1) * 1000 + 5
+            assert gen.unmap_page(0, 5, *_op_args(p, views, t)) == (vid + 1) * 1000 + 7
+        for vid in (-1, len(names), 1 << 40):
+            p[abi.P_VARIANT] = vid
+            assert gen.map_page(0, 5, *_op_args(p, views, t)) == -abi.ST_BAD_VARIANT
+            assert gen.unmap_page(0, 5, *_op_args(p, views, t)) == abi.ST_BAD_VARIANT
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_every_lock_passes_and_reports_handoff_and_fairness(lock, exclusive, no_leftovers):
+    seed = 7
+    res = _run("locked", seed, lock=lock, duration=1.0)
+    assert res["verdict"] == "SUCCESS", f"seed {seed} lock {lock}: {res['checks']} {res['failure']}"
+    assert res["config"]["lock"] == lock
+    lk = res["lock"]
+    assert lk["kind"] == lock and lk["acquisitions"] == res["totals"]["lock_acquisitions"] > 0
+    assert lk["acquisitions_per_vcpu"] == [d["lock_acquisitions"] for d in res["per_vcpu"]]
+    assert 0.5 <= lk["jain_fairness"] <= 1.0
+    assert lk["handoffs"] <= res["totals"]["lock_contended"] + lk["acquisitions"]
+    if lk["handoffs"]:
+        assert lk["handoff_mean_cycles"] > 0
+    if lock in ("ticket", "mcs"):     # queue locks: a releaser never overtakes a waiter
+        assert lk["reacquired"] == 0, lk
 
 
 def test_locked_pool_runs_out_when_every_vcpu_walks_deep(exclusive, no_leftovers):

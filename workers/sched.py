@@ -26,26 +26,11 @@ import os
 import time
 
 from shared import futex
-from testbed import abi
-
-
-def lock_holder_reader(p, views):
-    """A function returning the vCPU that holds the variant's lock now, or None (no lock)."""
-    from testbed import variants
-
-    module = next((v.module for v in variants.VARIANTS.values() if v.vid == int(p[abi.P_VARIANT])), None)
-    hook = getattr(module, "lock_holder", None)
-    if hook is not None:
-        return lambda: hook(views)
-    word = getattr(module, "D_LOCK_OWNER", None)
-    if word is None:
-        return lambda: None
-    dom = views["dom"]
-    return lambda: int(dom[word]) - 1 if dom[word] else None
+from testbed import abi, variants
 
 
 class HypervisorSched:
-    def __init__(self, views, p, vcpu: int, lock, flush):
+    def __init__(self, views, p, cfg, vcpu: int, lock, flush):
         self.vcpu = vcpu
         self.ctl, self.runq, self.mail = views["ctl"], views["runq"], views["mail"]
         self.row = views["stats"][vcpu]
@@ -56,7 +41,8 @@ class HypervisorSched:
         self.capacity = int(p[abi.P_VCPUS])
         self.slice_ns = int(p[abi.P_TIMESLICE_NS])
         self.cycles_per_ns = int(p[abi.P_TSC_KHZ]) / 1e6
-        self.holder = lock_holder_reader(p, views)
+        module = variants.get(cfg.variant).module
+        self.holder = lambda: module.lock_holder(views, cfg)
         self.cpu = None
         self.slice_start = self.slice_end = 0
 

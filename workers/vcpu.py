@@ -75,7 +75,7 @@ def unique_kib() -> int:
         return -1
 
 
-def main(arena_name, layout, p, vcpu, core, seed, parent_pid, ready_fd=None, rq_lock=None, go_fds=None):
+def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_lock=None, go_fds=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)
@@ -93,7 +93,7 @@ def main(arena_name, layout, p, vcpu, core, seed, parent_pid, ready_fd=None, rq_
     v = arena.views
     ctl, row = v["ctl"], v["stats"][vcpu]
     tlbv = make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    rng = kernels.seed_state(seed, vcpu)
+    rng = kernels.seed_state(cfg.seed, vcpu)
     args = (p, v["dom"], v["pte"], v["dbits"], v["vst"], v["frames"], v["expect"], v["stats"], v["hist"], v["live"], tlbv, rng)
     row[abi.S_PID] = os.getpid()
     row[abi.S_CORE] = -1 if core is None else core
@@ -107,7 +107,7 @@ def main(arena_name, layout, p, vcpu, core, seed, parent_pid, ready_fd=None, rq_
 
     sched = None
     if p[abi.P_SCHED] == abi.SCHED_HYPERVISOR:
-        sched = HypervisorSched(v, p, vcpu, rq_lock, flush=lambda: tlb_flush_all(tlbv, p, v["dom"], v["vst"][vcpu], row))
+        sched = HypervisorSched(v, p, cfg, vcpu, rq_lock, flush=lambda: tlb_flush_all(tlbv, p, v["dom"], v["vst"][vcpu], row))
     wait_ctl(ctl, lambda: ctl[abi.C_START] or ctl[abi.C_STOP])
     row[abi.S_STATE] = abi.W_RUNNING
     t_started, cpu_started = time.monotonic_ns(), time.process_time_ns()

@@ -1,20 +1,24 @@
-"""The registry of mapcache variants.
+"""The registry of mapcache variants: the only place that knows variants by name.
 
-A variant is one module (style.md, 1) exposing ``NAME``, ``VID``,
-``DESCRIPTION``, ``DEFAULT_ENTRIES``, ``state_shape(cfg)``, ``init_state(views,
-cfg)``, compiled ``map_page`` / ``unmap_page``, and ``check(views, cfg, live)``.
-The compiled dispatch on ``VID`` lives in ``testbed.kernels``; this table is
-the only place that knows variants by name. A negative control is a real
-variant run with fault bits that break it on purpose; it is selectable by name
+A variant is one module in this package (the contract: ``contract.py``; how to
+write one: docs/variants.md) and one ``real(...)`` line below. A negative
+control is a real variant run with fault bits that break it on purpose, and the
+checks that must catch it; it is one ``control(...)`` line, selectable by name
 but never part of a default run.
+
+Variant ids come from this table: the n-th distinct module listed has id n.
+The compiled dispatch on that id (``dispatch.py``) is generated from the table,
+so a module listed here is reachable from the kernels with no other edit, and
+an id the table does not know runs nothing (``abi.ST_BAD_VARIANT``).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from . import directmap, locked, lockless
+from .contract import complete
 
 
 @dataclass(frozen=True)
@@ -23,30 +27,63 @@ class Variant:
     module: ModuleType
     fault: int = 0
     description: str = ""
-    control: bool = False        # a negative control: broken on purpose, must be caught
+    control: bool = False          # a negative control: broken on purpose, must be caught
     catches: tuple[str, ...] = ()  # the checks expected to catch a control
+    baseline: bool = False         # the floor every other variant is measured against
 
     @property
     def vid(self) -> int:
-        return self.module.VID
+        return MODULES.index(self.module)
+
+    @property
+    def locks(self) -> tuple[str, ...]:
+        return self.module.LOCKS
 
 
-REAL = (
-    Variant(directmap.NAME, directmap, description=directmap.DESCRIPTION),
-    Variant(locked.NAME, locked, description=locked.DESCRIPTION),
-    Variant(lockless.NAME, lockless, description=lockless.DESCRIPTION),
-)
-CONTROLS = (
-    Variant("locked-nolock", locked, locked.FAULT_NO_LOCK,
-            "negative control: locked with the lock left out", True,
+def _module(name: str) -> ModuleType:
+    return complete(importlib.import_module(f"{__name__}.{name}"))
+
+
+def real(module: str, baseline: bool = False) -> Variant:
+    """A design, by its module's name in this package; its name and description come from the module."""
+    m = _module(module)
+    return Variant(m.NAME, m, description=m.DESCRIPTION, baseline=baseline)
+
+
+def control(name: str, module: str, fault: str, description: str, catches: tuple[str, ...]) -> Variant:
+    """A negative control: ``module`` run with its fault bit ``fault``, caught by one of ``catches``."""
+    m = _module(module)
+    return Variant(name, m, getattr(m, fault), f"negative control: {description}", True, catches)
+
+
+TABLE = (
+    real("directmap", baseline=True),
+    real("locked"),
+    real("lockless"),
+    real("percpu"),
+    real("kmap_local"),
+    control("locked-nolock", "locked", "FAULT_NO_LOCK", "locked with the lock left out",
             ("stale_translations", "lost_writes", "invariant_violations")),
-    Variant("locked-noflush", locked, locked.FAULT_NO_EPOCH_FLUSH,
-            "negative control: locked without the lazy flush after a wrap", True, ("stale_translations",)),
-    Variant("lockless-noflush", lockless, lockless.FAULT_NO_FLUSH,
-            "negative control: lockless without the invlpg on slot reuse", True, ("stale_translations",)),
+    control("locked-noflush", "locked", "FAULT_NO_EPOCH_FLUSH", "locked without the lazy flush after a wrap",
+            ("stale_translations",)),
+    control("lockless-noflush", "lockless", "FAULT_NO_FLUSH", "lockless without the invlpg on slot reuse",
+            ("stale_translations",)),
+    control("percpu-noflush", "percpu", "FAULT_NO_FLUSH", "percpu without the batched flush at a wrap",
+            ("stale_translations",)),
+    control("percpu-eager", "percpu", "FAULT_EAGER_REUSE",
+            "percpu reusing a released slot at once, without garbage or flush", ("stale_translations",)),
+    control("kmap-local-noflush", "kmap_local", "FAULT_NO_FLUSH", "kmap-local without the invlpg on unmap",
+            ("stale_translations",)),
 )
-VARIANTS = {v.name: v for v in REAL + CONTROLS}
-MODULES = tuple(v.module for v in REAL)
+
+VARIANTS = {v.name: v for v in TABLE}
+if len(VARIANTS) != len(TABLE):
+    raise ValueError("two registry lines give the same variant name")
+REAL = tuple(v for v in TABLE if not v.control)
+CONTROLS = tuple(v for v in TABLE if v.control)
+MODULES = tuple(dict.fromkeys(v.module for v in TABLE))    # distinct, in table order: index = variant id
+BASELINE = next(v.name for v in REAL if v.baseline)
+DESIGNS = tuple(v.name for v in REAL if not v.baseline)     # what compare measures against the baseline
 
 
 def get(name: str) -> Variant:
@@ -58,3 +95,15 @@ def get(name: str) -> Variant:
         raise UsageError(
             f"unknown variant {name!r}; choose one of: {', '.join(VARIANTS)} (see 'testbed variants')"
         ) from None
+
+
+def names(text: str, option: str = "--variants") -> list[str]:
+    """A comma-separated list of registered variant names, checked; UsageError otherwise."""
+    from ..errors import UsageError
+
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    if not out:
+        raise UsageError(f"{option} is empty; name at least one variant, e.g. {','.join(DESIGNS[:2])}")
+    for name in out:
+        get(name)
+    return out

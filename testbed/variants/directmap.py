@@ -15,7 +15,6 @@ pages, rarely missing); the testbed treats those translations as free.
 from ..jit import inline_kernel
 
 NAME = "directmap"
-VID = 0
 DESCRIPTION = "no mapping work: the MFN's direct-map address (the baseline)"
 DEFAULT_ENTRIES = 16
 MAX_ENTRIES = 1 << 16

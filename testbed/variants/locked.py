@@ -26,11 +26,38 @@ Invariants: the lock is free whenever no vCPU is inside ``map``; a bucket's slot
 is in use and its PTE maps the bucket's MFN; an in-use slot that is neither held
 nor cached is garbage waiting for the next wrap.
 
-The ticket lock follows Xen's: FIFO, PAUSE in the spin, no backoff, no
-sleeping. Xen packs head and tail into the two halves of one 32-bit word; here
-they are two 64-bit words on the same cache line (same coherence traffic, and
-no 16-bit carry to handle); trylock, unused by the mapcache, would be a
-compare-and-swap of the tail against the head.
+The lock, chosen with ``--lock`` (``LOCKS``; the kernel reads its index from
+``p[P_LOCK]``):
+
+- ``ticket`` (default, Xen's): FIFO, PAUSE in the spin, no backoff, no
+  sleeping. Xen packs head and tail into the two halves of one 32-bit word;
+  here they are two 64-bit words on the same cache line (same coherence
+  traffic, and no 16-bit carry to handle). Every waiter spins on the one line
+  the holder writes when it releases.
+- ``mcs`` (Mellor-Crummey and Scott): a queue of per-vCPU nodes ``{next,
+  locked}``. A vCPU swaps its node into the tail; if there was a predecessor it
+  links itself behind it and spins on its *own* node, which only its
+  predecessor writes, once, to hand the lock over: local spinning, one
+  cache-line transfer per handoff. Release hands over to ``next``, or swings
+  the tail back to empty by compare-and-swap, waiting for a successor that has
+  swapped itself in but not linked yet. The nodes live in the domain words
+  after ``D_MCS_NODES``, one cache line per vCPU, laid out by ownership.
+- ``tas``: test-and-test-and-set with bounded exponential backoff. Read the
+  word until it looks free, then exchange 1 into it; on failure PAUSE for a
+  delay that doubles up to ``TAS_BACKOFF_MAX`` rounds. No order: whoever
+  swaps first wins, so a vCPU can take the lock again and again while others
+  back off (unfair), and a lock freed during everyone's backoff stays idle
+  (slow handoff).
+
+Handoff cost and fairness. A releaser that knows vCPUs are waiting (ticket:
+the tail is past the next ticket; mcs: it has a successor; tas: the count of
+backing-off waiters, bumped once per contended acquisition, is non-zero)
+stamps the cycle counter and itself into ``D_HANDOFF_TSC`` and
+``D_HANDOFF_FROM`` just before it releases; the next holder adds the cycles
+since that stamp to ``S_HANDOFF_CYCLES`` and clears it, or, when it is the
+releaser itself taking the lock back ahead of the waiters (tas only: the queue
+locks cannot), counts ``S_LOCK_REACQ``. Both happen under the lock. The spread
+of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
 
 Simplifications: no ``local_irq_save`` until simulated interrupts exist; the
 32-bit refcount is an int64 checked against 2**32 (a wrap is a refcount error).
@@ -45,25 +72,37 @@ import numpy as np
 from ..jit import inline_kernel, kernel, nonneg
 
 from .. import abi, tlb
-from ..atomics import cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc, store_release
+from ..atomics import (cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc,
+                       store_release)
 
 NAME = "locked"
-VID = 1
-DESCRIPTION = "Xen's per-domain mapcache: ticket spinlock, garbage bitmap, epochs, lazy TLB flush"
+DESCRIPTION = "Xen's per-domain mapcache: one spinlock (--lock), garbage bitmap, epochs, lazy TLB flush"
 DEFAULT_ENTRIES = 16
 FAULT_NO_LOCK = 1
 FAULT_NO_EPOCH_FLUSH = 2
 MAX_ENTRIES = 1 << 16
 REFCNT_LIMIT = 1 << 32
+IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in Xen
+LOCKS = ("ticket", "mcs", "tas")
+LOCK_TICKET, LOCK_MCS, LOCK_TAS = 0, 1, 2
+TAS_BACKOFF_MAX = 256           # PAUSE rounds: the bound of the tas lock's exponential backoff
 
 # Domain words, each group on its own cache line (dom[...]); tlb.D_TLBCLOCK is word 0.
 D_LOCK_HEAD = 8
 D_LOCK_TAIL = 9
 D_LOCK_OWNER = 10      # vcpu + 1 of the holder, 0 when free: for stall reports, not for the algorithm
+D_MCS_TAIL = 11        # mcs: vcpu + 1 of the last node queued, 0 when free
+D_TAS = 12             # tas: 1 while held
+D_HANDOFF_TSC = 13     # cycle counter at a release that had waiters, 0 once the next holder took it
+D_HANDOFF_FROM = 14    # ... vcpu + 1 of the vCPU that released then
 D_CURSOR = 16
 D_EPOCH = 24
 D_TLBFLUSH_TS = 32
-DOM_WORDS = 40
+D_TAS_WAITERS = 40     # tas: vCPUs backing off (on its own line: waiters write it, the holder reads it)
+D_MCS_NODES = 48       # mcs: vCPU v's node {next, locked} at D_MCS_NODES + 8 * v, one line each
+N_NEXT = 0             # vcpu + 1 of the successor, 0 while none has linked
+N_LOCKED = 1           # 1 while the owner waits for its predecessor's handoff
+DOM_WORDS = D_MCS_NODES
 
 # Per-vCPU row (vst[vcpu, ...]) after the harness's reserved words.
 V_SHADOW_EPOCH = abi.V_RESERVED
@@ -86,7 +125,7 @@ def garbage_base(slots):
 def state_shape(cfg):
     """Words of shared state: (domain words, domain bitmap words, per-vCPU row words)."""
     slots = cfg.vcpus * cfg.entries
-    return DOM_WORDS, garbage_base(slots) + bitmap_words(slots), V_HASH + 3 * cfg.hash_entries
+    return DOM_WORDS + 8 * cfg.vcpus, garbage_base(slots) + bitmap_words(slots), V_HASH + 3 * cfg.hash_entries
 
 
 def init_state(views, cfg):
@@ -98,6 +137,7 @@ def init_state(views, cfg):
 
 @kernel
 def lock(dom, srow, vcpu):
+    """The ticket lock: the ticket taken (pass it to ``unlock``)."""
     my = fetch_add(dom, D_LOCK_TAIL, 1)
     srow[abi.S_LOCK_ACQ] += 1
     if load_acquire(dom, D_LOCK_HEAD) != my:
@@ -118,12 +158,127 @@ def unlock(dom, my):
 
 
 @kernel
-def release(dom, my, srow, t_hold):
+def mcs_node(vcpu):
+    return D_MCS_NODES + 8 * vcpu
+
+
+@kernel
+def mcs_lock(dom, srow, vcpu):
+    node = mcs_node(vcpu)
+    srow[abi.S_LOCK_ACQ] += 1
+    dom[node + N_NEXT] = 0
+    dom[node + N_LOCKED] = 1
+    pred = exchange(dom, D_MCS_TAIL, vcpu + 1)      # a full barrier: the node is ready before it is seen
+    if pred != 0:
+        srow[abi.S_LOCK_CONTENDED] += 1
+        t0 = rdtsc()
+        store_release(dom, mcs_node(pred - 1) + N_NEXT, vcpu + 1)
+        while load_acquire(dom, node + N_LOCKED) != 0:
+            cpu_relax()
+            srow[abi.S_PROGRESS] += 1
+        srow[abi.S_LOCK_SPIN] += rdtsc() - t0
+    else:
+        dom[node + N_LOCKED] = 0       # own line: only stall reports read it (a waiter has it at 1)
+    dom[D_LOCK_OWNER] = vcpu + 1
+
+
+@kernel
+def mcs_successor(dom, srow, vcpu):
+    """The successor to hand over to (vcpu + 1), or 0 once the tail was swung back to empty."""
+    node = mcs_node(vcpu)
+    nxt = load_acquire(dom, node + N_NEXT)
+    if nxt == 0:
+        if cas(dom, D_MCS_TAIL, vcpu + 1, 0) == vcpu + 1:
+            return 0
+        while nxt == 0:                # a successor swapped itself in and is about to link
+            cpu_relax()
+            srow[abi.S_PROGRESS] += 1  # alive, if waiting (the successor may be preempted there)
+            nxt = load_acquire(dom, node + N_NEXT)
+    return nxt
+
+
+@kernel
+def tas_try(dom):
+    return load_acquire(dom, D_TAS) == 0 and exchange(dom, D_TAS, 1) == 0
+
+
+@kernel
+def tas_lock(dom, srow, vcpu):
+    srow[abi.S_LOCK_ACQ] += 1
+    if not tas_try(dom):
+        srow[abi.S_LOCK_CONTENDED] += 1
+        t0 = rdtsc()
+        fetch_add(dom, D_TAS_WAITERS, 1)
+        delay = 1
+        while True:
+            for _ in range(delay):
+                cpu_relax()
+            srow[abi.S_PROGRESS] += 1
+            if tas_try(dom):
+                break
+            delay = min(2 * delay, TAS_BACKOFF_MAX)
+        fetch_add(dom, D_TAS_WAITERS, -1)
+        srow[abi.S_LOCK_SPIN] += rdtsc() - t0
+    dom[D_LOCK_OWNER] = vcpu + 1
+
+
+@kernel
+def acquire(dom, srow, vcpu, kind):
+    """Take the domain lock of kind ``kind`` (LOCK_*); a token for ``release`` (the ticket)."""
+    my = 0
+    if kind == LOCK_MCS:
+        mcs_lock(dom, srow, vcpu)
+    elif kind == LOCK_TAS:
+        tas_lock(dom, srow, vcpu)
+    else:                              # the ticket lock, as lock() (written out: no call on the hot path)
+        my = fetch_add(dom, D_LOCK_TAIL, 1)
+        srow[abi.S_LOCK_ACQ] += 1
+        if load_acquire(dom, D_LOCK_HEAD) != my:
+            srow[abi.S_LOCK_CONTENDED] += 1
+            t0 = rdtsc()
+            while load_acquire(dom, D_LOCK_HEAD) != my:
+                cpu_relax()
+                srow[abi.S_PROGRESS] += 1
+            srow[abi.S_LOCK_SPIN] += rdtsc() - t0
+        dom[D_LOCK_OWNER] = vcpu + 1
+    t_rel = dom[D_HANDOFF_TSC]
+    if t_rel != 0:                     # released to waiters: time the handoff
+        dom[D_HANDOFF_TSC] = 0
+        if dom[D_HANDOFF_FROM] == vcpu + 1:
+            srow[abi.S_LOCK_REACQ] += 1    # the releaser took it back before a waiter did
+        else:
+            dt = rdtsc() - t_rel
+            if dt >= 0:
+                srow[abi.S_HANDOFFS] += 1
+                srow[abi.S_HANDOFF_CYCLES] += dt
+    return my
+
+
+@kernel
+def release(dom, my, srow, t_hold, vcpu, kind):
     """Unlock; account the hold time when it was measured (t_hold != 0)."""
     if t_hold != 0:
         srow[abi.S_LOCK_HOLD] += rdtsc() - t_hold
         srow[abi.S_LOCK_HOLD_SAMPLES] += 1
-    unlock(dom, my)
+    if kind == LOCK_MCS:
+        dom[D_LOCK_OWNER] = 0
+        nxt = mcs_successor(dom, srow, vcpu)
+        if nxt != 0:
+            dom[D_HANDOFF_FROM] = vcpu + 1
+            dom[D_HANDOFF_TSC] = rdtsc()
+            store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0)
+    elif kind == LOCK_TAS:
+        dom[D_LOCK_OWNER] = 0
+        if load_acquire(dom, D_TAS_WAITERS) > 0:
+            dom[D_HANDOFF_FROM] = vcpu + 1
+            dom[D_HANDOFF_TSC] = rdtsc()
+        store_release(dom, D_TAS, 0)
+    else:
+        if load_acquire(dom, D_LOCK_TAIL) != my + 1:
+            dom[D_HANDOFF_FROM] = vcpu + 1
+            dom[D_HANDOFF_TSC] = rdtsc()
+        dom[D_LOCK_OWNER] = 0          # unlock(), written out
+        store_release(dom, D_LOCK_HEAD, my + 1)
 
 
 @kernel
@@ -167,9 +322,10 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         return abi.MAPCACHE_VA + vrow[nonneg(hi + b)]
 
     nolock = (fault & FAULT_NO_LOCK) != 0
+    kind = p[abi.P_LOCK]
     my = 0
     if not nolock:
-        my = lock(dom, srow, vcpu)
+        my = acquire(dom, srow, vcpu, kind)
     # A cycle-counter read costs about 11 ns here, as much as the rest of the critical
     # section: hold times are measured on latency-sampled maps only (1 in 2**lat_every).
     t_hold = rdtsc() if srow[abi.S_SAMPLING] != 0 else 0
@@ -208,7 +364,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         if idx >= slots:
             srow[abi.S_EXHAUSTED] += 1
             if not nolock:
-                release(dom, my, srow, t_hold)
+                release(dom, my, srow, t_hold, vcpu, kind)
             return -abi.ST_EXHAUSTED
         tlb.flush_all(tlbv, p, dom, vrow, srow)
         epoch = dom[D_EPOCH] + 1
@@ -221,7 +377,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     if p[abi.P_LONG_HOLD] > 0:
         tlb.spin_cycles(p[abi.P_LONG_HOLD])
     if not nolock:
-        release(dom, my, srow, t_hold)
+        release(dom, my, srow, t_hold, vcpu, kind)
     store_release(pte, idx, mfn | tlb.PTE_PRESENT)
     return abi.MAPCACHE_VA + idx
 
@@ -262,24 +418,42 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     return abi.ST_OK
 
 
-def describe_stall(views, cfg, vcpu):
-    """What a stopped vCPU means for the others: does it hold the lock, how many wait."""
+def _lock_kind(cfg) -> int:
+    return LOCKS.index(cfg.lock) if cfg.lock in LOCKS else LOCK_TICKET
+
+
+def lock_waiters(views, cfg) -> int:
+    """vCPUs waiting for the lock now."""
     dom = views["dom"]
-    head, tail, owner = int(dom[D_LOCK_HEAD]), int(dom[D_LOCK_TAIL]), int(dom[D_LOCK_OWNER])
-    return {"holds_lock": owner == vcpu + 1, "lock_holder": owner - 1 if owner else None,
-            "waiting_for_lock": max(0, tail - head - 1)}
+    kind = _lock_kind(cfg)
+    if kind == LOCK_MCS:
+        return sum(1 for v in range(cfg.vcpus) if dom[mcs_node(v) + N_LOCKED] != 0)
+    if kind == LOCK_TAS:
+        return max(0, int(dom[D_TAS_WAITERS]))
+    return max(0, int(dom[D_LOCK_TAIL]) - int(dom[D_LOCK_HEAD]) - 1)
 
 
-def lock_holder(views):
-    """The vCPU holding the domain lock now, or None."""
+def lock_free(views, cfg) -> bool:
+    dom = views["dom"]
+    kind = _lock_kind(cfg)
+    if kind == LOCK_MCS:
+        free = dom[D_MCS_TAIL] == 0
+    elif kind == LOCK_TAS:
+        free = dom[D_TAS] == 0 and dom[D_TAS_WAITERS] == 0
+    else:
+        free = dom[D_LOCK_HEAD] == dom[D_LOCK_TAIL]
+    return bool(free and dom[D_LOCK_OWNER] == 0)
+
+
+def lock_holder(views, cfg):
     owner = int(views["dom"][D_LOCK_OWNER])
     return owner - 1 if owner else None
 
 
-def lock_waiters(views):
-    """vCPUs that have taken a ticket and wait for the lock now."""
-    dom = views["dom"]
-    return max(0, int(dom[D_LOCK_TAIL]) - int(dom[D_LOCK_HEAD]) - 1)
+def describe_stall(views, cfg, vcpu):
+    """What a stopped vCPU means for the others: does it hold the lock, how many wait."""
+    holder = lock_holder(views, cfg)
+    return {"holds_lock": holder == vcpu, "lock_holder": holder, "waiting_for_lock": lock_waiters(views, cfg)}
 
 
 def check(views, cfg, live_by_vcpu, victims=frozenset()):
@@ -303,7 +477,7 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     def bit(base, i):
         return (int(dbits[base + i // 64]) >> (i % 64)) & 1
 
-    bad = 0 if dom[D_LOCK_HEAD] == dom[D_LOCK_TAIL] or victims else 1
+    bad = 0 if lock_free(views, cfg) or victims else 1
     explained = set()
     for v in range(cfg.vcpus):
         row = vst[v]

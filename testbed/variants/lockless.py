@@ -42,12 +42,12 @@ from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
 
 NAME = "lockless"
-VID = 2
 DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
 DEFAULT_ENTRIES = 32
 FAULT_NO_FLUSH = 1
 MAX_ENTRIES = 256           # the inuse bitmap of one row; the 8-bit refcount caps nothing here
 REFCNT_MASK = 0xFF
+IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in the seed
 
 
 def _offsets(h, e):
@@ -56,6 +56,19 @@ def _offsets(h, e):
     rc = hi + h
     iu = rc + e
     return hm, hi, rc, iu, iu + (e + 63) // 64
+
+
+def validate(cfg):
+    """The seed's geometry rule, stated the right way round: room for a nested walk beside the hash."""
+    from ..errors import UsageError
+
+    if cfg.entries - cfg.hash_entries < cfg.levels ** 2 and not cfg.unchecked:
+        raise UsageError(
+            f"--entries {cfg.entries} with --hash {cfg.hash_entries}: lockless needs entries - hash >= "
+            f"levels**2 ({cfg.levels ** 2}) slots beside the hash for a nested walk; raise --entries to "
+            f"{cfg.hash_entries + cfg.levels ** 2} (the seed's BUILD_BUG_ON states this check inverted), or "
+            "pass --unchecked to run it anyway and watch it exhaust"
+        )
 
 
 def state_shape(cfg):

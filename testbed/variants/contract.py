@@ -1,0 +1,113 @@
+"""What a mapcache variant module provides (docs/variants.md explains how to write one).
+
+A variant is one module in ``testbed/variants/`` and one line in the registry
+(``testbed/variants/__init__.py``). The registry checks every module against
+this contract when it is imported and fills each optional hook the module
+leaves out with the do-nothing default below, so that the harness, the CLI and
+the stress driver call hooks without asking which variant they run.
+
+Required names:
+
+- ``NAME`` (str): the name users type (``--variant NAME``).
+- ``DESCRIPTION`` (str): one line for ``testbed variants``.
+- ``DEFAULT_ENTRIES`` (int): MAPCACHE_VCPU_ENTRIES when ``--entries`` is not given.
+- ``MAX_ENTRIES`` (int): the most slots per vCPU its state can hold.
+- ``state_shape(cfg)``: words of shared state, ``(domain words, domain bitmap
+  words, per-vCPU row words)``; the row starts with ``abi.V_RESERVED`` words
+  that belong to the harness and the TLB.
+- ``init_state(views, cfg)``: fill a fresh arena's variant state.
+- ``map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)``: compiled with
+  ``jit.inline_kernel``; the virtual address (``abi.MAPCACHE_VA + slot``, or
+  below it for a direct-map address), or ``-status``.
+- ``unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)``: compiled
+  likewise; a status, ``abi.ST_OK`` when all went well.
+- ``check(views, cfg, live_by_vcpu)``: the variant's invariants on a quiescent
+  state, given the live mappings ``{vcpu: [(va, mfn), ...]}``; a dict with
+  ``slot_leaks`` and ``invariant_violations``.
+
+Optional names (default in brackets):
+
+- ``validate(cfg)`` [accepts everything]: raise ``UsageError`` for a geometry
+  the design cannot run (``--unchecked`` is the user's way past it).
+- ``describe_stall(views, cfg, vcpu)`` [``{}``]: what a stopped vCPU holds and
+  who waits for it, for the watchdog's report.
+- ``lock_holder(views, cfg)`` [``None``]: the vCPU holding the variant's lock
+  now, or None; ``stress --inject stop`` stops the holder when there is one.
+- ``LOCKS`` [``()``]: the lock implementations the variant can run under, by
+  ``--lock`` name, the default first; the kernel reads the chosen one's index
+  from ``p[abi.P_LOCK]``. A variant without a lock refuses ``--lock``.
+- ``IRQS_OFF`` [``()``]: the operations (``"map"``, ``"unmap"``) that run with
+  interrupts disabled from start to end, as the real code does with
+  ``local_irq_save``. Interrupts are not simulated yet; when they are, an
+  interrupt arriving inside an operation named here is deferred, and compiled
+  code that disables them for part of an operation only marks that part with
+  the per-vCPU word ``vrow[abi.V_IRQ_OFF]``.
+- ``FAULT_*`` (int bits): the faults its negative controls switch on, read
+  from ``p[abi.P_FAULT]``; the controls themselves are registry lines.
+
+Compiled hooks must take arrays and scalars only (no closures), never raise,
+allocate or print, and keep their shared writes to their own cache lines or to
+atomics (see docs/variants.md).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+REQUIRED = ("NAME", "DESCRIPTION", "DEFAULT_ENTRIES", "MAX_ENTRIES", "state_shape", "init_state", "map_page",
+            "unmap_page", "check")
+COMPILED = ("map_page", "unmap_page")
+
+
+def validate(cfg) -> None:
+    """Default: every geometry the generic checks accept is fine."""
+
+
+def describe_stall(views, cfg, vcpu) -> dict:
+    """Default: a variant without locks has nothing to say about a stopped vCPU."""
+    return {}
+
+
+def lock_holder(views, cfg):
+    """Default: no lock, so no holder."""
+    return None
+
+
+def lock_waiters(views, cfg) -> int:
+    """Default: no lock, so nobody waits for it."""
+    return 0
+
+
+OPTIONAL = {
+    "validate": validate,
+    "describe_stall": describe_stall,
+    "lock_holder": lock_holder,
+    "lock_waiters": lock_waiters,
+    "LOCKS": (),
+    "IRQS_OFF": (),
+}
+OPERATIONS = ("map", "unmap")
+
+
+class ContractError(TypeError):
+    """A variant module that does not provide what the contract requires."""
+
+
+def complete(module: ModuleType) -> ModuleType:
+    """Check ``module`` against the contract and fill in the optional defaults; the module."""
+    where = module.__name__
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise ContractError(f"variant module {where} lacks {', '.join(missing)} (see docs/variants.md)")
+    for name in COMPILED:
+        if not callable(getattr(module, name)):
+            raise ContractError(f"{where}.{name} must be a function compiled with testbed.jit.inline_kernel")
+    for name, default in OPTIONAL.items():
+        if not hasattr(module, name):
+            setattr(module, name, default)
+    if not isinstance(module.LOCKS, tuple) or not all(isinstance(x, str) for x in module.LOCKS):
+        raise ContractError(f"{where}.LOCKS must be a tuple of lock names")
+    bad = [x for x in module.IRQS_OFF if x not in OPERATIONS]
+    if bad:
+        raise ContractError(f"{where}.IRQS_OFF names {bad}; the operations are {OPERATIONS}")
+    return module
