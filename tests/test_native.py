@@ -69,8 +69,11 @@ def _differences(a, b) -> list[str]:
     return out
 
 
-CASES = [(v, wl) for v in ("directmap", "locked", "lockless") for wl in ("uniform", "hot", "ptwalk", "guest", "timers")]
-CASES += [(c.name, "uniform") for c in registry.CONTROLS]
+# The designs the C port carries so far; percpu, kmap-local and locked's mcs and tas locks are not
+# ported yet (see the README's Performance section).
+PORTED = ("directmap", "locked", "lockless")
+CASES = [(v, wl) for v in PORTED for wl in ("uniform", "hot", "ptwalk", "guest", "timers")]
+CASES += [(c.name, "uniform") for c in registry.CONTROLS if c.module.NAME in PORTED]
 
 
 @pytest.mark.parametrize("variant,workload", CASES)

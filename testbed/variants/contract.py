@@ -21,9 +21,12 @@ Required names:
   below it for a direct-map address), or ``-status``.
 - ``unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)``: compiled
   likewise; a status, ``abi.ST_OK`` when all went well.
-- ``check(views, cfg, live_by_vcpu)``: the variant's invariants on a quiescent
-  state, given the live mappings ``{vcpu: [(va, mfn), ...]}``; a dict with
-  ``slot_leaks`` and ``invariant_violations``.
+- ``check(views, cfg, live_by_vcpu, victims=frozenset())``: the variant's
+  invariants on a quiescent state, given the live mappings ``{vcpu: [(va,
+  mfn), ...]}``; a dict with ``slot_leaks`` and ``invariant_violations``.
+  ``victims`` are vCPUs that were killed, maybe inside an operation: what only
+  their kill explains (their own half-updated state, a slot taken but not yet
+  listed, a lock they held) must not be counted against the design.
 
 Optional names (default in brackets):
 
