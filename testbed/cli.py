@@ -156,6 +156,10 @@ def checked_config(args):
     args.seed = cfg.seed          # a seed drawn from the clock stays the same for the whole command
     topo = host_topology()
     place(topo, allowed_cpus(topo, cfg.cpus), cfg.vcpus, cfg.oversubscribe)
+    from .harness import build_layout
+    from .limits import check_capacity
+
+    check_capacity(cfg.vcpus, build_layout(cfg).size)     # the largest run the command will make
     return cfg
 
 
