@@ -482,6 +482,14 @@ def cmd_stress(args) -> int:
 
     for _, fields in todo:
         validate(dataclasses.replace(base, **fields))
+    if args.shuffle > 0:
+        from .config import sched_model
+        from .experiments import allowed_cpu_count
+
+        if sched_model(base, allowed_cpu_count(base)) == "hypervisor":
+            raise UsageError(f"--shuffle {args.shuffle:g} re-pins vCPU processes, but with {base.vcpus} vCPUs on "
+                             f"fewer CPUs the hypervisor scheduler places them itself (each switch is a move); "
+                             f"pass --sched host, or no more vCPUs than CPUs")
     plan = StressPlan(shuffle_s=args.shuffle, stutter_s=args.stutter, check_s=args.check_every,
                       inject=args.inject, on_stall=args.on_stall)
     echo = (f"testbed stress: variants={','.join(label for label, _ in todo)} vcpus={base.vcpus} duration={base.duration:g} "

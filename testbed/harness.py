@@ -388,7 +388,8 @@ class Watchdog:
       (the longest starvation per vCPU, ``starved``), never a failure.
 
     A vCPU that is not running (paused, descheduled by ``--sched hypervisor``,
-    done) is not watched: the testbed knows why it does not beat.
+    done) is not watched: the testbed knows why it does not beat. A descheduled
+    vCPU that was handed a CPU is watched: it must take it.
     """
 
     def __init__(self, procs, views, cfg, stall_s: float = STALL_S, clock=time.monotonic, probe=proc_probe):
@@ -412,7 +413,11 @@ class Watchdog:
         n = len(self.procs)
         now = self.clock()
         pulse = stats[:n, abi.S_PROGRESS].copy()
-        moved = (pulse != self.pulse) | (stats[:n, abi.S_STATE] != abi.W_RUNNING)
+        # Watched: running vCPUs, and descheduled ones that were handed a CPU (they must take it).
+        watched = stats[:n, abi.S_STATE] == abi.W_RUNNING
+        if "mail" in self.views:
+            watched |= (stats[:n, abi.S_STATE] == abi.W_DESCHED) & (self.views["mail"][:n, abi.M_GRANT] != 0)
+        moved = (pulse != self.pulse) | ~watched
         self.pulse = pulse
         self.since[moved] = now
         for v in np.flatnonzero(moved):

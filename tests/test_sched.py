@@ -267,3 +267,16 @@ def test_a_killed_vcpu_is_a_victim_not_a_leak(monkeypatch):
     assert r["failure"]["kind"] == "killed" and r["victims"] == {"1": "killed"}
     assert r["checks"]["slot_leaks"] == 0 and r["checks"]["invariant_violations"] == 0, r["checks"]
     assert psutil.Process().children() == []
+
+
+def test_watchdog_watches_a_descheduled_vcpu_that_was_handed_a_cpu():
+    """A vCPU stopped while it waited is found once a CPU is handed to it and it does not take it
+    (mutation tried: dropping the M_GRANT term in Watchdog.stalls; this test then fails)."""
+    wd, clock = _watch("T", 0.0)
+    wd.views["stats"][0, abi.S_STATE] = abi.W_DESCHED
+    wd.views["mail"] = np.zeros((1, abi.N_MAIL), np.int64)
+    bad, _ = _run_watch(wd, clock, 3)
+    assert bad is None                                        # descheduled and waiting: not watched
+    wd.views["mail"][0, abi.M_GRANT] = 1                      # handed CPU 0, never takes it
+    bad, _ = _run_watch(wd, clock, 6)
+    assert bad is not None and bad["kind"] == "stalled"
