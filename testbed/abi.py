@@ -101,8 +101,7 @@ S_USS_KB = 52          # the process's unique memory (private pages) when it fin
 S_CPU_NS = 53          # CPU time the process used, when it finished
 # the oracle's counters (bumped by the loop in kernels.run_ops, not by the variants)
 S_HELD_STALE = 58      # a held mapping, checked again before its unmap, translated to another frame
-S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was taken away while held
-S_MAP_HELD = 60        # a map returned a slot its walk still held for another MFN
+S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was taken away and reused while held
 S_RECHECKS = 61        # held mappings checked again before their unmap
 N_STATS = 64
 LAT_BINS = 64          # log2 histogram of map latency in cycles
@@ -118,8 +117,7 @@ COUNTER_NAMES = {
     S_TIMER_SETS: "timer_sets", S_ETIME: "etime", S_STREAK_MAX: "etime_streak_max", S_PANICS: "panics",
     S_TIMER_CYCLES: "timer_path_cycles", S_LOCK_HOLD_SAMPLES: "lock_hold_samples",
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
-    S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "held_pte_changed", S_MAP_HELD: "map_returned_held",
-    S_RECHECKS: "held_rechecks",
+    S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
 }
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------

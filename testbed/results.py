@@ -23,6 +23,9 @@ Schema history (bump SCHEMA on any change a reader must know about):
   and fairness, null for a variant without a lock), "lock" in the config,
   "lock" and "label" in compare and scale rows and their runs (rows are
   labelled ``variant:lock`` when --lock names locks).
+  Also in 2, added keys only (what the checks are is ``testbed/oracle.py``):
+  checks held_stale_translations and reused_held_slots, the same in totals
+  with held_rechecks, config refcount_wrap.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def translate(tlb, p, pte, slot, srow):
     return pfn
 
 
-@kernel
+@inline_kernel
 def peek(tlb, p, pte, slot):
     """The frame an access to ``slot`` would reach now, for the oracle: -1 if none.
 

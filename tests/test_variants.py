@@ -84,8 +84,8 @@ def test_real_variants_pass_every_check(variant, workload, exclusive, no_leftove
         assert t["tlb_flush_all"] == 0
     if variant != "directmap":
         assert t["tlb_hits"] + t["tlb_misses"] == t["writes"]      # the oracle's rechecks leave the TLB alone
-    # every mapping was checked again before its unmap: one recheck per map
-    assert t["held_rechecks"] == t["maps"] > 0
+        # every mapcache mapping was checked again before its unmap: one recheck per map
+        assert t["held_rechecks"] == t["maps"] > 0
 
 
 @pytest.mark.parametrize("control", CONTROLS)

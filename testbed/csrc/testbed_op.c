@@ -37,7 +37,7 @@ enum {
   S_REFCNT_ERR = 13, S_EXHAUSTED = 14, S_EPOCH_FLUSH = 15, S_HARVEST = 16, S_WORK = 17, S_INVARIANT = 18,
   S_LAT_SAMPLES = 19, S_LAT_CYCLES = 20, S_LAT_MAX = 21, S_TIMER_SETS = 22, S_ETIME = 23, S_STREAK_MAX = 24,
   S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
-  S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_MAP_HELD = 60, S_RECHECKS = 61,
+  S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61,
 };
 enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3 };
 #define LAT_BINS 64
@@ -162,7 +162,7 @@ INLINE i64 translate(struct arrays *a, i64 slot) {
 }
 
 /* tlb.peek: the frame an access would reach now, without a fill, an LRU tick, a counter or a cost. */
-static i64 peek(struct arrays *a, i64 slot) {
+INLINE i64 peek(struct arrays *a, i64 slot) {
   const i64 *tlb = a->tlb, *p = a->p;
   i64 ways = p[P_TLB_WAYS];
   i64 base = (slot & (p[P_TLB_SETS] - 1)) * ways;
@@ -504,18 +504,15 @@ INLINE void access_frame(struct arrays *a, i64 vcpu, i64 va, i64 mfn) {
 }
 
 /* kernels.recheck: the oracle on a held mapping just before its unmap. */
-static void recheck(struct arrays *a, i64 va, i64 mfn) {
+INLINE void recheck(struct arrays *a, i64 va, i64 mfn) {
   i64 *srow = a->srow;
-  i64 pfn;
-  srow[S_RECHECKS] += 1;
   if (va >= MAPCACHE_VA) {
+    srow[S_RECHECKS] += 1;
     i64 slot = va - MAPCACHE_VA;
     if (load_acquire(a->pte, slot) != (mfn | PTE_PRESENT)) srow[S_HELD_PTE] += 1;
-    pfn = peek(a, slot);
-  } else {
-    pfn = va;
+    i64 pfn = peek(a, slot);
+    if (pfn < 0 || pfn >= a->p[P_FRAMES] || a->frames[pfn * a->fw] != mfn) srow[S_HELD_STALE] += 1;
   }
-  if (pfn < 0 || pfn >= a->p[P_FRAMES] || a->frames[pfn * a->fw] != mfn) srow[S_HELD_STALE] += 1;
 }
 
 static int held_mfn(const i64 *lrow, i64 k, i64 mfn) {
@@ -599,8 +596,6 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
           status = -va;
           break;
         }
-        for (i64 j = 0; j < k; j++)
-          if (lrow[2 * j] == va && lrow[2 * j + 1] != mfn) srow[S_MAP_HELD] += 1;
         lrow[2 * k] = va;
         lrow[2 * k + 1] = mfn;
         held = k + 1;
