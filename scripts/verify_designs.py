@@ -7,8 +7,10 @@ SUCCESS (exit 0), and for each negative control, expecting FAILURE (exit 1)
 with one of the checks the registry says must catch it. Prints one line per
 run and exits 1 if any run ends otherwise. The old design's pool runs out on
 a 16-deep walk when every vCPU walks at once (a finding, see the README), so
-``locked`` walks 8 deep on ``ptwalk``; pass --strict to hold it to the
-default depth too.
+``locked`` walks 8 deep on ``ptwalk`` (and nests 4 deep on ``nest-same``, where
+it maps each nested map of the one MFN to a slot of its own); pass --strict to
+hold it to the default depth too. A control runs with the options the registry
+lists for it (``testbed variants --json``).
 
     python scripts/verify_designs.py [--vcpus 2] [--duration 5] [--seed 1] [--strict]
 """
@@ -66,8 +68,8 @@ def main() -> int:
         for lock in v.locks or (None,):
             for wl in WORKLOADS:
                 extra = ["--lock", lock] if lock else []
-                if wl == "ptwalk" and v.locks and not a.strict:
-                    extra += ["--nest", "8"]
+                if wl in ("ptwalk", "nest-same") and v.locks and not a.strict:
+                    extra += ["--nest", "8" if wl == "ptwalk" else "4"]
                 rc, res = run(["--variant", v.name, "--workload", wl, *common, *extra])
                 ok = rc == 0 and res is not None and res["verdict"] == "SUCCESS"
                 bad += not ok
@@ -78,12 +80,12 @@ def main() -> int:
     for v in registry.CONTROLS:
         if only and v.name not in only:
             continue
-        rc, res = run(["--variant", v.name, *common])
+        rc, res = run(["--variant", v.name, *common, *v.cli_options])
         caught = [k for k in v.catches if res and res["checks"].get(k, 0) > 0]
         ok = rc == 1 and bool(caught)
         bad += not ok
-        print(f"{'ok  ' if ok else 'BAD '} {v.name:18} {'uniform':8} exit {rc} caught by {caught or 'nothing'}",
-              flush=True)
+        wl = dict(v.options).get("workload", "uniform")
+        print(f"{'ok  ' if ok else 'BAD '} {v.name:19} {wl:9} exit {rc} caught by {caught or 'nothing'}", flush=True)
     print(f"{bad} unexpected results" if bad else "all as expected")
     return 1 if bad else 0
 

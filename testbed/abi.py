@@ -39,7 +39,8 @@ P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
 P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
-N_PARAMS = 32
+P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
+N_PARAMS = 40
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
 S_OPS = 0              # operations completed
@@ -98,6 +99,10 @@ S_T_ENTRY = 50         # monotonic ns when the forked process began
 S_T_READY = 51         # monotonic ns when it had attached the arena and pinned itself
 S_USS_KB = 52          # the process's unique memory (private pages) when it finished, KiB
 S_CPU_NS = 53          # CPU time the process used, when it finished
+# the oracle's counters (bumped by the loop in kernels.run_ops, not by the variants)
+S_HELD_STALE = 58      # a held mapping, checked again before its unmap, translated to another frame
+S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was taken away and reused while held
+S_RECHECKS = 61        # held mappings checked again before their unmap
 N_STATS = 64
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 
@@ -112,6 +117,7 @@ COUNTER_NAMES = {
     S_TIMER_SETS: "timer_sets", S_ETIME: "etime", S_STREAK_MAX: "etime_streak_max", S_PANICS: "panics",
     S_TIMER_CYCLES: "timer_path_cycles", S_LOCK_HOLD_SAMPLES: "lock_hold_samples",
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
+    S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
 }
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------

@@ -95,6 +95,9 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
     ap.add_argument("--hash", dest="hash_entries", type=_int, default=8, help="MAPHASH_ENTRIES (default 8)")
     ap.add_argument("--levels", type=_int, default=4, help="PAGING_LEVELS (default 4)")
     ap.add_argument("--nest", type=_int, default=None, help="ptwalk: most mappings held at once (default levels**2)")
+    ap.add_argument("--refcount-wrap", default="stop", metavar="{stop,wrap}",
+                    help="an 8-bit refcount (lockless) reaching 256: 'stop' ends the run with refcount_error "
+                         "(default); 'wrap' wraps silently, as the seed's uint8_t does")
     ap.add_argument("--unchecked", action="store_true", help="run a geometry the variant rejects (e.g. too small for a nested walk)")
     ap.add_argument("--tlb-entries", type=_int, default=64, help="simulated TLB entries (default 64)")
     ap.add_argument("--tlb-ways", type=_int, default=4, help="simulated TLB associativity (default 4)")
@@ -142,7 +145,7 @@ def config_from(args):
         tlb_entries=args.tlb_entries, tlb_ways=args.tlb_ways, cost_flush_one=costs[0],
         cost_flush_all=costs[1], cost_walk=costs[2], guest_work=args.guest_work, burst=args.burst,
         slack_us=args.slack_us, panic_streak=args.panic_streak, lat_every=args.lat_every,
-        long_hold=args.long_hold, chunk_ms=args.chunk_ms, sched=args.sched,
+        long_hold=args.long_hold, chunk_ms=args.chunk_ms, sched=args.sched, refcount_wrap=args.refcount_wrap,
         **({"timeslice_us": args.timeslice_us} if args.timeslice_us is not None else {}),
     )
 
@@ -274,6 +277,8 @@ def replay_command(res: dict) -> str:
         parts.append("--oversubscribe")
     if c["unchecked"]:
         parts.append("--unchecked")
+    if c.get("refcount_wrap", "stop") != "stop":
+        parts.append(f"--refcount-wrap {c['refcount_wrap']}")
     for key in ("frames", "working_set", "hash_entries", "levels", "nest", "long_hold"):
         flag = {"hash_entries": "hash"}.get(key, key).replace("_", "-")
         parts.append(f"--{flag} {c[key]}")
@@ -555,6 +560,8 @@ def stress_replay(args, variant: str, cfg) -> str:
         parts.append(f"--entries {cfg.entries}")
     if cfg.lock is not None:
         parts.append(f"--lock {cfg.lock}")
+    if cfg.refcount_wrap != "stop":
+        parts.append(f"--refcount-wrap {cfg.refcount_wrap}")
     return " ".join(parts)
 
 
@@ -582,17 +589,37 @@ def cmd_report(args) -> int:
     return report.main(args)
 
 
+def variants_table() -> list[dict]:
+    """Every variant and control: what ``testbed variants --json`` prints."""
+    from . import variants
+
+    out = []
+    for v in variants.VARIANTS.values():
+        d = {"name": v.name, "kind": "control" if v.control else "real", "description": v.description}
+        if v.control:
+            d.update(caught_by=list(v.catches), options=v.cli_options)
+        else:
+            d.update(default_entries=v.module.DEFAULT_ENTRIES, locks=list(v.locks), baseline=v.baseline)
+        out.append(d)
+    return out
+
+
 def cmd_variants(args) -> int:
     from . import variants
 
+    if args.json:
+        import json
+
+        print(json.dumps(variants_table(), indent=2))
+        return EXIT_OK
     for v in variants.VARIANTS.values():
         m = v.module
         if v.control:
-            extra = f"caught by: {', '.join(v.catches)}"
+            extra = f"caught by: {', '.join(v.catches)}" + (f"; needs {' '.join(v.cli_options)}" if v.options else "")
         else:
             extra = f"entries {m.DEFAULT_ENTRIES}" + (f", --lock {'|'.join(v.locks)}" if v.locks else "") + (
                 ", the baseline" if v.baseline else "")
-        print(f"{v.name:18} {v.description} [{extra}]")
+        print(f"{v.name:20} {v.description} [{extra}]")
     print("\nwith more vCPUs than CPUs (--oversubscribe), --sched picks how they share the CPUs:")
     print_models({"hypervisor", "host"})
     return EXIT_OK
@@ -687,7 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_arguments(rp)
     rp.set_defaults(func=cmd_report)
 
-    sub.add_parser("variants", help="list the mapcache variants").set_defaults(func=cmd_variants)
+    va = sub.add_parser("variants", help="list the mapcache variants and negative controls")
+    va.add_argument("--json", action="store_true",
+                    help="print them as JSON: name, kind (real or control), description, and for a control the "
+                         "checks that must catch it and the run options it needs")
+    va.set_defaults(func=cmd_variants)
     sub.add_parser("workloads", help="list the workloads").set_defaults(func=cmd_workloads)
     sub.add_parser("cleanup", help="remove shared-memory segments left by dead runs").set_defaults(func=cmd_cleanup)
     return ap

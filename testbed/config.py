@@ -23,6 +23,9 @@ WORKLOADS = {
     "ptwalk": (kernels.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
     "guest": (kernels.WL_GUEST, "the Geekbench analogue: guest work (--guest-work units), then a hypercall of "
               "--burst map / access / unmap operations; ops/s is guest work done per second"),
+    "nest-same": (kernels.WL_NEST_SAME, "nested walks mapping one MFN --nest times (default levels**2 - levels), "
+                  "then --levels distinct other frames under it, all held: with --nest 256, the seed's 8-bit "
+                  "refcount wraps"),
     "timers": (kernels.WL_TIMERS, "guest work, then take a deadline (now + --slack-us), a hypercall burst, and arm a "
                "single-shot timer: -ETIME if the deadline passed, retried at once; --panic-streak in a row panic"),
 }
@@ -76,6 +79,7 @@ class RunConfig:
     timeslice_us: float = TIMESLICE_US # --sched hypervisor: time slice
     unchecked: bool = False            # run a geometry the variant's own validate() rejects
     lock: str | None = None            # --lock: one of the variant's LOCKS; default its first
+    refcount_wrap: str = "stop"        # an 8-bit refcount at 256: stop with refcount_error, or wrap as the seed does
 
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on other fields."""
@@ -84,12 +88,25 @@ class RunConfig:
             self,
             entries=self.entries if self.entries is not None else v.module.DEFAULT_ENTRIES,
             working_set=self.working_set if self.working_set is not None else self.frames,
-            nest=self.nest if self.nest is not None else self.levels ** 2,
+            nest=self.nest if self.nest is not None else default_nest(self.workload, self.levels),
             lock=self.lock if self.lock is not None or not v.locks else v.locks[0],
         )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+REFCOUNT_WRAP = ("stop", "wrap")
+
+
+def default_nest(workload: str, levels: int) -> int:
+    """PAGING_LEVELS**2 mappings held at most: nest-same holds --levels more than --nest."""
+    return max(1, levels ** 2 - levels) if workload == "nest-same" else levels ** 2
+
+
+def held_most(cfg: "RunConfig") -> int:
+    """The most mappings one vCPU holds at once (a resolved config): the rows of ``live``."""
+    return cfg.nest + (cfg.levels if cfg.workload == "nest-same" else 0)
 
 
 def _pow2(n: int) -> bool:
@@ -115,6 +132,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UsageError(f"--lock {cfg.lock}: variant {v.name} has no lock; --lock applies to "
                              f"{'; '.join(with_locks)}")
         raise UsageError(f"--lock {cfg.lock}: unknown lock for {v.name}; choose one of: {', '.join(v.locks)}")
+    if cfg.refcount_wrap not in REFCOUNT_WRAP:
+        raise UsageError(f"--refcount-wrap {cfg.refcount_wrap!r}: choose one of: {', '.join(REFCOUNT_WRAP)} "
+                         "(stop: a wrapped 8-bit refcount ends the run; wrap: it wraps as the seed's uint8_t does)")
     if cfg.workload not in WORKLOADS:
         raise UsageError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
     cfg = cfg.resolved()
@@ -184,6 +204,7 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_VARIANT] = v.vid
     p[abi.P_FAULT] = v.fault
     p[abi.P_LOCK] = v.locks.index(cfg.lock) if v.locks else 0
+    p[abi.P_REFCOUNT_WRAP] = int(cfg.refcount_wrap == "wrap")
     p[abi.P_VCPUS] = cfg.vcpus
     p[abi.P_FRAMES] = cfg.frames
     p[abi.P_FRAME_WORDS] = kernels.frame_words(cfg.vcpus)

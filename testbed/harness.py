@@ -23,7 +23,7 @@ import numpy as np
 from shared import Arena, Field, Layout, futex, remove_stale
 from workers import vcpu as vcpu_worker
 
-from . import abi, kernels, limits, tlb
+from . import abi, kernels, limits, oracle, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place
@@ -63,7 +63,7 @@ def build_layout(cfg: cfgmod.RunConfig) -> Layout:
         Field("stats", "int64", (V, abi.N_STATS), per_vcpu=True),
         Field("mail", "int64", (V, abi.N_MAIL), per_vcpu=True),
         Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),
-        Field("live", "int64", (V, 2 * cfg.nest), per_vcpu=True),
+        Field("live", "int64", (V, 2 * cfgmod.held_most(cfg)), per_vcpu=True),
         Field("expect", "int64", (V, cfg.frames), per_vcpu=True),
         Field("frames", "int64", (cfg.frames, kernels.frame_words(V))),
     ))
@@ -287,16 +287,10 @@ def _death(v: int, proc, views, when: str, cfg) -> dict:
         geometry = (f"variant {cfg.variant}, MAPCACHE_VCPU_ENTRIES {cfg.entries}, MAPHASH_ENTRIES "
                     f"{cfg.hash_entries}, PAGING_LEVELS {cfg.levels}, workload {cfg.workload}, seed {cfg.seed}")
         name = abi.STATUS_NAMES.get(status, str(status))
-        live = _live(views, v)
+        live = oracle.live(views, v)
         return {"kind": name, "vcpu": v, "status": status, "live": live,
                 "message": f"vCPU {v} stopped: {name} with {len(live)} live mappings ({geometry})"}
     return {"kind": "exited", "vcpu": v, "exitcode": code, "message": f"vCPU {v} exited with status {code} {when}"}
-
-
-def _live(views, v: int) -> list:
-    n = int(views["stats"][v, abi.S_LIVE])
-    row = views["live"][v]
-    return [(int(row[2 * k]), int(row[2 * k + 1])) for k in range(n)]
 
 
 def _ops(views, n: int) -> np.ndarray:
@@ -458,20 +452,6 @@ def describe_stall(procs, views, cfg, v: int) -> dict:
     return out
 
 
-def lost_writes(views, cfg) -> tuple[int, int, int]:
-    """(writes lost frame by frame, writes the vCPUs report, writes the frames counted)."""
-    n = cfg.vcpus
-    cols = np.array([kernels.counter_col(v) for v in range(n)])
-    actual = views["frames"][:, cols].T                  # (vcpus, frames)
-    meant = views["expect"][:n, :cfg.frames]
-    return (int(np.maximum(meant - actual, 0).sum()), int(views["stats"][:n, abi.S_WRITES].sum()),
-            int(actual.sum()))
-
-
-def live_mappings(views, n: int) -> dict:
-    return {v: _live(views, v) for v in range(n)}
-
-
 def lock_waiters(views, cfg) -> int:
     """vCPUs queued for the variant's lock now (0 for a variant without one)."""
     return int(registry.get(cfg.variant).module.lock_waiters(views, cfg))
@@ -553,8 +533,8 @@ def _result(state: RunState, procs, views, layout) -> dict:
     cfg = state.cfg
     n = cfg.vcpus
     stats = views["stats"]
-    lost, written, counted = lost_writes(views, cfg)
-    vchecks = variant_checks(views, cfg, victims=state.victims)
+    lost, written, counted = oracle.lost_writes(views, cfg)
+    vchecks = oracle.variant_checks(views, cfg, victims=state.victims)
     exited = all(p.exitcode is not None for p in procs)
     runtime = {
         "sched": {"model": state.sched, "requested": cfg.sched, "cpus": len(set(state.cores)),
@@ -573,22 +553,6 @@ def _result(state: RunState, procs, views, layout) -> dict:
         exitcodes=[p.exitcode for p in procs], complete=exited and not state.victims, extra=state.extra,
         runtime=runtime,
     )
-
-
-def variant_checks(views, cfg, victims=None) -> dict:
-    """The variant's own invariants over the shared state, told which vCPUs were killed.
-
-    A vCPU killed inside an operation leaves that operation half done (a slot
-    taken but not yet listed as held, a ticket taken but never served): the
-    variant does not count against the design what only the kill explains.
-    """
-    live = live_mappings(views, cfg.vcpus)
-    for v in victims or ():
-        # S_LIVE is written after a walk's maps, not after each: a victim may hold any
-        # mapping its row lists, up to the deepest nest.
-        row = views["live"][v]
-        live[v] = [(int(row[2 * k]), int(row[2 * k + 1])) for k in range(cfg.nest) if row[2 * k] != 0]
-    return registry.get(cfg.variant).module.check(views, cfg, live, victims=frozenset(victims or ()))
 
 
 def sched_description(model: str) -> str:

@@ -4,7 +4,9 @@ One operation of the standard workload maps an MFN, accesses the frame through
 the returned address and unmaps it. The access is the oracle: it translates
 the address (through the vCPU's TLB for a mapcache slot), checks that the
 frame reached carries the MFN that was mapped in its first word, and bumps this
-vCPU's write counter in that frame. Separately, the vCPU records how many
+vCPU's write counter in that frame. Every held mapping is checked again just
+before its unmap (``recheck``; ``testbed/oracle.py`` says why that also
+catches a slot a later map of a nested walk takes from under its holder). Separately, the vCPU records how many
 writes it meant for each MFN (its ``expect`` row); after the run the two must
 agree frame by frame, or writes were lost.
 
@@ -18,7 +20,7 @@ import numpy as np
 from .jit import inline_kernel, kernel
 
 from . import abi, tlb
-from .atomics import rdtsc
+from .atomics import load_acquire, rdtsc
 from .variants.dispatch import map_page, unmap_page  # generated from the registry
 
 # Workloads (p[P_WORKLOAD]).
@@ -27,6 +29,7 @@ WL_HOT = 1
 WL_PTWALK = 2
 WL_GUEST = 3
 WL_TIMERS = 4
+WL_NEST_SAME = 5
 
 FRAME_HDR = 8          # words: the MFN in word 0, then padding to the first counter line
 
@@ -132,6 +135,26 @@ def access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv):
     srow[abi.S_WRITES] += 1
 
 
+@inline_kernel
+def recheck(vcpu, va, mfn, p, pte, frames, srow, tlbv):
+    """The oracle, again, on a mapping still held, just before its unmap.
+
+    Its PTE must still map ``mfn`` (else the slot was taken away and reused while
+    held), and the frame a translation reaches now must still be ``mfn``'s (a
+    stale TLB entry can hide a double allocation from the PTE check, and the other
+    way round). Reads only: the TLB is looked at without a fill or an LRU tick.
+    A direct-map address is its MFN's frame for good: nothing to check again.
+    """
+    if va >= abi.MAPCACHE_VA:
+        srow[abi.S_RECHECKS] += 1
+        slot = va - abi.MAPCACHE_VA
+        if load_acquire(pte, slot) != (mfn | tlb.PTE_PRESENT):
+            srow[abi.S_HELD_PTE] += 1
+        pfn = tlb.peek(tlbv, p, pte, slot)
+        if pfn < 0 or pfn >= p[abi.P_FRAMES] or frames[pfn, 0] != mfn:
+            srow[abi.S_HELD_STALE] += 1
+
+
 @kernel
 def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
     """Run ``n`` operations of the configured workload; a status code (0 = all fine).
@@ -145,7 +168,12 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
     hrow = hist[vcpu]
     lrow = live[vcpu]
     wl = p[abi.P_WORKLOAD]
-    nest = p[abi.P_NEST] if wl == WL_PTWALK else 1
+    same = wl == WL_NEST_SAME
+    nest = p[abi.P_NEST] if wl == WL_PTWALK or same else 1
+    # nest-same: one MFN mapped nest times, then levels other frames under it, all held
+    # (distinct, when the working set has enough of them).
+    below = p[abi.P_LEVELS] if same else 0
+    others = same and p[abi.P_WORKING_SET] > below
     # A page-table walk maps distinct frames, when the working set has enough of them.
     distinct = wl == WL_PTWALK and p[abi.P_WORKING_SET] >= nest
     hypercall = wl == WL_GUEST or wl == WL_TIMERS
@@ -167,11 +195,14 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
             guest_work(p, rng, srow)
         deadline = rdtsc() + p[abi.P_SLACK] if wl == WL_TIMERS else 0
         for _b in range(burst):
-            depth = nest if wl != WL_PTWALK else 1 + draw(rng, nest)
+            depth = nest + below if wl != WL_PTWALK else 1 + draw(rng, nest)
             held = 0
             for k in range(depth):
-                mfn = draw_mfn(rng, p)
-                if distinct:
+                if same and 0 < k < nest:
+                    mfn = lrow[1]
+                else:
+                    mfn = draw_mfn(rng, p)
+                if distinct or (others and k >= nest):
                     while held_mfn(lrow, k, mfn):
                         mfn = draw_mfn(rng, p)
                 va = timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
@@ -186,6 +217,7 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
             if status != abi.ST_OK:
                 break
             for k in range(held - 1, -1, -1):
+                recheck(vcpu, lrow[2 * k], lrow[2 * k + 1], p, pte, frames, srow, tlbv)
                 st = unmap_page(vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
                 if st != abi.ST_OK:
                     if st == abi.ST_BAD_VA:

@@ -23,6 +23,9 @@ Schema history (bump SCHEMA on any change a reader must know about):
   and fairness, null for a variant without a lock), "lock" in the config,
   "lock" and "label" in compare and scale rows and their runs (rows are
   labelled ``variant:lock`` when --lock names locks).
+  Also in 2, added keys only (what the checks are is ``testbed/oracle.py``):
+  checks held_stale_translations and reused_held_slots, the same in totals
+  with held_rechecks, config refcount_wrap.
 """
 
 from __future__ import annotations
@@ -32,13 +35,11 @@ import math
 
 import numpy as np
 
-from . import abi, hostinfo
+from . import abi, hostinfo, oracle
 
 SCHEMA = 2
 KIND = "testbed.run"
 
-CHECK_KEYS = ("stale_translations", "lost_writes", "slot_leaks", "refcount_errors", "exhaustion",
-              "invariant_violations", "periodic_violations", "worker_failures", "sched_violations")
 
 
 def _percentile_from_hist(hist: np.ndarray, q: float) -> int | None:
@@ -143,25 +144,11 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
               "vcpus_uss_mib": round(uss_sum / 1024, 1), "vcpus_uss_measured": len(uss),
               "vcpu_uss_mib_median": round(float(np.median(uss)) / 1024, 2) if uss else None}
 
-    checks = {
-        "stale_translations": totals["stale_translations"],
-        "lost_writes": int(lost_writes),
-        "slot_leaks": int(variant_checks.get("slot_leaks", 0)),
-        "refcount_errors": totals["refcount_errors"],
-        "exhaustion": totals["exhaustion"],
-        "invariant_violations": totals["invariant_violations"] + int(variant_checks.get("invariant_violations", 0)),
-        "periodic_violations": int((extra or {}).get("stress", {}).get("periodic_violations", 0)),
-        "worker_failures": 1 if failure is not None and failure.get("kind") in ("killed", "stalled", "exited",
-                                                                               "start_timeout", "hung") else 0,
-        "sched_violations": int(stats[:, abi.S_BAD_SWITCH].sum()),
-    }
-    # Frame counters must add up to the writes the vCPUs report; a worker killed
-    # mid-operation may have counted a write it never made, so only a complete run is held to it.
-    if complete and writes_counted != writes_reported:
-        checks["lost_writes"] = max(checks["lost_writes"], abs(writes_reported - writes_counted))
-    checks["violations"] = int(sum(checks[k] for k in CHECK_KEYS))
-    partial = interrupted is not None or (failure is not None and checks["worker_failures"] > 0)
-    verdict = "SUCCESS" if checks["violations"] == 0 and failure is None and interrupted is None else "FAILURE"
+    checks = oracle.checks(totals=totals, stats=stats, lost_writes=lost_writes, writes_reported=writes_reported,
+                           writes_counted=writes_counted, variant_checks=variant_checks, failure=failure,
+                           extra=extra, complete=complete)
+    partial = oracle.partial(checks, failure, interrupted)
+    verdict = oracle.verdict(checks, failure, interrupted)
 
     return {
         "schema": SCHEMA,

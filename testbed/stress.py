@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from shared import futex
 
-from . import abi
+from . import abi, oracle
 from . import variants as registry
 
 FAULTS = ("kill", "stop")
@@ -126,9 +126,7 @@ class Stressor:
     def _note_violations(self, now: float) -> None:
         if self.first_violation_s is not None:
             return
-        st = self.views["stats"]
-        cols = [abi.S_STALE, abi.S_REFCNT_ERR, abi.S_EXHAUSTED, abi.S_INVARIANT]
-        if int(st[: len(self.procs)][:, cols].sum()) > 0 or any(
+        if oracle.kernel_violations(self.views["stats"], len(self.procs)) > 0 or any(
             int(d.get("violations", 0)) > 0 for d in self.periodic
         ):
             self.first_violation_s = now - self.t0
@@ -174,16 +172,9 @@ class Stressor:
 
     def _quiescent(self, keep_paused: bool = False) -> None:
         """Pause everyone between operations and check the shared state; resume unless told not to."""
-        from . import harness
-
         try:
             if self._pause_all():
-                cfg = self.state.cfg
-                found = harness.variant_checks(self.views, cfg)
-                lost, written, counted = harness.lost_writes(self.views, cfg)
-                found = {k: int(v) for k, v in found.items()}
-                found["lost_writes"] = max(lost, abs(written - counted))
-                found["violations"] = sum(found.values())
+                found = oracle.quiescent(self.views, self.state.cfg)
                 found["t"] = round(self.clock() - self.t0, 3)
                 self.checks_run += 1
                 if found["violations"]:

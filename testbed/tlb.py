@@ -115,6 +115,24 @@ def translate(tlb, p, pte, slot, srow):
 
 
 @inline_kernel
+def peek(tlb, p, pte, slot):
+    """The frame an access to ``slot`` would reach now, for the oracle: -1 if none.
+
+    What ``translate`` returns, without its side effects: no LRU tick, no fill,
+    no counter, no cost. The oracle looks; it must not change what it looks at.
+    """
+    ways = p[abi.P_TLB_WAYS]
+    base = (slot & (p[abi.P_TLB_SETS] - 1)) * ways
+    for w in range(base, base + ways):
+        if tlb[word(w, T_TAG)] == slot + 1:
+            return tlb[word(w, T_PFN)]
+    e = load_acquire(pte, slot)
+    if (e & PTE_PRESENT) == 0:
+        return -1
+    return e & PTE_MFN_MASK
+
+
+@inline_kernel
 def flush_one(tlb, p, slot, srow):
     """invlpg: drop the entry for one slot, if cached."""
     ways = p[abi.P_TLB_WAYS]

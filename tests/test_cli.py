@@ -69,6 +69,7 @@ BAD = [
     (("--variant", "lockless", "--lock", "mcs"), "lock", "mcs", ("ticket, mcs, tas",)),
     (("--variant", "locked", "--lock", "nosuch"), "lock", "nosuch", ("ticket, mcs, tas",)),
     (("--json", "/nonexistent/dir/x.json"), "json", "/nonexistent/dir/x.json", ()),
+    (("--refcount-wrap", "saturate"), "refcount-wrap", "saturate", ("stop, wrap",)),
 ]
 
 
@@ -125,6 +126,28 @@ def test_variants_lists_real_ones_and_negative_controls():
                  "lockless-noflush", "percpu-noflush", "percpu-eager", "kmap-local-noflush"):
         assert name in names, (name, out.stdout)
     assert sum("negative control" in line for line in out.stdout.splitlines()) >= 6
+
+
+def test_variants_json_lists_every_variant_and_control_with_its_check():
+    """Mutation tried: leave ``options`` out of a control's JSON entry; the lockless-wrap assertion fails."""
+    from testbed import variants as registry
+    from testbed.oracle import CHECK_KEYS
+
+    out = testbed_cli("variants", "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    table = json.loads(out.stdout)
+    assert [d["name"] for d in table] == list(registry.VARIANTS)
+    for d in table:
+        assert d["kind"] in ("real", "control") and d["description"]
+        assert "\n" not in d["description"]
+        if d["kind"] == "control":
+            assert d["caught_by"] and set(d["caught_by"]) <= set(CHECK_KEYS), d
+            assert isinstance(d["options"], list)
+    by_name = {d["name"]: d for d in table}
+    assert {d["name"] for d in table if d["kind"] == "real"} == {v.name for v in registry.REAL}
+    assert by_name["lockless-wrap"]["options"] == ["--workload", "nest-same", "--nest", "256", "--refcount-wrap",
+                                                   "wrap"]
+    assert by_name["locked-garbage-pte"]["options"] == []
 
 
 def test_help_works():

@@ -72,21 +72,24 @@ def _differences(a, b) -> list[str]:
 # The designs the C port carries so far; percpu, kmap-local and locked's mcs and tas locks are not
 # ported yet (see the README's Performance section).
 PORTED = ("directmap", "locked", "lockless")
-CASES = [(v, wl) for v in PORTED for wl in ("uniform", "hot", "ptwalk", "guest", "timers")]
-CASES += [(c.name, "uniform") for c in registry.CONTROLS if c.module.NAME in PORTED]
+CASES = [(v, wl) for v in PORTED for wl in ("uniform", "hot", "ptwalk", "nest-same", "guest", "timers")]
+CASES += [(c.name, dict(c.options).get("workload", "uniform")) for c in registry.CONTROLS if c.module.NAME in PORTED]
 
 
 @pytest.mark.parametrize("variant,workload", CASES)
 @pytest.mark.parametrize("frames", [256, 4096])
 def test_same_counters_as_compiled_loop(nat, variant, workload, frames):
     cost = dict(cost_flush_one=0, cost_flush_all=0, cost_walk=0) if frames == 4096 else {}
-    cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=frames, workload=workload, seed=frames + 7,
-                                    slack_us=1e6, guest_work=50, **cost))
+    options = dict(registry.get(variant).options)
+    options.update(workload=workload)
+    cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=frames, seed=frames + 7,
+                                    slack_us=1e6, guest_work=50, **cost, **options))
     a, b = _fresh(cfg), _fresh(cfg)
     n = 3000
     st_jit = kernels.run_ops(n, 0, *a[3])
     st_c = nat.bind(*b[3])(n, 0)
     assert st_jit == st_c
     stats = a[0]["stats"][0]
-    assert stats[abi.S_OPS] == n and stats[abi.S_WRITES] >= n
+    # a control may stop early (locked-garbage-held ends in a bad unmap): both at the same operation
+    assert stats[abi.S_WRITES] >= stats[abi.S_OPS] and (stats[abi.S_OPS] == n or st_jit != abi.ST_OK)
     assert _differences(a, b) == [], f"{variant} {workload} {frames} frames: C and numba loops disagree"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from shared import futex
-from testbed import abi, harness, limits, results
+from testbed import abi, harness, limits, oracle, results
 from testbed import variants as registry
 from testbed.config import RunConfig, sched_model, validate
 from testbed.errors import UsageError
@@ -231,16 +231,16 @@ def test_checks_excuse_what_a_killed_vcpu_left_half_done():
     cfg, views = _fresh("lockless")
     _, _, _, iu, _ = lockless._offsets(cfg.hash_entries, cfg.entries)
     views["vst"][0, iu] |= 1 << 3
-    assert harness.variant_checks(views, cfg)["slot_leaks"] == 1
-    assert harness.variant_checks(views, cfg, victims={0})["slot_leaks"] == 0
-    assert harness.variant_checks(views, cfg, victims={1})["slot_leaks"] == 1     # only its own slots
+    assert oracle.variant_checks(views, cfg)["slot_leaks"] == 1
+    assert oracle.variant_checks(views, cfg, victims={0})["slot_leaks"] == 0
+    assert oracle.variant_checks(views, cfg, victims={1})["slot_leaks"] == 1     # only its own slots
     # locked: the victim died holding the lock, with slot 5 taken
     cfg, views = _fresh("locked")
     views["dbits"][0] |= 1 << 5
     views["dom"][locked.D_LOCK_TAIL] = 1
     views["dom"][locked.D_LOCK_OWNER] = 1
-    assert harness.variant_checks(views, cfg) == {"slot_leaks": 1, "invariant_violations": 1}
-    assert harness.variant_checks(views, cfg, victims={0}) == {"slot_leaks": 0, "invariant_violations": 0}
+    assert oracle.variant_checks(views, cfg) == {"slot_leaks": 1, "invariant_violations": 1}
+    assert oracle.variant_checks(views, cfg, victims={0}) == {"slot_leaks": 0, "invariant_violations": 0}
 
 
 @heavy

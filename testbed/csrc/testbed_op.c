@@ -29,7 +29,7 @@ enum {
   P_LEVELS = 7, P_SLOTS = 8, P_WORKLOAD = 9, P_NEST = 10, P_TLB_SETS = 11, P_TLB_WAYS = 12,
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
-  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28,
+  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_REFCOUNT_WRAP = 32,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -37,7 +37,7 @@ enum {
   S_REFCNT_ERR = 13, S_EXHAUSTED = 14, S_EPOCH_FLUSH = 15, S_HARVEST = 16, S_WORK = 17, S_INVARIANT = 18,
   S_LAT_SAMPLES = 19, S_LAT_CYCLES = 20, S_LAT_MAX = 21, S_TIMER_SETS = 22, S_ETIME = 23, S_STREAK_MAX = 24,
   S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
-  S_SAMPLING = 44,
+  S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61,
 };
 enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3 };
 #define LAT_BINS 64
@@ -46,7 +46,7 @@ enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3 };
 #define V_RESERVED 8
 
 /* --- kernels.py, tlb.py --------------------------------------------------------------------- */
-enum { WL_UNIFORM = 0, WL_HOT = 1, WL_PTWALK = 2, WL_GUEST = 3, WL_TIMERS = 4 };
+enum { WL_UNIFORM = 0, WL_HOT = 1, WL_PTWALK = 2, WL_GUEST = 3, WL_TIMERS = 4, WL_NEST_SAME = 5 };
 #define FRAME_HDR 8
 enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
 #define PTE_PRESENT ((i64)1 << 62)
@@ -68,9 +68,12 @@ enum { VID_DIRECTMAP = 0, VID_LOCKED = 1, VID_LOCKLESS = 2 };
 #define NOTINUSE (-1)
 #define LK_FAULT_NO_LOCK 1
 #define LK_FAULT_NO_EPOCH_FLUSH 2
+#define LK_FAULT_GARBAGE_HELD 4
+#define LK_FAULT_GARBAGE_PTE 8
 #define REFCNT_LIMIT ((i64)1 << 32)
 /* lockless.py */
 #define LL_FAULT_NO_FLUSH 1
+#define LL_FAULT_FREE_HELD 2
 #define REFCNT_MASK 0xFF
 
 #define INLINE static inline __attribute__((always_inline))
@@ -156,6 +159,18 @@ INLINE i64 translate(struct arrays *a, i64 slot) {
   tlb[victim * T_COLS + T_PFN] = pfn;
   tlb[victim * T_COLS + T_AGE] = tick;
   return pfn;
+}
+
+/* tlb.peek: the frame an access would reach now, without a fill, an LRU tick, a counter or a cost. */
+INLINE i64 peek(struct arrays *a, i64 slot) {
+  const i64 *tlb = a->tlb, *p = a->p;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (slot & (p[P_TLB_SETS] - 1)) * ways;
+  for (i64 w = base; w < base + ways; w++)
+    if (tlb[w * T_COLS + T_TAG] == slot + 1) return tlb[w * T_COLS + T_PFN];
+  i64 e = load_acquire(a->pte, slot);
+  if ((e & PTE_PRESENT) == 0) return -1;
+  return e & PTE_MFN_MASK;
 }
 
 INLINE void flush_one(struct arrays *a, i64 slot) {
@@ -336,6 +351,8 @@ INLINE i64 locked_unmap(struct arrays *a, i64 va) {
   i64 mfn = e & PTE_MFN_MASK;
   i64 b = mfn & (h - 1);
   i64 gb = garbage_base(slots);
+  i64 fault = p[P_FAULT];
+  int zap = (fault & LK_FAULT_GARBAGE_PTE) == 0;
   if (vrow[hi + b] == idx) {
     i64 r = vrow[hr + b];
     if (r == 0) {
@@ -343,16 +360,16 @@ INLINE i64 locked_unmap(struct arrays *a, i64 va) {
       return ST_REFCOUNT;
     }
     vrow[hr + b] = r - 1;
-  } else if (vrow[hr + b] == 0) {
+  } else if (vrow[hr + b] == 0 || (fault & LK_FAULT_GARBAGE_HELD) != 0) {
     i64 old = vrow[hi + b];
     if (old != NOTINUSE) {
-      store_release(pte, old, 0);
+      if (zap) store_release(pte, old, 0);
       set_bit(dbits, gb, old);
     }
     vrow[hm + b] = mfn;
     vrow[hi + b] = idx;
   } else {
-    store_release(pte, idx, 0);
+    if (zap) store_release(pte, idx, 0);
     set_bit(dbits, gb, idx);
   }
   return ST_OK;
@@ -386,7 +403,8 @@ INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
     store_release(a->pte, base + idx, mfn | PTE_PRESENT);
     if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
     if ((p[P_FAULT] & LL_FAULT_NO_FLUSH) == 0) flush_one(a, base + idx);
-    if (old >= 0 && vrow[rc + old] == 0) vrow[iu + old / 64] &= ~bit64(old % 64);
+    /* LL_FAULT_FREE_HELD: free it at refcount 1, while a mapping still holds it */
+    if (old >= 0 && vrow[rc + old] <= ((p[P_FAULT] & LL_FAULT_FREE_HELD) >> 1)) vrow[iu + old / 64] &= ~bit64(old % 64);
     vrow[b] = mfn;
     vrow[hi - hm + b] = idx;
   } else {
@@ -395,7 +413,7 @@ INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
   }
   i64 r = (vrow[rc + idx] + 1) & REFCNT_MASK;
   vrow[rc + idx] = r;
-  if (r == 0) {
+  if (r == 0 && p[P_REFCOUNT_WRAP] == 0) {
     srow[S_REFCNT_ERR] += 1;
     return -ST_REFCOUNT;
   }
@@ -412,12 +430,13 @@ INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va) {
   if (idx < 0 || idx >= e) return ST_BAD_VA;
   i64 mfn = a->pte[base + idx] & PTE_MFN_MASK;
   i64 r = vrow[rc + idx];
-  if (r == 0) {
+  if (r == 0 && p[P_REFCOUNT_WRAP] == 0) {
     srow[S_REFCNT_ERR] += 1;
     return ST_REFCOUNT;
   }
-  vrow[rc + idx] = r - 1;
-  if (vrow[hm + (mfn & (h - 1))] != mfn && r == 1) vrow[iu + idx / 64] &= ~bit64(idx % 64);
+  r = (r - 1) & REFCNT_MASK;
+  vrow[rc + idx] = r;
+  if (vrow[hm + (mfn & (h - 1))] != mfn && r == 0) vrow[iu + idx / 64] &= ~bit64(idx % 64);
   return ST_OK;
 }
 
@@ -484,6 +503,18 @@ INLINE void access_frame(struct arrays *a, i64 vcpu, i64 va, i64 mfn) {
   srow[S_WRITES] += 1;
 }
 
+/* kernels.recheck: the oracle on a held mapping just before its unmap. */
+INLINE void recheck(struct arrays *a, i64 va, i64 mfn) {
+  i64 *srow = a->srow;
+  if (va >= MAPCACHE_VA) {
+    srow[S_RECHECKS] += 1;
+    i64 slot = va - MAPCACHE_VA;
+    if (load_acquire(a->pte, slot) != (mfn | PTE_PRESENT)) srow[S_HELD_PTE] += 1;
+    i64 pfn = peek(a, slot);
+    if (pfn < 0 || pfn >= a->p[P_FRAMES] || a->frames[pfn * a->fw] != mfn) srow[S_HELD_STALE] += 1;
+  }
+}
+
 static int held_mfn(const i64 *lrow, i64 k, i64 mfn) {
   for (i64 j = 0; j < k; j++)
     if (lrow[2 * j + 1] == mfn) return 1;
@@ -534,7 +565,10 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
   struct arrays *a = &A;
   i64 *srow = a->srow, *lrow = a->lrow;
   i64 wl = p[P_WORKLOAD];
-  i64 nest = wl == WL_PTWALK ? p[P_NEST] : 1;
+  int same = wl == WL_NEST_SAME;
+  i64 nest = wl == WL_PTWALK || same ? p[P_NEST] : 1;
+  i64 below = same ? p[P_LEVELS] : 0;
+  int others = same && p[P_WORKING_SET] > below;
   int distinct = wl == WL_PTWALK && p[P_WORKING_SET] >= nest;
   int hypercall = wl == WL_GUEST || wl == WL_TIMERS;
   i64 burst = hypercall ? p[P_BURST] : 1;
@@ -547,11 +581,15 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
     if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
     i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
     for (i64 bi = 0; bi < burst; bi++) {
-      i64 depth = wl != WL_PTWALK ? nest : 1 + draw(rng, nest);
+      i64 depth = wl != WL_PTWALK ? nest + below : 1 + draw(rng, nest);
       i64 held = 0;
       for (i64 k = 0; k < depth; k++) {
-        i64 mfn = draw_mfn(rng, p);
-        if (distinct)
+        i64 mfn;
+        if (same && 0 < k && k < nest)
+          mfn = lrow[1];
+        else
+          mfn = draw_mfn(rng, p);
+        if (distinct || (others && k >= nest))
           while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
         i64 va = timed_map(a, vcpu, mfn);
         if (va < 0) {
@@ -566,6 +604,7 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       srow[S_LIVE] = held;
       if (status != ST_OK) break;
       for (i64 k = held - 1; k >= 0; k--) {
+        recheck(a, lrow[2 * k], lrow[2 * k + 1]);
         i64 st = unmap_page(a, vcpu, lrow[2 * k]);
         if (st != ST_OK) {
           if (st == ST_BAD_VA) srow[S_INVARIANT] += 1;

@@ -2,9 +2,12 @@
 
 A variant is one module in this package (the contract: ``contract.py``; how to
 write one: docs/variants.md) and one ``real(...)`` line below. A negative
-control is a real variant run with fault bits that break it on purpose, and the
-checks that must catch it; it is one ``control(...)`` line, selectable by name
-but never part of a default run.
+control is a real variant run with fault bits that break it on purpose (or with
+run options under which the real design is wrong), and the checks that must
+catch it; it is one ``control(...)`` line, selectable by name but never part of
+a default run. A control that shows its fault only under some run options (a
+nested workload, say) lists them: ``testbed variants --json`` prints them, and
+``scripts/detection.py`` and the tests run it with them.
 
 Variant ids come from this table: the n-th distinct module listed has id n.
 The compiled dispatch on that id (``dispatch.py``) is generated from the table,
@@ -30,6 +33,15 @@ class Variant:
     control: bool = False          # a negative control: broken on purpose, must be caught
     catches: tuple[str, ...] = ()  # the checks expected to catch a control
     baseline: bool = False         # the floor every other variant is measured against
+    options: tuple = ()            # a control: (RunConfig field, value) pairs it needs to show its fault
+
+    @property
+    def cli_options(self) -> list[str]:
+        """``options`` as ``testbed run`` arguments."""
+        out = []
+        for key, value in self.options:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+        return out
 
     @property
     def vid(self) -> int:
@@ -50,10 +62,13 @@ def real(module: str, baseline: bool = False) -> Variant:
     return Variant(m.NAME, m, description=m.DESCRIPTION, baseline=baseline)
 
 
-def control(name: str, module: str, fault: str, description: str, catches: tuple[str, ...]) -> Variant:
-    """A negative control: ``module`` run with its fault bit ``fault``, caught by one of ``catches``."""
+def control(name: str, module: str, fault: str | None, description: str, catches: tuple[str, ...],
+            **options) -> Variant:
+    """A negative control: ``module`` run with its fault bit ``fault`` (None: none, the options break it),
+    caught by one of ``catches``, under the run options ``options`` (RunConfig fields)."""
     m = _module(module)
-    return Variant(name, m, getattr(m, fault), f"negative control: {description}", True, catches)
+    return Variant(name, m, getattr(m, fault) if fault else 0, f"negative control: {description}", True, catches,
+                   options=tuple(options.items()))
 
 
 TABLE = (
@@ -74,6 +89,18 @@ TABLE = (
             "percpu reusing a released slot at once, without garbage or flush", ("stale_translations",)),
     control("kmap-local-noflush", "kmap_local", "FAULT_NO_FLUSH", "kmap-local without the invlpg on unmap",
             ("stale_translations",)),
+    control("lockless-free-held", "lockless", "FAULT_FREE_HELD",
+            "lockless freeing the bucket's old slot at refcount 1, while a mapping still holds it",
+            ("reused_held_slots",), workload="ptwalk"),
+    control("locked-garbage-held", "locked", "FAULT_GARBAGE_HELD",
+            "locked putting a held slot on the garbage list (a busy bucket's slot replaced at unmap)",
+            ("reused_held_slots",), workload="ptwalk", nest=8),
+    control("locked-garbage-pte", "locked", "FAULT_GARBAGE_PTE",
+            "locked putting slots on the garbage list without clearing their PTE", ("invariant_violations",)),
+    control("lockless-wrap", "lockless", None,
+            "the seed's 8-bit refcount wrapping silently under one MFN nested 256 deep",
+            ("held_stale_translations", "reused_held_slots"), workload="nest-same", nest=256,
+            refcount_wrap="wrap"),
 )
 
 VARIANTS = {v.name: v for v in TABLE}

@@ -65,7 +65,12 @@ Simplifications: no ``local_irq_save`` until simulated interrupts exist; the
 Negative controls: ``locked-nolock`` (``FAULT_NO_LOCK``) runs the slow path
 without the lock, so two vCPUs can take the same slot; ``locked-noflush``
 (``FAULT_NO_EPOCH_FLUSH``) skips the lazy flush after another vCPU's wrap, so a
-TLB keeps translating a reused slot to its old frame.
+TLB keeps translating a reused slot to its old frame; ``locked-garbage-held``
+(``FAULT_GARBAGE_HELD``) lets unmap replace a bucket's slot while the bucket
+still holds references, putting a held slot on the garbage list (its PTE
+cleared under its holder); ``locked-garbage-pte`` (``FAULT_GARBAGE_PTE``)
+puts slots on the garbage list without clearing their PTE, which only the
+invariant check sees (a garbage slot must not be mapped).
 """
 
 import numpy as np
@@ -80,6 +85,8 @@ DESCRIPTION = "Xen's per-domain mapcache: one spinlock (--lock), garbage bitmap,
 DEFAULT_ENTRIES = 16
 FAULT_NO_LOCK = 1
 FAULT_NO_EPOCH_FLUSH = 2
+FAULT_GARBAGE_HELD = 4
+FAULT_GARBAGE_PTE = 8
 MAX_ENTRIES = 1 << 16
 REFCNT_LIMIT = 1 << 32
 IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in Xen
@@ -398,6 +405,8 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     mfn = e & tlb.PTE_MFN_MASK
     b = mfn & (h - 1)
     gb = garbage_base(slots)
+    fault = p[abi.P_FAULT]
+    zap = (fault & FAULT_GARBAGE_PTE) == 0
     # 0 <= idx < slots and b >= 0: unsigned indices, no wraparound code
     if vrow[nonneg(hi + b)] == idx:
         r = vrow[nonneg(hr + b)]
@@ -405,15 +414,17 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
             srow[abi.S_REFCNT_ERR] += 1
             return abi.ST_REFCOUNT
         vrow[nonneg(hr + b)] = r - 1
-    elif vrow[nonneg(hr + b)] == 0:
+    elif vrow[nonneg(hr + b)] == 0 or (fault & FAULT_GARBAGE_HELD) != 0:
         old = vrow[nonneg(hi + b)]
         if old != NOTINUSE:
-            store_release(pte, old, 0)
+            if zap:
+                store_release(pte, old, 0)
             set_bit(dbits, gb, old)
         vrow[nonneg(hm + b)] = mfn
         vrow[nonneg(hi + b)] = idx
     else:
-        store_release(pte, idx, 0)
+        if zap:
+            store_release(pte, idx, 0)
         set_bit(dbits, gb, idx)
     return abi.ST_OK
 
@@ -463,7 +474,9 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     explains. invariant_violations: the lock not free; a hash entry whose slot
     is not in use or whose PTE does not map its MFN; a hash refcount that
     disagrees with the live mappings through it; a live mapping's slot not in
-    use.
+    use, or whose PTE does not map the live mapping's MFN; a garbage slot that
+    is held or cached, or whose PTE is still present; a slot held or cached
+    by two vCPUs.
 
     A killed vCPU (``victims``) may have died holding a ticket or the lock, or
     between taking a slot and listing it as held: its own hash entries and
@@ -473,12 +486,14 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     h, slots = cfg.hash_entries, cfg.vcpus * cfg.entries
     dom, dbits, pte, vst = views["dom"], views["dbits"], views["pte"], views["vst"]
     gb = garbage_base(slots)
+    present = int(tlb.PTE_PRESENT)
 
     def bit(base, i):
         return (int(dbits[base + i // 64]) >> (i % 64)) & 1
 
     bad = 0 if lock_free(views, cfg) or victims else 1
     explained = set()
+    owner: dict[int, int] = {}          # slot -> the vCPU holding or caching it
     for v in range(cfg.vcpus):
         row = vst[v]
         if v in victims:
@@ -489,15 +504,23 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
                 explained.add(va - abi.MAPCACHE_VA)
             continue
         held = {}
-        for va, _ in live_by_vcpu.get(v, []):
-            held[va - abi.MAPCACHE_VA] = held.get(va - abi.MAPCACHE_VA, 0) + 1
+        for va, mfn in live_by_vcpu.get(v, []):
+            idx = va - abi.MAPCACHE_VA
+            if not 0 <= idx < slots:
+                bad += 1
+                continue
+            held[idx] = held.get(idx, 0) + 1
+            if pte[idx] != (mfn | present):
+                bad += 1
+        mine = set(held)
         for b in range(h):
             idx = int(row[V_HASH + h + b])
             if idx == NOTINUSE:
                 continue
             explained.add(idx)
+            mine.add(idx)
             mfn = int(row[V_HASH + b])
-            if not bit(0, idx) or pte[idx] != (mfn | int(tlb.PTE_PRESENT)):
+            if not bit(0, idx) or pte[idx] != (mfn | present):
                 bad += 1
             if row[V_HASH + 2 * h + b] != held.get(idx, 0):
                 bad += 1
@@ -505,6 +528,14 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
             explained.add(idx)
             if not bit(0, idx):
                 bad += 1
+        for idx in mine:
+            if bit(gb, idx):
+                bad += 1                # garbage, yet held or cached
+            if owner.setdefault(idx, v) != v:
+                bad += 1                # held or cached by two vCPUs
+    for i in range(slots):
+        if bit(gb, i) and pte[i] != 0:
+            bad += 1                    # garbage must not be mapped: its PTE was zapped first
     leaks = sum(1 for i in range(slots) if bit(0, i) and not bit(gb, i) and i not in explained)
     leaks = max(0, leaks - len(victims))
     return {"slot_leaks": leaks, "invariant_violations": bad}

@@ -18,8 +18,11 @@ Invariants: a free slot has refcount 0; each in-use slot is held (refcount > 0)
 or cached by its bucket; the PTE of a hash-held slot maps the bucket's MFN.
 
 Flaws of the seed kept on purpose, for the oracle to find: the refcount is 8
-bits and wraps after 255 nested maps of one MFN (reported as a refcount error,
-the run stops); exhaustion is per vCPU, with no borrowing; and unmap frees a
+bits and wraps after 255 nested maps of one MFN (with ``--refcount-wrap stop``,
+the default, reported as a refcount error and the run stops; with ``wrap`` it
+wraps silently as the seed's ``uint8_t`` does: the slot, held 256 times, reads
+as free, the next map that evicts its bucket frees it and a later map reuses
+it while it is still held, which the oracle reports); exhaustion is per vCPU, with no borrowing; and unmap frees a
 slot only when its bucket does not cache the same MFN, so a slot whose MFN was
 evicted from the bucket and then mapped again elsewhere while still held is
 never freed (a slot leak). A page-table walk maps distinct frames, so the
@@ -30,9 +33,12 @@ Simplifications: ``local_irq_save`` has no analogue until simulated interrupts
 exist (the hook is the vCPU's own loop); the PTE write is a release store to
 the shared page table, read by this vCPU's own TLB only.
 
-Negative control ``lockless-noflush`` (fault bit ``FAULT_NO_FLUSH``) skips the
+Negative controls: ``lockless-noflush`` (fault bit ``FAULT_NO_FLUSH``) skips the
 ``invlpg`` on slot reuse: the TLB then keeps translating the slot to the frame
 it held before, which the access check reports as a stale translation.
+``lockless-free-held`` (``FAULT_FREE_HELD``) frees the bucket's previous slot
+at refcount 1 instead of 0, that is while one mapping still holds it; a later
+map of the same walk takes it, which the oracle reports as a reused held slot.
 """
 
 import numpy as np
@@ -45,6 +51,7 @@ NAME = "lockless"
 DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
 DEFAULT_ENTRIES = 32
 FAULT_NO_FLUSH = 1
+FAULT_FREE_HELD = 2
 MAX_ENTRIES = 256           # the inuse bitmap of one row; the 8-bit refcount caps nothing here
 REFCNT_MASK = 0xFF
 IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in the seed
@@ -117,7 +124,8 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
             tlb.spin_cycles(p[abi.P_LONG_HOLD])    # --long-hold: widen the window between PTE write and use
         if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
             tlb.flush_one(tlbv, p, base + idx, srow)
-        if old >= 0 and vrow[nonneg(rc + old)] == 0:
+        # FAULT_FREE_HELD: free it at refcount 1, while a mapping still holds it
+        if old >= 0 and vrow[nonneg(rc + old)] <= ((p[abi.P_FAULT] & FAULT_FREE_HELD) >> 1):
             vrow[nonneg(iu + old // 64)] &= ~(np.int64(1) << np.int64(old % 64))
         vrow[b] = mfn
         vrow[hb] = idx
@@ -126,7 +134,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         srow[abi.S_HASH_HITS] += 1
     r = (vrow[nonneg(rc + idx)] + 1) & REFCNT_MASK
     vrow[nonneg(rc + idx)] = r
-    if r == 0:
+    if r == 0 and p[abi.P_REFCOUNT_WRAP] == 0:
         srow[abi.S_REFCNT_ERR] += 1
         return -abi.ST_REFCOUNT
     return abi.MAPCACHE_VA + base + idx
@@ -141,11 +149,12 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
         return abi.ST_BAD_VA
     mfn = pte[nonneg(base + idx)] & tlb.PTE_MFN_MASK       # 0 <= idx < e from here on
     r = vrow[nonneg(rc + idx)]
-    if r == 0:
+    if r == 0 and p[abi.P_REFCOUNT_WRAP] == 0:
         srow[abi.S_REFCNT_ERR] += 1
         return abi.ST_REFCOUNT
-    vrow[nonneg(rc + idx)] = r - 1
-    if vrow[nonneg(hm + (mfn & (h - 1)))] != mfn and r == 1:
+    r = (r - 1) & REFCNT_MASK
+    vrow[nonneg(rc + idx)] = r
+    if vrow[nonneg(hm + (mfn & (h - 1)))] != mfn and r == 0:
         vrow[nonneg(iu + idx // 64)] &= ~(np.int64(1) << np.int64(idx % 64))
     return abi.ST_OK
 
@@ -155,7 +164,8 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
 
     slot_leaks: in-use slots that neither a live mapping nor a bucket explains.
     invariant_violations: refcounts that disagree with the live mappings, free
-    slots with a refcount, buckets whose slot's PTE does not map their MFN.
+    slots with a refcount, buckets whose slot's PTE does not map their MFN, live
+    mappings outside the vCPU's slots or whose PTE does not map their MFN.
     A killed vCPU (``victims``) is not checked: its slots are its own, and an
     operation the kill cut short leaves them half updated.
     """
@@ -168,10 +178,14 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
             continue
         row = vst[v]
         held = np.zeros(e, dtype=np.int64)
-        for va, _mfn in live_by_vcpu.get(v, []):
+        for va, mfn in live_by_vcpu.get(v, []):
             i = va - abi.MAPCACHE_VA - v * e
-            if 0 <= i < e:
-                held[i] += 1
+            if not 0 <= i < e:
+                bad += 1                # not one of this vCPU's slots
+                continue
+            held[i] += 1
+            if pte[v * e + i] != (mfn | int(tlb.PTE_PRESENT)):
+                bad += 1                # the slot no longer maps what its holder mapped
         cached = set()
         for b in range(h):
             i = int(row[hi + b])
