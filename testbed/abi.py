@@ -39,6 +39,8 @@ P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
 P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
+P_COST_REFILL = 30     # guest accesses after a full flush that each pay a walk (--cost-refill)
+P_LOCK_LAYOUT = 31     # locked: its domain words laid out as Xen's struct (0) or one line per group (1)
 N_PARAMS = 32
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
@@ -98,6 +100,8 @@ S_T_ENTRY = 50         # monotonic ns when the forked process began
 S_T_READY = 51         # monotonic ns when it had attached the arena and pinned itself
 S_USS_KB = 52          # the process's unique memory (private pages) when it finished, KiB
 S_CPU_NS = 53          # CPU time the process used, when it finished
+S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
+S_REFILLS = 63         # refill walks paid (--cost-refill)
 N_STATS = 64
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 

@@ -101,6 +101,9 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
     ap.add_argument("--cost-flush-one", type=_int, default=tlb.COST_FLUSH_ONE, help="cycles per invlpg (0: off)")
     ap.add_argument("--cost-flush-all", type=_int, default=tlb.COST_FLUSH_ALL, help="cycles per full flush (0: off)")
     ap.add_argument("--cost-walk", type=_int, default=tlb.COST_WALK, help="cycles per TLB miss walk (0: off)")
+    ap.add_argument("--cost-refill", type=_int, default=tlb.COST_REFILL,
+                    help=f"guest accesses after a full flush that each pay a walk (default {tlb.COST_REFILL}: "
+                         "the first-level data TLB's 4 KiB entries; 0: off)")
     ap.add_argument("--no-cost", action="store_true", help="turn the TLB cost model off")
     ap.add_argument("--guest-work", type=_int, default=2000, help="guest workload: work units between maps")
     ap.add_argument("--burst", type=_int, default=4, help="guest/timers: map operations per hypercall (default 4)")
@@ -131,7 +134,8 @@ def config_from(args):
         topo = host_topology()
         vcpus = topo.physical_in(allowed_cpus(topo, args.cpus))
     seed = args.seed if args.seed is not None else int(time.time_ns() % 1_000_000_007)
-    costs = (0, 0, 0) if args.no_cost else (args.cost_flush_one, args.cost_flush_all, args.cost_walk)
+    costs = (0, 0, 0, 0) if args.no_cost else (args.cost_flush_one, args.cost_flush_all, args.cost_walk,
+                                               args.cost_refill)
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed {args.seed}: must be 0 or more")
     return RunConfig(
@@ -140,7 +144,7 @@ def config_from(args):
         working_set=args.working_set, hot_set=args.hot_set, entries=args.entries,
         hash_entries=args.hash_entries, levels=args.levels, nest=args.nest, unchecked=args.unchecked,
         tlb_entries=args.tlb_entries, tlb_ways=args.tlb_ways, cost_flush_one=costs[0],
-        cost_flush_all=costs[1], cost_walk=costs[2], guest_work=args.guest_work, burst=args.burst,
+        cost_flush_all=costs[1], cost_walk=costs[2], cost_refill=costs[3], guest_work=args.guest_work, burst=args.burst,
         slack_us=args.slack_us, panic_streak=args.panic_streak, lat_every=args.lat_every,
         long_hold=args.long_hold, chunk_ms=args.chunk_ms, sched=args.sched,
         **({"timeslice_us": args.timeslice_us} if args.timeslice_us is not None else {}),
