@@ -57,6 +57,15 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _sweep(text: str):
+    from .experiments import parse_sweep
+
+    try:
+        return parse_sweep(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--sweep ")) from None
+
+
 def _vcpus(text: str):
     return text if text == "all" else _int(text)
 
@@ -356,9 +365,26 @@ def cmd_compare(args) -> int:
     print(f"testbed compare: variants {','.join(names)} against {registry.BASELINE}, workload {cfg.workload}, "
           f"1 and {multi} vCPUs, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
           f"seed {cfg.seed}", flush=True)
-    res = experiments.compare(cfg, variants=names, vcpus_multi=multi, repeat=args.repeat, locks=args.locks)
-    print_compare(res)
+    if args.sweep is None:
+        res = experiments.compare(cfg, variants=names, vcpus_multi=multi, repeat=args.repeat, locks=args.locks)
+        print_compare(res)
+        return _finish(res, args)
+    option, values = args.sweep
+    print(f"sweeping {option} over {', '.join(map(str, values))}", flush=True)
+    res = experiments.compare_sweep(cfg, option, values, variants=names, vcpus_multi=multi, repeat=args.repeat,
+                                    locks=args.locks)
+    for t in res["sweep"]["tables"]:
+        print(f"\n=== {option}={t['sweep']['value']} ({_costs(t['config'])})")
+        print_compare(dict(res, rows=t["rows"]))
+    print()
+    for line in res["sweep"]["verdict"]:
+        print(f"verdict: {line}")
     return _finish(res, args)
+
+
+def _costs(c: dict) -> str:
+    return ", ".join(f"{k.replace('_', '-')} {c[k]}" for k in ("cost_flush_one", "cost_flush_all", "cost_walk",
+                                                              "cost_refill"))
 
 
 def print_compare(res: dict, out=sys.stdout) -> None:
@@ -631,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
     cmp_.add_argument("--repeat", type=_int, default=3, help="repetitions per cell (default 3)")
     cmp_.add_argument("--json", default=None, help="write the table and every run to this JSON file")
+    cmp_.add_argument("--sweep", default=None, type=_sweep, metavar="OPTION=v1,v2,...",
+                      help="the table once per value of one cost option (cost-flush-one, cost-flush-all, cost-walk, "
+                           "cost-refill), and where the ordering of the designs flips")
     cmp_.set_defaults(func=cmd_compare)
 
     sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")

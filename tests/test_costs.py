@@ -64,3 +64,64 @@ def test_negative_cost_is_refused(option):
     r = testbed_cli("run", "--variant", "directmap", option, "-1", "--duration", "0.2")
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert option in r.stderr and "-1" in r.stderr and "0 or more" in r.stderr
+
+
+# --- compare --sweep ---------------------------------------------------------------------
+
+from testbed import experiments  # noqa: E402
+
+
+def test_parse_sweep():
+    assert experiments.parse_sweep("cost-flush-one=50,200,800") == ("cost-flush-one", [50, 200, 800])
+    assert experiments.parse_sweep("--cost-refill=0, 64") == ("cost-refill", [0, 64])
+
+
+@pytest.mark.parametrize("text,words", [
+    ("bogus=1,2", "cost-flush-one, cost-flush-all, cost-walk, cost-refill"), ("cost-walk=", "empty"),
+    ("cost-walk", "OPTION=v1,v2"), ("cost-walk=1,x", "'x' is not a whole number"), ("cost-walk=1,,2", "empty"),
+    ("cost-walk=-5", "0 or more"), ("guest-work=1,2", "cost-walk")])
+def test_bad_sweep_is_refused_in_one_line(text, words):
+    r = testbed_cli("compare", "--sweep", text, "--duration", "0.1")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stdout == "", r.stdout + r.stderr
+    assert "--sweep" in r.stderr and words in r.stderr, r.stderr
+
+
+def _rows(**drops):
+    return [{"variant": v, "single_drop_pct": s, "multi_drop_pct": m} for v, (s, m) in drops.items()]
+
+
+def test_sweep_verdict_names_the_flip():
+    """Mutation tried: ``before.index`` for ``after.index`` in ``sweep_verdict``: no flip is reported."""
+    tables = [_rows(locked=(5.0, 30.0), lockless=(10.0, 20.0)), _rows(locked=(6.0, 31.0), lockless=(9.0, 20.0)),
+              _rows(locked=(8.0, 30.0), lockless=(4.0, 21.0))]
+    single, multi = experiments.sweep_verdict("cost-flush-one", [50, 200, 800], tables)
+    assert single.startswith("single-core: the ordering flips between cost-flush-one=200 and 800: "
+                             "locked ahead of lockless (+6.00% vs +9.00%), then lockless ahead of locked")
+    assert multi == "multi-core: no flip: the same ordering at every cost-flush-one (lockless, locked, least drop first)"
+
+
+def test_compare_sweep_end_to_end(tmp_path, exclusive, no_leftovers):
+    """A table per value, a verdict line per scope, and every cost recorded for every run."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    js = tmp_path / "sw.json"
+    r = testbed_cli("compare", "--sweep", "cost-refill=0,512", "--variants", "lockless,locked", "--duration", "0.2",
+                    "--warmup", "0", "--repeat", "1", "--frames", "256", "--seed", "3", "--json", js, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("Performance drop against directmap") == 2
+    assert "=== cost-refill=0 (" in r.stdout and "=== cost-refill=512 (" in r.stdout
+    verdicts = [x for x in r.stdout.splitlines() if x.startswith("verdict: ")]
+    assert [v.split()[1] for v in verdicts] == ["single-core:", "multi-core:"]
+    res = json.loads(js.read_text())
+    schema = json.loads((Path(__file__).resolve().parent.parent / "testbed" / "schema.json").read_text())
+    jsonschema.validate(res, schema)
+    sw = res["sweep"]
+    assert sw["option"] == "cost-refill" and sw["values"] == [0, 512] and len(sw["tables"]) == 2
+    assert [f"verdict: {v}" for v in sw["verdict"]] == verdicts
+    assert sorted({row["sweep_value"] for row in res["rows"]}) == [0, 512]
+    for run in res["runs"]:
+        assert {"cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill"} <= set(run["config"])
+    assert sorted({run["config"]["cost_refill"] for run in res["runs"]}) == [0, 512]
