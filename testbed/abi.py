@@ -40,7 +40,6 @@ P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
 P_COST_REFILL = 30     # guest accesses after a full flush that each pay a walk (--cost-refill)
-P_LOCK_LAYOUT = 31     # locked: its domain words laid out as Xen's struct (0) or one line per group (1)
 N_PARAMS = 32
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------

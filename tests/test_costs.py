@@ -2,7 +2,7 @@
 
 ``--cost-refill N``: after a full flush the next N guest accesses each pay a walk.
 Mutation tried: in ``tlb.flush_all``, not setting ``S_REFILL_LEFT``: no refill is ever
-charged and the refill counts below fail (and the C port's counters differ).
+charged: 3 of the tests below fail.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import REPO, LineReader, cli_env, dead_owners, testbed_cli, testbed_segments
+from conftest import REPO, LineReader, cli_env, dead_owners, testbed_cli, testbed_segments, track
 from testbed import cli, sweep
 
 SCHEMA = json.loads((REPO / "testbed" / "schema.json").read_text())
