@@ -50,7 +50,7 @@ def kernel_ns(names, frames: int, repeat: int, n: int = 2_000_000) -> dict:
     setups = {}
     for name in names:
         cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
-                                        cost_walk=0))
+                                        cost_walk=0, cost_refill=0))
         p = config.params(cfg)
         p[abi.P_CHUNK_CYCLES] = 1 << 62
         layout = harness.build_layout(cfg)
@@ -78,7 +78,7 @@ def _loop_args(name: str, frames: int):
     from testbed import abi, config, kernels, tlb
 
     cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
-                                    cost_walk=0))
+                                    cost_walk=0, cost_refill=0))
     p = config.params(cfg)
     p[abi.P_CHUNK_CYCLES] = 1 << 62
     layout = harness.build_layout(cfg)
@@ -192,7 +192,7 @@ def main() -> int:
         frame_counts = (args.frames,) if frames_given(sys.argv) else (256, 4096)
         return vs_c(names, frame_counts, args.repeat, args.cpu, args.call_ms)
     common = dict(duration=args.duration, warmup=args.warmup, frames=args.frames,
-                  cost_flush_one=0, cost_flush_all=0, cost_walk=0)
+                  cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0)
 
     print(f"# compiled loop alone, in-process, cost model off, {args.frames} frames, median of {2 * args.repeat + 1} "
           f"calls of 2M operations (variants interleaved)")

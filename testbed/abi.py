@@ -39,6 +39,7 @@ P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
 P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
+P_COST_REFILL = 30     # guest accesses after a full flush that each pay a walk (--cost-refill)
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
 N_PARAMS = 40
 
@@ -103,6 +104,8 @@ S_CPU_NS = 53          # CPU time the process used, when it finished
 S_HELD_STALE = 58      # a held mapping, checked again before its unmap, translated to another frame
 S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was taken away and reused while held
 S_RECHECKS = 61        # held mappings checked again before their unmap
+S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
+S_REFILLS = 63         # refill walks paid (--cost-refill)
 N_STATS = 64
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 

@@ -57,6 +57,15 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _sweep(text: str):
+    from .experiments import parse_sweep
+
+    try:
+        return parse_sweep(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--sweep ")) from None
+
+
 def _vcpus(text: str):
     return text if text == "all" else _int(text)
 
@@ -104,6 +113,9 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
     ap.add_argument("--cost-flush-one", type=_int, default=tlb.COST_FLUSH_ONE, help="cycles per invlpg (0: off)")
     ap.add_argument("--cost-flush-all", type=_int, default=tlb.COST_FLUSH_ALL, help="cycles per full flush (0: off)")
     ap.add_argument("--cost-walk", type=_int, default=tlb.COST_WALK, help="cycles per TLB miss walk (0: off)")
+    ap.add_argument("--cost-refill", type=_int, default=tlb.COST_REFILL,
+                    help=f"guest accesses after a full flush that each pay a walk (default {tlb.COST_REFILL}: "
+                         "the first-level data TLB's 4 KiB entries; 0: off)")
     ap.add_argument("--no-cost", action="store_true", help="turn the TLB cost model off")
     ap.add_argument("--guest-work", type=_int, default=2000, help="guest workload: work units between maps")
     ap.add_argument("--burst", type=_int, default=4, help="guest/timers: map operations per hypercall (default 4)")
@@ -134,7 +146,8 @@ def config_from(args):
         topo = host_topology()
         vcpus = topo.physical_in(allowed_cpus(topo, args.cpus))
     seed = args.seed if args.seed is not None else int(time.time_ns() % 1_000_000_007)
-    costs = (0, 0, 0) if args.no_cost else (args.cost_flush_one, args.cost_flush_all, args.cost_walk)
+    costs = (0, 0, 0, 0) if args.no_cost else (args.cost_flush_one, args.cost_flush_all, args.cost_walk,
+                                               args.cost_refill)
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed {args.seed}: must be 0 or more")
     return RunConfig(
@@ -143,7 +156,7 @@ def config_from(args):
         working_set=args.working_set, hot_set=args.hot_set, entries=args.entries,
         hash_entries=args.hash_entries, levels=args.levels, nest=args.nest, unchecked=args.unchecked,
         tlb_entries=args.tlb_entries, tlb_ways=args.tlb_ways, cost_flush_one=costs[0],
-        cost_flush_all=costs[1], cost_walk=costs[2], guest_work=args.guest_work, burst=args.burst,
+        cost_flush_all=costs[1], cost_walk=costs[2], cost_refill=costs[3], guest_work=args.guest_work, burst=args.burst,
         slack_us=args.slack_us, panic_streak=args.panic_streak, lat_every=args.lat_every,
         long_hold=args.long_hold, chunk_ms=args.chunk_ms, sched=args.sched, refcount_wrap=args.refcount_wrap,
         **({"timeslice_us": args.timeslice_us} if args.timeslice_us is not None else {}),
@@ -361,9 +374,26 @@ def cmd_compare(args) -> int:
     print(f"testbed compare: variants {','.join(names)} against {registry.BASELINE}, workload {cfg.workload}, "
           f"1 and {multi} vCPUs, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
           f"seed {cfg.seed}", flush=True)
-    res = experiments.compare(cfg, variants=names, vcpus_multi=multi, repeat=args.repeat, locks=args.locks)
-    print_compare(res)
+    if args.sweep is None:
+        res = experiments.compare(cfg, variants=names, vcpus_multi=multi, repeat=args.repeat, locks=args.locks)
+        print_compare(res)
+        return _finish(res, args)
+    option, values = args.sweep
+    print(f"sweeping {option} over {', '.join(map(str, values))}", flush=True)
+    res = experiments.compare_sweep(cfg, option, values, variants=names, vcpus_multi=multi, repeat=args.repeat,
+                                    locks=args.locks)
+    for t in res["sweep"]["tables"]:
+        print(f"\n=== {option}={t['sweep']['value']} ({_costs(t['config'])})")
+        print_compare(dict(res, rows=t["rows"]))
+    print()
+    for line in res["sweep"]["verdict"]:
+        print(f"verdict: {line}")
     return _finish(res, args)
+
+
+def _costs(c: dict) -> str:
+    return ", ".join(f"{k.replace('_', '-')} {c[k]}" for k in ("cost_flush_one", "cost_flush_all", "cost_walk",
+                                                              "cost_refill"))
 
 
 def print_compare(res: dict, out=sys.stdout) -> None:
@@ -666,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
     cmp_.add_argument("--repeat", type=_int, default=3, help="repetitions per cell (default 3)")
     cmp_.add_argument("--json", default=None, help="write the table and every run to this JSON file")
+    cmp_.add_argument("--sweep", default=None, type=_sweep, metavar="OPTION=v1,v2,...",
+                      help="the table once per value of one cost option (cost-flush-one, cost-flush-all, cost-walk, "
+                           "cost-refill), and where the ordering of the designs flips")
     cmp_.set_defaults(func=cmd_compare)
 
     sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")

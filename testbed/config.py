@@ -68,6 +68,7 @@ class RunConfig:
     cost_flush_one: int = tlb.COST_FLUSH_ONE
     cost_flush_all: int = tlb.COST_FLUSH_ALL
     cost_walk: int = tlb.COST_WALK
+    cost_refill: int = tlb.COST_REFILL   # guest accesses after a full flush that each pay a walk
     guest_work: int = 2000
     burst: int = 4
     slack_us: float = 50.0
@@ -162,7 +163,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--tlb-entries {cfg.tlb_entries} --tlb-ways {cfg.tlb_ways}: entries must be ways times a power of two "
             "(the number of sets), e.g. 64 and 4"
         )
-    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "guest_work", "long_hold"):
+    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill", "guest_work", "long_hold"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be 0 or more")
     if not 1 <= cfg.burst <= 1 << 20:
@@ -219,6 +220,7 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_COST_FLUSH_ONE] = cfg.cost_flush_one
     p[abi.P_COST_FLUSH_ALL] = cfg.cost_flush_all
     p[abi.P_COST_WALK] = cfg.cost_walk
+    p[abi.P_COST_REFILL] = cfg.cost_refill
     p[abi.P_WORKING_SET] = cfg.working_set
     p[abi.P_GUEST_WORK] = cfg.guest_work
     p[abi.P_LAT_EVERY] = cfg.lat_every

@@ -118,6 +118,78 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
                           "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs})
 
 
+# The options ``compare --sweep`` takes: every parameter of the cost model.
+COST_OPTIONS = ("cost-flush-one", "cost-flush-all", "cost-walk", "cost-refill")
+
+
+def parse_sweep(text: str) -> tuple[str, list[int]]:
+    """``OPTION=v1,v2,...`` of a cost option and non-negative integers; UsageError naming --sweep otherwise."""
+    from .errors import UsageError
+
+    option, sep, values = text.partition("=")
+    option = option.strip().removeprefix("--")
+    if not sep or option not in COST_OPTIONS:
+        raise UsageError(f"--sweep {text!r}: name a cost option and its values, OPTION=v1,v2,..., with OPTION one "
+                         f"of {', '.join(COST_OPTIONS)}")
+    items = [v.strip() for v in values.split(",")]
+    if not values.strip() or any(not v for v in items):
+        raise UsageError(f"--sweep {text!r}: the list of values for {option} is empty; give e.g. {option}=50,200,800")
+    out = []
+    for v in items:
+        try:
+            n = int(v)
+        except ValueError:
+            raise UsageError(f"--sweep {text!r}: {v!r} is not a whole number of cycles for {option}") from None
+        if n < 0:
+            raise UsageError(f"--sweep {text!r}: {option} {n} must be 0 or more")
+        out.append(n)
+    return option, out
+
+
+def compare_sweep(base: RunConfig, option: str, values: list[int], **kw) -> dict:
+    """``compare`` once per value of one cost option; every table, every run and the verdict."""
+    field = option.replace("-", "_")
+    for v in values:
+        validate(dataclasses.replace(base, **{field: v}))
+    tables = []
+    for v in values:
+        res = compare(dataclasses.replace(base, **{field: v}), **kw)
+        res["sweep"] = {"option": option, "value": v}
+        tables.append(res)
+    rows = [dict(row, sweep_value=t["sweep"]["value"]) for t in tables for row in t["rows"]]
+    first = tables[0]
+    body = {k: first[k] for k in ("baseline", "vcpus_multi", "repeat")}
+    body.update({"rows": rows, "sweep": {"option": option, "values": list(values),
+                                         "verdict": sweep_verdict(option, values, [t["rows"] for t in tables]),
+                                         "tables": [{k: t[k] for k in ("sweep", "config", "rows", "baseline_ops_per_s")}
+                                                    for t in tables]},
+                 "failures": [f for t in tables for f in t["failures"]], "runs": [r for t in tables for r in t["runs"]]})
+    return results.envelope("compare", dataclasses.replace(base, **{field: values[0]}), body)
+
+
+def sweep_verdict(option: str, values: list[int], tables: list[list[dict]]) -> list[str]:
+    """Per scope, where the ordering of the designs (least drop first) changes along the sweep, if it does."""
+    out = []
+    for scope in ("single", "multi"):
+        key = f"{scope}_drop_pct"
+        orders = [[r["variant"] for r in sorted(rows, key=lambda r: r[key])] for rows in tables]
+        drops = [{r["variant"]: r[key] for r in rows} for rows in tables]
+        flips = []
+        for i in range(1, len(values)):
+            before, after = orders[i - 1], orders[i]
+            pairs = [(a, b) for j, a in enumerate(before) for b in before[j + 1:] if after.index(a) > after.index(b)]
+            for a, b in pairs:
+                flips.append(f"between {option}={values[i - 1]} and {values[i]}: {a} ahead of {b} "
+                             f"({drops[i - 1][a]:+.2f}% vs {drops[i - 1][b]:+.2f}%), then {b} ahead of {a} "
+                             f"({drops[i][b]:+.2f}% vs {drops[i][a]:+.2f}%)")
+        if flips:
+            out.append(f"{scope}-core: the ordering flips " + "; ".join(flips))
+        else:
+            out.append(f"{scope}-core: no flip: the same ordering at every {option} "
+                       f"({', '.join(orders[0])}, least drop first)")
+    return out
+
+
 def allowed_cpu_count(base: RunConfig) -> int:
     from .topology import allowed_cpus, host_topology
 

@@ -119,6 +119,8 @@ def timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
 @inline_kernel
 def access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv):
     """Touch the frame behind ``va``, checking it is ``mfn``'s. Counts what is wrong."""
+    if srow[abi.S_REFILL_LEFT] > 0:
+        tlb.refill(p, srow)           # --cost-refill: the access follows a full flush
     if va >= abi.MAPCACHE_VA:
         pfn = tlb.translate(tlbv, p, pte, va - abi.MAPCACHE_VA, srow)
     else:

@@ -17,8 +17,9 @@ A ``Stressor`` rides along a harness run (``harness.run(..., hooks=...)``):
   it. What they find is counted in ``checks.periodic_violations``.
 - inject ``kill``: SIGKILL one vCPU (chosen from the seed) a third into the
   measured window. The watchdog names it and the signal; results are partial.
-- inject ``stop``: SIGSTOP one vCPU, the lock holder when the variant has a
-  lock and a holder can be caught within half a second. The watchdog finds the
+- inject ``stop``: SIGSTOP one vCPU: when the variant has a lock, one caught
+  holding it (stopped, then checked; resumed and tried again if it had
+  released it, for up to ``STOP_HOLDER_S``). The watchdog finds the
   stall from the progress pulse and says whether it holds the lock and how
   many wait behind it; the vCPU is then resumed or killed (``on_stall``).
 """
@@ -38,6 +39,7 @@ from . import variants as registry
 
 FAULTS = ("kill", "stop")
 ON_STALL = ("kill", "resume")
+STOP_HOLDER_S = 2.0      # --inject stop: how long to try to catch a vCPU holding the lock
 
 
 @dataclass(frozen=True)
@@ -185,23 +187,48 @@ class Stressor:
 
     def _inject(self) -> None:
         fault = self.plan.inject
-        victim = self._pick_victim(fault)
-        pid = self.procs[victim].pid
-        os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
-        self.injected = {"fault": fault, "vcpu": victim, "pid": pid, "t": round(self.clock() - self.t0, 3)}
-
-    def _pick_victim(self, fault: str) -> int:
-        n = len(self.procs)
         if fault == "stop":
-            cfg = self.state.cfg
-            module = registry.get(cfg.variant).module
-            if module.LOCKS:
-                deadline = self.clock() + 0.5
-                while self.clock() < deadline:
-                    holder = module.lock_holder(self.views, cfg)
-                    if holder is not None:
-                        return holder
-        return self.rng.randrange(n)
+            victim, tries = self._stop_a_holder()
+        else:
+            victim, tries = self.rng.randrange(len(self.procs)), 1
+            os.kill(self.procs[victim].pid, signal.SIGKILL)
+        self.injected = {"fault": fault, "vcpu": victim, "pid": self.procs[victim].pid,
+                         "t": round(self.clock() - self.t0, 3), "tries": tries}
+
+    def _stop_a_holder(self, bound_s: float = STOP_HOLDER_S) -> tuple[int, int]:
+        """SIGSTOP a vCPU; for a variant with a lock, one that holds it, if one is caught within ``bound_s``.
+
+        The lock is held for tens of nanoseconds at a time, so a holder read
+        from the owner word has usually released it by the time SIGSTOP lands.
+        Instead: stop the vCPU last seen holding the lock (any vCPU if none
+        was), wait until its process is stopped, and read the owner word again.
+        If it holds the lock, keep it stopped; if not, resume it and try again.
+        The watchdog cannot see these short stops: it runs in the same loop as
+        this hook. After ``bound_s`` the last vCPU stopped stays stopped.
+        """
+        from . import harness
+
+        cfg = self.state.cfg
+        module = registry.get(cfg.variant).module
+        n = len(self.procs)
+        if not module.LOCKS:
+            v = self.rng.randrange(n)
+            os.kill(self.procs[v].pid, signal.SIGSTOP)
+            return v, 1
+        deadline = self.clock() + bound_s
+        tries = 0
+        while True:
+            holder = module.lock_holder(self.views, cfg)
+            v = holder if holder is not None else self.rng.randrange(n)
+            pid = self.procs[v].pid
+            os.kill(pid, signal.SIGSTOP)
+            tries += 1
+            until = self.clock() + 0.5
+            while harness.proc_probe(pid)[0] not in ("T", "t", "gone") and self.clock() < until:
+                time.sleep(0.0002)
+            if module.lock_holder(self.views, cfg) == v or self.clock() >= deadline:
+                return v, tries
+            os.kill(pid, signal.SIGCONT)
 
     def summary(self) -> dict:
         return {

@@ -91,15 +91,38 @@ def cli_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.pop("NUMBA_DISABLE_JIT", None)
     env["PYTHONUNBUFFERED"] = "1"
-    if extra:
-        env.update(extra)
+    for k, v in (extra or {}).items():
+        if v is None:
+            env.pop(k, None)            # None: not in the child's environment
+        else:
+            env[k] = v
     return env
 
 
+# pids of the command-line processes this test process started: the segments they (and
+# their children) name as owner are theirs to remove, which ``no_leftovers`` checks
+STARTED: list[int] = []
+
+
+def track(pid: int) -> int:
+    """Record a process a test started (``no_leftovers`` then looks for its segments too)."""
+    STARTED.append(pid)
+    return pid
+
+
 def testbed_cli(*args, cwd=None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m testbed ARGS``, run to completion."""
-    return subprocess.run([sys.executable, "-m", "testbed", *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=cli_env(env))
+    """``python -m testbed ARGS``, run to completion; its pid is tracked."""
+    cmd = [sys.executable, "-m", "testbed", *map(str, args)]
+    with subprocess.Popen(cmd, cwd=cwd or REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=cli_env(env)) as p:
+        track(p.pid)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 # helpers whose names start with "test", but which are no tests when a module imports them
@@ -175,33 +198,88 @@ def exclusive():
         yield
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper(on: bool) -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux prctl); False if refused."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def leftovers(before: set[int], since: int, wait_s: float = 5.0) -> tuple[list, set[str]]:
+    """(processes, segments) left behind since the snapshot ``before`` / ``STARTED[since:]``.
+
+    Processes: running descendants of this process not in ``before``; with this
+    process a subreaper, that includes what a finished CLI left orphaned. Segments: those
+    whose owner is this process, a CLI process it started, or one of those
+    leftover processes. Waits up to ``wait_s`` for both to go.
+    """
+    me = psutil.Process()
+    deadline = time.monotonic() + wait_s
+    while True:
+        extra = [p for p in me.children(recursive=True) if p.pid not in before]
+        for p in extra:
+            if not _running(p) and p.pid not in STARTED[since:]:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(p.pid, os.WNOHANG)       # an orphan that exited after its parent: reap it
+        owners = {os.getpid(), *STARTED[since:], *(p.pid for p in extra)}
+        segs = segments_owned_by(*owners)
+        running = [p for p in extra if _running(p)]
+        if (not running and not segs) or time.monotonic() > deadline:
+            return running, segs
+        time.sleep(0.05)
+
+
+def _running(p) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def clean_leftovers(extra, segs) -> list[str]:
+    """SIGKILL (by pid) and reap leftover processes, unlink leftover segments; what there was."""
+    described = []
+    for p in extra:
+        with contextlib.suppress(psutil.Error):
+            described.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:80]}")
+    kill_pids(p.pid for p in extra)
+    for p in extra:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p.pid, 0)
+    unlink_segments(segs)
+    return described
+
+
 @pytest.fixture
 def no_leftovers():
-    """Fail the test if it leaves a child process or a segment of this process behind.
+    """Fail the test if it leaves a process or a segment behind: its own, or a CLI's it started.
 
-    Anything left is cleaned up (SIGKILL by pid, unlink) before failing, so that
-    one broken test does not break the next.
+    The CLI commands run as child processes (``testbed_cli`` tracks their pids);
+    their segments carry the CLI's pid, and vCPUs a CLI failed to reap are
+    reparented to this process, a subreaper for the test's duration. Anything
+    left is cleaned up (SIGKILL by pid, unlink) before failing, so that one
+    broken test does not break the next. ``test_cli.py`` shows it failing on a
+    CLI-like child that leaves a segment and an orphan.
     """
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
-    yield
-    deadline = time.monotonic() + 5.0
-    while True:
-        extra = [p for p in me.children(recursive=True) if p.pid not in before]
-        segs = segments_owned_by(os.getpid())
-        if (not extra and not segs) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    since = len(STARTED)
+    reaper = set_subreaper(True)
+    try:
+        yield
+        extra, segs = leftovers(before, since)
+    finally:
+        if reaper:
+            set_subreaper(False)
     if extra or segs:
-        described = []
-        for p in extra:
-            with contextlib.suppress(psutil.Error):
-                described.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:80]}")
-        kill_pids(p.pid for p in extra)
-        for p in extra:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(p.pid, 0)
-        unlink_segments(segs)
+        described = clean_leftovers(extra, segs)
         pytest.fail(f"left behind: processes {described}, segments {sorted(segs)}")
 
 

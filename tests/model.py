@@ -486,3 +486,85 @@ class KmapLocalModel(_Geometry):
     def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
         return sum(1 for v in range(self.vcpus) for i in range(len(self.stack[v]), self.entries)
                    if self.pte[self.base(v) + i] is not None)
+
+
+# --------------------------------------------------------------------------------------
+# WORKLOAD: the operation stream one vCPU's loop draws from its random state
+# --------------------------------------------------------------------------------------
+
+M64 = (1 << 64) - 1
+WORKLOAD_IDS = {"uniform": 0, "hot": 1, "ptwalk": 2, "guest": 3, "timers": 4}
+
+
+class WorkloadModel:
+    """What one vCPU's operation loop maps, re-derived from its random state.
+
+    The generator is xorshift64* (shift 12, 25, 27; multiplier 0x2545F4914F6CDD1D),
+    a draw in [0, n) is Lemire's multiply-shift of the top 32 bits, and one
+    operation is:
+
+    - guest and timers: the guest's work first (``guest_work`` rounds of the
+      xorshift chain on the state itself, no multiplier) unless the last timer
+      hypercall got -ETIME (``streak`` > 0: the guest retries at once), then
+      ``burst`` hypercalls;
+    - ptwalk: one walk of ``1 + draw(nest)`` distinct MFNs (redrawn while the walk
+      already holds it, when the working set has ``nest`` MFNs), unmapped in
+      reverse order;
+    - hot: 9 draws in 10 (``draw(10) != 0``) from the hot set, else the working set;
+    - uniform: one MFN of the working set.
+
+    ``operation`` returns the bursts, each the MFNs in map order.
+    """
+
+    def __init__(self, workload: str, state: int, *, working_set: int, hot: int = 8, nest: int = 1,
+                 burst: int = 1, guest_work: int = 0):
+        self.wl = WORKLOAD_IDS[workload]
+        self.state = state
+        self.working_set, self.hot, self.guest_work = working_set, hot, guest_work
+        self.nest = nest if self.wl == WORKLOAD_IDS["ptwalk"] else 1
+        self.burst = burst if self.wl in (WORKLOAD_IDS["guest"], WORKLOAD_IDS["timers"]) else 1
+        self.work_done = 0
+
+    def next_rand(self) -> int:
+        x = self.state
+        x ^= x >> 12
+        x = (x ^ (x << 25)) & M64
+        x ^= x >> 27
+        self.state = x
+        return (x * 0x2545F4914F6CDD1D) & M64
+
+    def draw(self, n: int) -> int:
+        return ((self.next_rand() >> 32) * n) >> 32
+
+    def draw_mfn(self) -> int:
+        if self.wl == WORKLOAD_IDS["hot"] and self.hot > 0:
+            if self.draw(10) != 0:
+                return self.draw(min(self.hot, self.working_set))
+        return self.draw(self.working_set)
+
+    def _work(self) -> None:
+        x = self.state
+        for _ in range(self.guest_work):
+            x ^= x >> 12
+            x = (x ^ (x << 25)) & M64
+            x ^= x >> 27
+        self.state = x
+        self.work_done += 1
+
+    def operation(self, streak: int = 0) -> list[list[int]]:
+        ptwalk = self.wl == WORKLOAD_IDS["ptwalk"]
+        if self.wl in (WORKLOAD_IDS["guest"], WORKLOAD_IDS["timers"]) and streak == 0:
+            self._work()
+        distinct = ptwalk and self.working_set >= self.nest
+        bursts = []
+        for _ in range(self.burst):
+            depth = 1 + self.draw(self.nest) if ptwalk else self.nest
+            walk: list[int] = []
+            for _k in range(depth):
+                mfn = self.draw_mfn()
+                if distinct:
+                    while mfn in walk:
+                        mfn = self.draw_mfn()
+                walk.append(mfn)
+            bursts.append(walk)
+        return bursts

@@ -334,18 +334,41 @@ def overlapped(r: dict) -> bool:
     return r["overlap"] >= r["shortest"] // 2
 
 
-def expect_lost_updates(kind: int, n0: int):
-    """Retry with growing ``n`` until the two loops overlap; then updates must have been lost."""
+OVERLAP_TRIES = 12
+
+
+def expect_lost_updates(kind: int, n0: int, run=None):
+    """Retry until the two loops overlap; then updates must have been lost. Fails if they never overlap.
+
+    ``n`` grows fourfold per try up to 64 times ``n0``, then stays there (a busy shared host can
+    keep one process off its core for a while; a longer loop is more likely to meet the other).
+    Mutation tried: ``overlapped`` returning False: fails after the last try, where it skipped before.
+    """
+    run = run or run_pair
     n, seen = n0, []
-    for _ in range(4):
-        r = run_pair(kind, n)
+    for _ in range(OVERLAP_TRIES):
+        r = run(kind, n)
         seen.append((n, r["times"], r["overlap"], r["count"]))
         if overlapped(r):
             assert r["count"] < 2 * n, f"no update lost in an overlapping run: {seen[-1]}"
             assert r["count"] >= n      # each process itself counts all of its own increments at least once
             return r
-        n *= 4
-    pytest.skip(f"the two processes never ran at the same time (n, TSC intervals, overlap, count): {seen}")
+        n = min(n * 4, 64 * n0)
+    pytest.fail(f"the two processes never ran at the same time in {OVERLAP_TRIES} tries "
+                f"(n, TSC intervals, overlap, count): {seen}")
+
+
+def test_expect_lost_updates_fails_when_the_processes_never_overlap():
+    """A pair that never overlaps is a failure, not a skip (the check cannot pass without meeting)."""
+    calls = []
+
+    def apart(kind, n):
+        calls.append(n)
+        return {"count": 2 * n, "times": [[0, 10], [20, 30]], "overlap": -10, "shortest": 10}
+
+    with pytest.raises(pytest.fail.Exception, match="never ran at the same time"):
+        expect_lost_updates(K_RACY, 100, run=apart)
+    assert len(calls) == OVERLAP_TRIES and max(calls) == 6400
 
 
 @pytest.mark.usefixtures("exclusive", "no_leftovers")

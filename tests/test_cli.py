@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, cli_env, segments_owned_by, testbed_cli
+from conftest import (REPO, STARTED, clean_leftovers, cli_env, leftovers, segments_owned_by, set_subreaper, testbed_cli,
+                      track)
 
 # Runs ``python -m testbed`` exactly as ``-m`` does (runpy), but first logs every fork, every
 # subprocess and every shared-memory segment created, to the file named by TB_SPAWN_LOG.
@@ -158,3 +159,43 @@ def test_help_works():
     for cmd in ("run", "variants", "cleanup"):
         assert cmd in out.stdout
     assert out.stderr == ""
+
+
+# A CLI-like child: creates a segment named after itself, forks a grandchild that outlives it, exits.
+LEAKER = textwrap.dedent("""
+    import os, sys, time
+    open(f"/dev/shm/testbed_{os.getpid()}_0badc0de", "w").close()
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    os._exit(0)
+""")
+
+
+def test_no_leftovers_sees_what_a_cli_process_left():
+    """The fixture's check fails for a command-line child's segment and for its orphaned child.
+
+    Before this test the fixture looked only at segments named after the pytest
+    process and at its live children, so a CLI that left its arena or a vCPU
+    behind passed. Mutation tried: ``owners = {os.getpid()}`` in
+    ``conftest.leftovers`` (the old check): the segment is no longer found.
+    """
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    since = len(STARTED)
+    reaper = set_subreaper(True)
+    try:
+        p = subprocess.Popen([sys.executable, "-c", LEAKER])
+        track(p.pid)
+        p.wait(30)
+        extra, segs = leftovers(before, since, wait_s=0.5)
+        assert segs == {f"testbed_{p.pid}_0badc0de"}
+        if reaper:              # the orphan is ours to see only as a subreaper
+            assert len(extra) == 1 and extra[0].ppid() == os.getpid()
+    finally:
+        if reaper:
+            set_subreaper(False)
+        extra, segs = leftovers(before, since, wait_s=0)
+        clean_leftovers(extra, segs | {f"testbed_{pid}_0badc0de" for pid in STARTED[since:]})
+    assert leftovers(before, since, wait_s=0) == ([], set())

@@ -7,6 +7,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from conftest import alive as alive_pid
 from conftest import testbed_cli
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "testbed" / "schema.json").read_text())
@@ -18,8 +19,17 @@ def test_compare_prints_the_table_and_writes_valid_json(tmp_path, exclusive, no_
     r = testbed_cli("compare", *TINY, "--repeat", "2", "--json", out, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Performance drop against directmap" in r.stdout and "seed 3" in r.stdout
-    assert "larger than" in r.stdout or "within" in r.stdout
     res = json.loads(out.read_text())
+    # Each verdict line says what the JSON's figures say: "larger than" exactly when the median
+    # drop exceeds its median absolute deviation. Mutation tried: swap the two words in
+    # cli.print_compare: every line is caught.
+    for row in res["rows"]:
+        for scope in ("single", "multi"):
+            drop, spread = row[f"{scope}_drop_pct"], row[f"{scope}_spread_pct"]
+            assert row[f"{scope}_significant"] == (abs(drop) > spread)
+            verdict = "larger than" if abs(drop) > spread else "within"
+            line = f"{row['variant']} {scope}-core: drop {drop:+.2f}% is {verdict} its spread ({spread:.2f}%)"
+            assert line in r.stdout, (line, r.stdout)
     jsonschema.validate(res, SCHEMA)
     assert [row["variant"] for row in res["rows"]] == ["locked", "lockless", "percpu", "kmap-local"]
     assert res["vcpus_multi"] == 2 and len(res["runs"]) == 20
@@ -43,8 +53,27 @@ def test_scale_writes_csv_and_plot(tmp_path, exclusive, no_leftovers):
 
 
 def test_scale_oversubscribed(tmp_path, exclusive, no_leftovers):
-    r = testbed_cli("scale", *TINY, "--variants", "lockless", "--vcpus", "1,4", "--oversubscribe", timeout=300)
+    """4 vCPUs on 2 CPUs: a row per scheduling model, every vCPU ran and (hypervisor model) was switched.
+
+    Mutation tried: ``HypervisorSched.tick`` returning at once (no vCPU hands its CPU over): two
+    vCPUs of the hypervisor row complete no operation.
+    """
+    js = tmp_path / "s.json"
+    r = testbed_cli("scale", *TINY, "--variants", "lockless", "--vcpus", "1,4", "--oversubscribe", "--json", js,
+                    timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(js.read_text())
+    jsonschema.validate(res, SCHEMA)
+    assert [(row["vcpus"], row["sched"], row["verdict"]) for row in res["rows"]] == [
+        (1, "dedicated", "SUCCESS"), (4, "hypervisor", "SUCCESS"), (4, "host", "SUCCESS")]
+    assert all(row["ops_per_s"] > 0 for row in res["rows"])
+    for run in res["runs"]:
+        if run["vcpus"] != 4:
+            continue
+        assert run["sched"]["cpus"] < 4 and len(run["per_vcpu"]) == 4
+        assert all(v["ops"] > 0 for v in run["per_vcpu"]), [v["ops"] for v in run["per_vcpu"]]
+        if run["sched"]["model"] == "hypervisor":
+            assert all(v["switches"] > 0 for v in run["per_vcpu"]), [v["switches"] for v in run["per_vcpu"]]
     r = testbed_cli("scale", *TINY, "--variants", "lockless", "--vcpus", "1,4")
     assert r.returncode == 2 and "--oversubscribe" in r.stderr
 
@@ -65,6 +94,32 @@ def test_timers_reports_etime_and_panics(tmp_path, exclusive, no_leftovers):
         assert row["timer_sets"] > 0 and 0 <= row["etime_rate"] <= 1 and row["worst_streak"] >= 0
     # a hypercall that waits for a preempted lock holder takes longer than one that does not
     assert rows[("locked", "host")]["mean_path_us"] > rows[("lockless", "host")]["mean_path_us"]
+
+
+def _timer_rows(tmp_path, name, slack_us):
+    js = tmp_path / name
+    r = testbed_cli("timers", "--vcpus", "1", "--duration", "0.4", "--warmup", "0", "--seed", "3",
+                    "--slack-us", slack_us, "--json", js, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(js.read_text())["rows"]
+    assert {row["variant"] for row in rows} == {"locked", "lockless", "percpu", "kmap-local"}
+    return rows
+
+
+def test_timers_etime_follows_the_slack(tmp_path, exclusive, no_leftovers):
+    """Deadlines that cannot pass give no -ETIME; deadlines that always pass give -ETIME every time.
+
+    A slack of 1 ns is shorter than any hypercall burst, so every timer is late and every run of
+    60 late timers is a panic; a slack of 10 s is longer than the run. Mutation tried: in
+    ``kernels.arm_timer``, ``if True:`` for ``if now <= deadline:`` (never -ETIME): the 1 ns
+    run fails on etime_rate 0.
+    """
+    for row in _timer_rows(tmp_path, "late.json", "0.001"):
+        assert row["timer_sets"] > 120 and row["etime_rate"] == 1.0, row
+        assert row["worst_streak"] >= 60 and row["panics"] == row["timer_sets"] // 60, row
+    for row in _timer_rows(tmp_path, "early.json", "1e7"):
+        assert row["timer_sets"] > 0 and row["etime_rate"] == 0.0, row
+        assert row["worst_streak"] == 0 and row["panics"] == 0, row
 
 
 def test_run_repeat_and_csv(tmp_path, exclusive, no_leftovers):
@@ -114,12 +169,59 @@ def test_stress_finds_every_control_and_passes_real_variants(tmp_path, exclusive
 
 
 def test_stress_stop_injection_reports_the_lock_holder(tmp_path, exclusive, no_leftovers):
-    r = testbed_cli("stress", "--variants", "locked", "--duration", "3", "--seed", "3", "--inject", "stop",
-                    "--on-stall", "resume", timeout=300)
+    """The stopped vCPU holds the lock, and the vCPUs queued behind it number at most vCPUs - 1.
+
+    Before, the report could read "holds lock: False ... waiting for lock: 8" on 2 vCPUs and
+    the test passed on the text. Mutation tried: ``Stressor._stop_a_holder`` returning after the
+    first SIGSTOP, whoever it stopped: "holds lock: False".
+    """
+    js = tmp_path / "stop.json"
+    r = testbed_cli("stress", "--variants", "locked", "--vcpus", "2", "--duration", "3", "--seed", "3", "--inject",
+                    "stop", "--on-stall", "resume", "--json", js, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("locked: "))
-    assert "made no progress" in line and "process status: stopped" in line and "holds lock" in line
+    assert "made no progress" in line and "process status: stopped" in line and "holds lock: True" in line
     assert "resumed" in line
+    (run,) = json.loads(js.read_text())["runs"]
+    f = run["failure"]
+    assert f["kind"] == "stalled" and f["holds_lock"] is True and f["lock_holder"] == f["vcpu"]
+    assert 0 <= f["waiting_for_lock"] <= run["vcpus"] - 1
+    assert run["stress"]["injected"]["vcpu"] == f["vcpu"] and f["action"] == "resumed"
+
+
+def test_stress_stop_injection_on_stall_kill(tmp_path, exclusive, no_leftovers):
+    """--on-stall kill: the stopped vCPU is killed, the run ends FAILURE, nothing is left behind.
+
+    The harness kills a stalled vCPU at the stop whatever ``--on-stall`` says, so the exit status
+    alone cannot tell the two actions apart (``Stressor.stall`` sending SIGCONT for both was tried
+    and passes); the failure records the action. Mutation tried: ``failure["action"] = "resumed"``
+    in ``Stressor.stall``: fails on the action.
+    """
+    js = tmp_path / "kill.json"
+    r = testbed_cli("stress", "--variants", "lockless", "--vcpus", "2", "--duration", "2", "--seed", "5", "--inject",
+                    "stop", "--on-stall", "kill", "--json", js, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (run,) = json.loads(js.read_text())["runs"]
+    f = run["failure"]
+    assert f["kind"] == "stalled" and f["action"] == "killed" and "the vCPU was killed" in f["message"]
+    assert run["verdict"] == "FAILURE" and run["stress"]["injected"]["fault"] == "stop"
+    assert run["per_vcpu"][f["vcpu"]]["exitcode"] == -9 and not alive_pid(f["pid"])
+
+
+def test_stress_kill_injection(tmp_path, exclusive, no_leftovers):
+    """--inject kill: the watchdog names the killed vCPU and the signal; the result is partial.
+
+    Mutation tried: ``_inject`` sending SIGTERM: the failure names SIGTERM and the test fails.
+    """
+    js = tmp_path / "k.json"
+    r = testbed_cli("stress", "--variants", "lockless", "--vcpus", "2", "--duration", "2", "--seed", "3", "--inject",
+                    "kill", "--json", js, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (run,) = json.loads(js.read_text())["runs"]
+    f, inj = run["failure"], run["stress"]["injected"]
+    assert f["kind"] == "killed" and f["signal"] == "SIGKILL" and f["vcpu"] == inj["vcpu"]
+    assert run["victims"] == {str(inj["vcpu"]): "killed"} and run["partial"] is True
+    assert f"vCPU {inj['vcpu']} was killed by SIGKILL" in r.stdout
 
 
 def test_scale_shows_each_lock_of_locked(tmp_path, exclusive, no_leftovers):
@@ -141,3 +243,61 @@ def test_scale_shows_each_lock_of_locked(tmp_path, exclusive, no_leftovers):
     r = testbed_cli("scale", *TINY, "--variants", "lockless,percpu", "--lock", "mcs")
     assert r.returncode == 2 and "--lock" in r.stderr and "ticket, mcs, tas" in r.stderr
     assert len(r.stderr.splitlines()) == 1
+
+
+def test_diff_refuses_another_cpu_model_end_to_end(tmp_path, exclusive, no_leftovers):
+    """Two real runs; one result edited to come from another CPU model: diff exits 2 naming it.
+
+    Mutation tried: ``"cpu_model"`` dropped from ``results.HOST_KEYS``: diff exits 0.
+    """
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for path in (a, b):
+        r = testbed_cli("run", "--variant", "lockless", "--vcpus", "1", "--duration", "0.2", "--warmup", "0",
+                        "--frames", "256", "--quiet", "--json", path)
+        assert r.returncode == 0, r.stderr
+    res = json.loads(b.read_text())
+    assert res["host"]["cpu_model"] == json.loads(a.read_text())["host"]["cpu_model"]
+    assert testbed_cli("diff", a, b).returncode == 0
+    res["host"]["cpu_model"] = "Some Other CPU @ 1.00GHz"
+    b.write_text(json.dumps(res))
+    r = testbed_cli("diff", a, b)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stdout + r.stderr
+    assert "cpu_model" in r.stderr and "Some Other CPU" in r.stderr and "--force" in r.stderr
+    assert testbed_cli("diff", a, b, "--force").returncode == 0
+
+
+def test_cache_dir_is_used_and_a_warm_run_measures_within_2_s(tmp_path, exclusive, no_leftovers):
+    """$TESTBED_CACHE_DIR holds the compiled kernels; the next run loads them and measures within 2 s.
+
+    The first run compiles into an empty $TESTBED_CACHE_DIR (tens of seconds on a busy host),
+    which must then hold numba's index and code files; the second, from the same directory, must
+    start measuring less than 2 s after the command started (``startup.since_launch_s``, best of
+    3 on a shared host). Mutations tried: ``base = os.path.join(...)`` without
+    ``os.environ.get("TESTBED_CACHE_DIR") or`` in ``testbed/__init__.py``: the directory stays
+    empty; ``time.sleep(2)`` at the top of ``harness.compile_kernels``: warm runs measure after
+    3.1 s. (The child's environment drops NUMBA_CACHE_DIR, which the parent's own ``import
+    testbed`` may have set and which would take precedence.)
+    """
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {"NUMBA_CACHE_DIR": None, "TESTBED_CACHE_DIR": str(cache)}
+
+    def run(name):
+        js = tmp_path / name
+        r = testbed_cli("run", "--variant", "lockless", "--vcpus", "2", "--duration", "0.3", "--warmup", "0",
+                        "--frames", "256", "--quiet", "--json", js, timeout=600, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(js.read_text())["startup"]
+
+    run("cold.json")
+    (sub,) = list(cache.iterdir())
+    assert sub.name.startswith("numba-")
+    files = [f.suffix for f in sub.rglob("*")]
+    assert files.count(".nbi") >= 1 and files.count(".nbc") >= 1, files
+    starts = []
+    for i in range(3):
+        st = run(f"warm{i}.json")
+        starts.append(st["since_launch_s"])
+        if st["since_launch_s"] < 2.0:
+            break
+    assert min(starts) < 2.0, f"a warm run started measuring {starts} s after launch"

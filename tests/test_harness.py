@@ -17,7 +17,7 @@ import shared
 from testbed import harness
 from testbed.config import RunConfig
 
-from conftest import (LineReader, alive, cli_env, kill_pids, segments_owned_by, testbed_cli, unlink_segments,
+from conftest import (LineReader, alive, cli_env, kill_pids, segments_owned_by, testbed_cli, track, unlink_segments,
                       wait_gone)
 
 pytestmark = pytest.mark.usefixtures("exclusive", "warm_kernels", "no_leftovers")
@@ -194,6 +194,7 @@ class CliRun:
     def __init__(self, *args, cwd):
         self.p = subprocess.Popen([sys.executable, "-m", "testbed", "run", *map(str, args)], cwd=cwd,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        track(self.p.pid)
         self.out = LineReader(self.p.stdout)
         self.err = LineReader(self.p.stderr)
 

@@ -189,7 +189,7 @@ def locked_compiled_state(c: Compiled) -> dict:
         "epoch": int(dom[locked.D_EPOCH]),
         "tlbflush_timestamp": int(dom[locked.D_TLBFLUSH_TS]),
         "tlbflush_clock": int(dom[tlb.D_TLBCLOCK]),
-        "lock_free": bool(dom[locked.D_LOCK_HEAD] == dom[locked.D_LOCK_TAIL]),
+        "lock_free": locked.lock_free(c.views, cfg),
         "pte": [int(x) for x in pte[:S]],
         "inuse": _bits(dbits, 0, S),
         "garbage": _bits(dbits, gb, S),

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import REPO, LineReader, cli_env, dead_owners, testbed_cli, testbed_segments
+from conftest import REPO, LineReader, cli_env, dead_owners, testbed_cli, testbed_segments, track
 from testbed import cli, sweep
 
 SCHEMA = json.loads((REPO / "testbed" / "schema.json").read_text())
@@ -229,6 +229,7 @@ def test_an_interrupted_sweep_loses_at_most_the_cell_in_progress(tmp_path, exclu
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "sweep", str(plan), "--out", str(out)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+    track(proc.pid)
     try:
         lines = LineReader(proc.stdout)
         assert lines.wait_for(lambda s: s.startswith("[2/3]"), timeout=120), lines.text()

@@ -29,7 +29,7 @@ enum {
   P_LEVELS = 7, P_SLOTS = 8, P_WORKLOAD = 9, P_NEST = 10, P_TLB_SETS = 11, P_TLB_WAYS = 12,
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
-  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_REFCOUNT_WRAP = 32,
+  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_COST_REFILL = 30, P_REFCOUNT_WRAP = 32,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -37,7 +37,7 @@ enum {
   S_REFCNT_ERR = 13, S_EXHAUSTED = 14, S_EPOCH_FLUSH = 15, S_HARVEST = 16, S_WORK = 17, S_INVARIANT = 18,
   S_LAT_SAMPLES = 19, S_LAT_CYCLES = 20, S_LAT_MAX = 21, S_TIMER_SETS = 22, S_ETIME = 23, S_STREAK_MAX = 24,
   S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
-  S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61,
+  S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
 };
 enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3 };
 #define LAT_BINS 64
@@ -204,7 +204,15 @@ static void flush_all(struct arrays *a) {
   for (i64 w = 0; w < n; w++) a->tlb[w * T_COLS + T_TAG] = 0;
   a->vrow[V_TLBFLUSH_TIME] = t;
   a->srow[S_FLUSH_ALL] += 1;
+  a->srow[S_REFILL_LEFT] = a->p[P_COST_REFILL];
   if (a->p[P_COST_FLUSH_ALL] > 0) spin_cycles(a->p[P_COST_FLUSH_ALL]);
+}
+
+/* tlb.refill */
+static void refill(struct arrays *a) {
+  a->srow[S_REFILL_LEFT] -= 1;
+  a->srow[S_REFILLS] += 1;
+  if (a->p[P_COST_WALK] > 0) spin_cycles(a->p[P_COST_WALK]);
 }
 
 static int need_flush(i64 cpu_stamp, i64 lastuse, i64 now) {
@@ -489,6 +497,7 @@ INLINE i64 timed_map(struct arrays *a, i64 vcpu, i64 mfn) {
 INLINE void access_frame(struct arrays *a, i64 vcpu, i64 va, i64 mfn) {
   i64 *srow = a->srow;
   i64 pfn;
+  if (srow[S_REFILL_LEFT] > 0) refill(a);
   if (va >= MAPCACHE_VA)
     pfn = translate(a, va - MAPCACHE_VA);
   else

@@ -441,7 +441,14 @@ def lock_waiters(views, cfg) -> int:
         return sum(1 for v in range(cfg.vcpus) if dom[mcs_node(v) + N_LOCKED] != 0)
     if kind == LOCK_TAS:
         return max(0, int(dom[D_TAS_WAITERS]))
-    return max(0, int(dom[D_LOCK_TAIL]) - int(dom[D_LOCK_HEAD]) - 1)
+    # One consistent snapshot: the tail read between two equal readings of the head (the head
+    # only grows), so that a holder that keeps taking the lock cannot inflate the count.
+    for _ in range(1000):
+        head = int(dom[D_LOCK_HEAD])
+        tail = int(dom[D_LOCK_TAIL])
+        if int(dom[D_LOCK_HEAD]) == head:
+            break
+    return max(0, tail - head - 1)
 
 
 def lock_free(views, cfg) -> bool:
