@@ -1,13 +1,13 @@
 """The after-run checks fire on real state a vCPU loop produced, corrupted in one word.
 
-``harness.lost_writes`` (frame counters against the writes each vCPU meant) and the
+``oracle.lost_writes`` (frame counters against the writes each vCPU meant) and the
 stress run's quiescent check (``Stressor._quiescent``: the variant's invariants and
 the lost-writes check on paused vCPUs) are otherwise only ever seen passing. Here
 ``kernels.run_ops`` runs a few hundred operations per vCPU on private state; the
 checks must find nothing on it, then find the one corruption: a frame counter one
 short (a lost write) or the inuse bit of a free slot set (a leaked slot).
 
-Mutations tried: in ``harness.lost_writes``, ``np.maximum(actual - meant, 0)``
+Mutations tried: in ``oracle.lost_writes``, ``np.maximum(actual - meant, 0)``
 (counts extra writes instead of lost ones): the frame-counter cases fail on 0 lost;
 in ``Stressor._quiescent``, ``found["lost_writes"] = lost`` only if the variant check
 found something: the quiescent lost-write case fails.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from testbed import abi, harness, kernels
+from testbed import abi, harness, kernels, oracle
 from testbed.stress import StressPlan, Stressor
 from testbed.variants import locked, lockless
 
@@ -60,18 +60,18 @@ def leak_a_slot(s):
 @pytest.mark.parametrize("variant,lock", VARIANTS)
 def test_lost_writes_finds_a_frame_counter_one_short(variant, lock):
     s = real_state(variant, lock)
-    lost, written, counted = harness.lost_writes(s.views, s.cfg)
+    lost, written, counted = oracle.lost_writes(s.views, s.cfg)
     assert lost == 0 and written == counted == int(s.views["stats"][:2, abi.S_WRITES].sum()) > 0
     lose_a_write(s)
-    assert harness.lost_writes(s.views, s.cfg) == (1, written, written - 1)
+    assert oracle.lost_writes(s.views, s.cfg) == (1, written, written - 1)
 
 
 @pytest.mark.parametrize("variant,lock", VARIANTS)
 def test_variant_check_finds_a_leaked_slot(variant, lock):
     s = real_state(variant, lock)
-    assert not any(harness.variant_checks(s.views, s.cfg).values())
+    assert not any(oracle.variant_checks(s.views, s.cfg).values())
     leak_a_slot(s)
-    assert harness.variant_checks(s.views, s.cfg)["slot_leaks"] == 1
+    assert oracle.variant_checks(s.views, s.cfg)["slot_leaks"] == 1
 
 
 class _Proc:
