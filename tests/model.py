@@ -493,7 +493,7 @@ class KmapLocalModel(_Geometry):
 # --------------------------------------------------------------------------------------
 
 M64 = (1 << 64) - 1
-WORKLOAD_IDS = {"uniform": 0, "hot": 1, "ptwalk": 2, "guest": 3, "timers": 4}
+WORKLOAD_IDS = {"uniform": 0, "hot": 1, "ptwalk": 2, "guest": 3, "timers": 4, "nest-same": 5}
 
 
 class WorkloadModel:
@@ -512,16 +512,20 @@ class WorkloadModel:
       reverse order;
     - hot: 9 draws in 10 (``draw(10) != 0``) from the hot set, else the working set;
     - uniform: one MFN of the working set.
+    - nest-same: one MFN mapped ``nest`` times, then ``levels`` other MFNs (distinct
+      from those held, when the working set has more than ``levels``), all held.
 
     ``operation`` returns the bursts, each the MFNs in map order.
     """
 
     def __init__(self, workload: str, state: int, *, working_set: int, hot: int = 8, nest: int = 1,
-                 burst: int = 1, guest_work: int = 0):
+                 burst: int = 1, guest_work: int = 0, levels: int = 0):
         self.wl = WORKLOAD_IDS[workload]
         self.state = state
         self.working_set, self.hot, self.guest_work = working_set, hot, guest_work
-        self.nest = nest if self.wl == WORKLOAD_IDS["ptwalk"] else 1
+        self.same = self.wl == WORKLOAD_IDS["nest-same"]
+        self.nest = nest if self.wl == WORKLOAD_IDS["ptwalk"] or self.same else 1
+        self.below = levels if self.same else 0
         self.burst = burst if self.wl in (WORKLOAD_IDS["guest"], WORKLOAD_IDS["timers"]) else 1
         self.work_done = 0
 
@@ -557,12 +561,14 @@ class WorkloadModel:
             self._work()
         distinct = ptwalk and self.working_set >= self.nest
         bursts = []
+        others = self.same and self.working_set > self.below
         for _ in range(self.burst):
-            depth = 1 + self.draw(self.nest) if ptwalk else self.nest
+            depth = 1 + self.draw(self.nest) if ptwalk else self.nest + self.below
             walk: list[int] = []
-            for _k in range(depth):
-                mfn = self.draw_mfn()
-                if distinct:
+            for k in range(depth):
+                # nest-same: the first MFN mapped nest times, then below it levels others
+                mfn = walk[0] if self.same and 0 < k < self.nest else self.draw_mfn()
+                if distinct or (others and k >= self.nest):
                     while mfn in walk:
                         mfn = self.draw_mfn()
                 walk.append(mfn)

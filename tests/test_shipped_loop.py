@@ -85,9 +85,10 @@ def replay(variant, lock, workload, steps, seed=11):
     mod = registry.get(variant).module
     model = MODELS[mod](cfg.vcpus, cfg.entries, cfg.hash_entries) if mod in MODELS else None
     gens = [WorkloadModel(workload, int(s.rngs[v][0]), working_set=cfg.working_set, hot=cfg.hot_set,
-                          nest=cfg.nest, burst=cfg.burst, guest_work=cfg.guest_work) for v in range(cfg.vcpus)]
+                          nest=cfg.nest, burst=cfg.burst, guest_work=cfg.guest_work, levels=cfg.levels)
+            for v in range(cfg.vcpus)]
     expect = np.zeros((cfg.vcpus, cfg.frames), dtype=np.int64)
-    live = np.zeros((cfg.vcpus, 2 * cfg.nest), dtype=np.int64)
+    live = np.zeros((cfg.vcpus, 2 * config.held_most(cfg)), dtype=np.int64)
     ops = [0] * cfg.vcpus
     maps = [0] * cfg.vcpus
     order = random.Random(seed)
@@ -148,7 +149,7 @@ def test_every_real_variant_and_workload_is_replayed():
     names = {v for v, _ in CASES}
     assert names == {v.name for v in registry.REAL}
     assert {lk for _, lk in CASES if lk} == set(registry.get("locked").locks)
-    assert set(WORKLOADS) == {"uniform", "hot", "ptwalk", "guest", "timers"}
+    assert set(WORKLOADS) == set(config.WORKLOADS)
     # a design without a reference model would be compared on the loop's records only
     assert all(registry.get(v).module in MODELS for v in names if v != registry.BASELINE)
 
