@@ -101,3 +101,19 @@ def test_same_counters_as_compiled_loop(nat, variant, workload, lock, frames):
     stats = a[0]["stats"][0]
     assert stats[abi.S_OPS] == n and stats[abi.S_WRITES] >= n
     assert _differences(a, b) == [], f"{variant} {workload} {lock} {frames} frames: C and numba loops disagree"
+
+
+@pytest.mark.parametrize("variant,lock", [(v.name, lock) for v in registry.REAL for lock in (v.locks or (None,))])
+def test_each_variants_own_loop_does_what_the_generic_loop_does(variant, lock):
+    """run_ops runs the variant's own compiled loop (its id a constant, the dispatch folded away);
+    the loop that dispatches on p[P_VARIANT] at run time must leave the very same state.
+
+    Mutation: in dispatch.loops_source, give every loop id 0 (``k.ops_loop(0, ...``): every
+    design but directmap then runs directmap's loop, and this fails for each of them.
+    """
+    cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=256, workload="ptwalk", seed=11, lock=lock))
+    a, b = _fresh(cfg), _fresh(cfg)
+    own = kernels.loop(a[3][0])
+    assert own is kernels._LOOPS.LOOPS[registry.VARIANTS[variant].vid]
+    assert own(2000, 0, *a[3]) == kernels._LOOPS.run_ops_any(2000, 0, *b[3]) == abi.ST_OK
+    assert _differences(a, b) == []

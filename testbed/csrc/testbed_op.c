@@ -691,8 +691,7 @@ INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va) {
 }
 
 /* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
-INLINE i64 map_page(struct arrays *a, i64 vcpu, i64 mfn) {
-  i64 vid = a->p[P_VARIANT];
+INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
   if (vid == VID_DIRECTMAP) return mfn;
   if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn);
   if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn);
@@ -701,8 +700,7 @@ INLINE i64 map_page(struct arrays *a, i64 vcpu, i64 mfn) {
   return -ST_BAD_VARIANT;
 }
 
-INLINE i64 unmap_page(struct arrays *a, i64 vcpu, i64 va) {
-  i64 vid = a->p[P_VARIANT];
+INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va) {
   if (vid == VID_DIRECTMAP) return ST_OK;
   if (vid == VID_LOCKED) return locked_unmap(a, va);
   if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va);
@@ -720,7 +718,7 @@ static i64 log2_bin(i64 x) {
   return b;
 }
 
-INLINE i64 timed_map(struct arrays *a, i64 vcpu, i64 mfn) {
+INLINE i64 timed_map(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
   i64 *srow = a->srow;
   i64 n = srow[S_MAPS];
   srow[S_MAPS] = n + 1;
@@ -730,7 +728,7 @@ INLINE i64 timed_map(struct arrays *a, i64 vcpu, i64 mfn) {
     srow[S_SAMPLING] = 1;
     t0 = rdtsc();
   }
-  i64 va = map_page(a, vcpu, mfn);
+  i64 va = map_page(a, vid, vcpu, mfn);
   if (sampled) {
     srow[S_SAMPLING] = 0;
     i64 dt = rdtsc() - t0;
@@ -794,19 +792,13 @@ static void guest_work(const i64 *p, u64 *rng, i64 *srow) {
   srow[S_WORK] += 1;
 }
 
-/* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
- * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
-i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbits, i64 *vst, i64 vst_stride,
-                    i64 *frames, i64 frames_stride, i64 *expect, i64 expect_stride, i64 *stats,
-                    i64 stats_stride, i64 *hist, i64 hist_stride, i64 *live, i64 live_stride, i64 *tlb,
-                    i64 tlb_rows, u64 *rng) {
-  struct arrays A = {
-      .p = p, .dom = dom, .pte = pte, .dbits = dbits, .tlb = tlb, .frames = frames,
-      .erow = expect + vcpu * expect_stride, .srow = stats + vcpu * stats_stride,
-      .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
-      .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
-  };
-  struct arrays *a = &A;
+/* kernels.ops_loop: the loop under variant `vid`. Inlined with a constant id into one
+ * function per variant (as kernels.run_ops picks the variant's own compiled loop), so the
+ * compiler folds the dispatch and lays out each design's loop alone. */
+INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
+  struct arrays *a = &A;                 /* a local copy: no store through an array can change it */
+  const i64 *p = a->p;
+  u64 *rng = a->rng;
   i64 *srow = a->srow, *lrow = a->lrow;
   i64 wl = p[P_WORKLOAD];
   i64 nest = wl == WL_PTWALK ? p[P_NEST] : 1;
@@ -828,7 +820,7 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
         i64 mfn = draw_mfn(rng, p);
         if (distinct)
           while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
-        i64 va = timed_map(a, vcpu, mfn);
+        i64 va = timed_map(a, vid, vcpu, mfn);
         if (va < 0) {
           status = -va;
           break;
@@ -841,7 +833,7 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       srow[S_LIVE] = held;
       if (status != ST_OK) break;
       for (i64 k = held - 1; k >= 0; k--) {
-        i64 st = unmap_page(a, vcpu, lrow[2 * k]);
+        i64 st = unmap_page(a, vid, vcpu, lrow[2 * k]);
         if (st != ST_OK) {
           if (st == ST_BAD_VA) srow[S_INVARIANT] += 1;
           status = st;
@@ -858,4 +850,35 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
   }
   srow[S_OPS] += done;
   return status;
+}
+
+#define LOOP(name, vid) \
+  static __attribute__((noinline)) i64 name(i64 n, i64 vcpu, struct arrays A) { return ops_loop(vid, n, vcpu, A); }
+LOOP(loop_directmap, VID_DIRECTMAP)
+LOOP(loop_locked, VID_LOCKED)
+LOOP(loop_lockless, VID_LOCKLESS)
+LOOP(loop_percpu, VID_PERCPU)
+LOOP(loop_kmap_local, VID_KMAP_LOCAL)
+LOOP(loop_any, A.p[P_VARIANT])
+
+/* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
+ * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
+i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbits, i64 *vst, i64 vst_stride,
+                    i64 *frames, i64 frames_stride, i64 *expect, i64 expect_stride, i64 *stats,
+                    i64 stats_stride, i64 *hist, i64 hist_stride, i64 *live, i64 live_stride, i64 *tlb,
+                    i64 tlb_rows, u64 *rng) {
+  struct arrays A = {
+      .p = p, .dom = dom, .pte = pte, .dbits = dbits, .tlb = tlb, .frames = frames,
+      .erow = expect + vcpu * expect_stride, .srow = stats + vcpu * stats_stride,
+      .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
+      .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
+  };
+  switch (p[P_VARIANT]) {
+    case VID_DIRECTMAP: return loop_directmap(n, vcpu, A);
+    case VID_LOCKED: return loop_locked(n, vcpu, A);
+    case VID_LOCKLESS: return loop_lockless(n, vcpu, A);
+    case VID_PERCPU: return loop_percpu(n, vcpu, A);
+    case VID_KMAP_LOCAL: return loop_kmap_local(n, vcpu, A);
+    default: return loop_any(n, vcpu, A);
+  }
 }
