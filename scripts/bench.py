@@ -13,7 +13,8 @@ Prints, from real runs of the harness (pinned worker processes):
 All figures of one invocation come from the same machine in the same minute;
 compare ratios, not absolute times, across invocations.
 
-With ``--vs-c`` it prints instead, per variant and frame count, the compiled
+With ``--vs-c`` it prints instead, for every design of the registry (locked
+under each of its locks) and frame count, the compiled
 loop against the same loop in C (``testbed/csrc/testbed_op.c``, built with the
 system compiler): ns per operation of both and their ratio, this process pinned
 to one CPU, cost model off, uniform workload. A round times three calls of
@@ -73,12 +74,12 @@ def frames_given(argv) -> bool:
     return any(a == "--frames" or a.startswith("--frames=") for a in argv)
 
 
-def _loop_args(name: str, frames: int):
+def _loop_args(name: str, frames: int, lock: str | None = None):
     """Fresh arrays for one vCPU of ``name``, cost model off, no time budget (kernel_args order)."""
     from testbed import abi, config, kernels, tlb
 
     cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
-                                    cost_walk=0, cost_refill=0))
+                                    cost_walk=0, cost_refill=0, lock=lock))
     p = config.params(cfg)
     p[abi.P_CHUNK_CYCLES] = 1 << 62
     layout = harness.build_layout(cfg)
@@ -89,6 +90,13 @@ def _loop_args(name: str, frames: int):
 
 
 PAIRS = 3     # --vs-c: calls of each loop per round
+
+
+def with_locks(names):
+    """(variant, lock) for each name, a variant with locks once per lock (lock None for the others)."""
+    from testbed import variants as registry
+
+    return [(name, lock) for name in names for lock in (registry.VARIANTS[name].locks or (None,))]
 
 
 def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> int:
@@ -105,6 +113,9 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
     except native.NoCompiler as e:
         print(f"bench: --vs-c needs a C compiler: {e}", file=sys.stderr)
         return 2
+    except native.OutOfStep as e:
+        print(f"bench: --vs-c: {e}", file=sys.stderr)
+        return 1
     allowed = sorted(os.sched_getaffinity(0))
     cpu = allowed[-1] if cpu is None else cpu
     if cpu not in allowed:
@@ -118,14 +129,15 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
           f"~{call_ms:g} ms a call;")
     print("# a round's ns/op: each loop's fastest call; figures: median over rounds; "
           "ratio = numba / C per round, median [min-max]")
-    print(f"{'frames':>6} {'variant':10} {'numba ns/op':>12} {'C ns/op':>9} {'ratio':>7}   spread")
+    print(f"{'frames':>6} {'variant':14} {'numba ns/op':>12} {'C ns/op':>9} {'ratio':>7}   spread")
     rows = []
     for frames in frame_counts:
-        for name in names:
+        for name, lock in with_locks(names):
+            label = f"{name}/{lock}" if lock else name
             # Both loops run on the same arrays, one after the other, each going on from the
             # state the other left (they do the same work): the same physical pages, so the
             # same cache-set conflicts for both.
-            ours = _loop_args(name, frames)
+            ours = _loop_args(name, frames, lock)
             c_run = nat.bind(*ours)
 
             def jit_run(n, ours=ours):
@@ -151,14 +163,14 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
                         st = f(n)
                         best[f] = min(best[f], (time.perf_counter() - t0) / n * 1e9)
                         if st != 0:
-                            print(f"bench: {name} stopped with status {st}", file=sys.stderr)
+                            print(f"bench: {label} stopped with status {st}", file=sys.stderr)
                             return 1
                 jit_ns.append(best[jit_run])
                 c_ns.append(best[c_call])
                 ratios.append(jit_ns[-1] / c_ns[-1])
             j, c, q = statistics.median(jit_ns), statistics.median(c_ns), statistics.median(ratios)
-            rows.append((frames, name, j, c, q))
-            print(f"{frames:>6} {name:10} {j:12.1f} {c:9.1f} {q:6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
+            rows.append((frames, label, j, c, q))
+            print(f"{frames:>6} {label:14} {j:12.1f} {c:9.1f} {q:6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
     nat.close()
     worst = max(rows, key=lambda r: r[4])
     print(f"# worst: {worst[1]} at {worst[0]} frames, {worst[4]:.2f}x")
@@ -173,15 +185,23 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=256,
                     help="frames in the arena (default 256: 1 MiB, cache-resident, so that the figures measure the "
                          "mapping work rather than this host's memory system)")
-    ap.add_argument("--variants", default="directmap,locked,lockless")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated variants (default: directmap,locked,lockless; with --vs-c every design "
+                         "of the registry, locked under each of its locks)")
     ap.add_argument("--vs-c", action="store_true",
                     help="instead: the compiled loop against the same loop in C, at 256 and 4096 frames "
                          "(or --frames when given)")
     ap.add_argument("--cpu", type=int, default=None, help="--vs-c: the CPU to pin to (default: the last allowed)")
     ap.add_argument("--call-ms", type=float, default=15.0, help="--vs-c: about how long one timed call runs")
     args = ap.parse_args()
-    names = args.variants.split(",")
     from testbed import variants as registry
+
+    if args.variants is not None:
+        names = [x.strip() for x in args.variants.split(",") if x.strip()]
+    elif args.vs_c:
+        names = [v.name for v in registry.REAL]
+    else:
+        names = ["directmap", "locked", "lockless"]
 
     for name in names:
         if name not in registry.VARIANTS:

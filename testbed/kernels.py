@@ -10,10 +10,14 @@ catches a slot a later map of a nested walk takes from under its holder). Separa
 writes it meant for each MFN (its ``expect`` row); after the run the two must
 agree frame by frame, or writes were lost.
 
-The variant is chosen by the small integer ``p[P_VARIANT]`` in one dispatch
-function, generated from the registry (``variants/dispatch.py``): a
-loop-invariant branch that keeps the whole loop in one cached compiled
-function per argument type, with no closures.
+The variant is chosen by the small integer ``p[P_VARIANT]``. ``run_ops``
+picks, by that id, the variant's own compiled loop: ``ops_loop`` inlined with
+the id as a constant into one function per registered variant (generated from
+the registry, ``variants/dispatch.py``, and cached on disk like every kernel),
+so LLVM folds the dispatch away and each design's loop is compiled alone,
+none paying in registers or code layout for the others' paths. An id the
+registry does not know runs the loop that dispatches on it at run time, and
+that reports ``abi.ST_BAD_VARIANT``.
 """
 
 import numpy as np
@@ -21,7 +25,8 @@ from .jit import inline_kernel, kernel
 
 from . import abi, tlb
 from .atomics import load_acquire, rdtsc
-from .variants.dispatch import map_page, unmap_page  # generated from the registry
+from .variants import dispatch
+from .variants.dispatch import map_page, map_vid, unmap_page, unmap_vid  # generated from the registry
 
 # Workloads (p[P_WORKLOAD]).
 WL_UNIFORM = 0
@@ -95,7 +100,7 @@ def log2_bin(x):
 
 
 @inline_kernel
-def timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
+def timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
     n = srow[abi.S_MAPS]
     srow[abi.S_MAPS] = n + 1
     # One call site only: numba's IR inliner mis-compiles a function inlined twice into one caller.
@@ -104,7 +109,7 @@ def timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
     if sampled:
         srow[abi.S_SAMPLING] = 1
         t0 = rdtsc()
-    va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    va = map_vid(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
     if sampled:
         srow[abi.S_SAMPLING] = 0
         dt = rdtsc() - t0
@@ -157,9 +162,9 @@ def recheck(vcpu, va, mfn, p, pte, frames, srow, tlbv):
             srow[abi.S_HELD_STALE] += 1
 
 
-@kernel
-def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
-    """Run ``n`` operations of the configured workload; a status code (0 = all fine).
+@inline_kernel
+def ops_loop(vid, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
+    """Run ``n`` operations of the configured workload under variant ``vid``; a status code (0 = all fine).
 
     Mappings held when the loop stops (an error in the middle of a nested walk)
     stay listed in ``live[vcpu]`` as (va, mfn) pairs, their count in S_LIVE.
@@ -207,7 +212,7 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
                 if distinct or (others and k >= nest):
                     while held_mfn(lrow, k, mfn):
                         mfn = draw_mfn(rng, p)
-                va = timed_map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
+                va = timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
                 if va < 0:
                     status = -va
                     break
@@ -220,7 +225,7 @@ def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live,
                 break
             for k in range(held - 1, -1, -1):
                 recheck(vcpu, lrow[2 * k], lrow[2 * k + 1], p, pte, frames, srow, tlbv)
-                st = unmap_page(vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
+                st = unmap_vid(vid, vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
                 if st != abi.ST_OK:
                     if st == abi.ST_BAD_VA:
                         srow[abi.S_INVARIANT] += 1
@@ -281,3 +286,23 @@ def guest_work(p, rng, srow):
         x ^= x >> np.uint64(27)
     rng[0] = x
     srow[abi.S_WORK] += 1
+
+
+# --- the loop of each variant (generated: variants/dispatch.py) -----------------------
+
+_LOOPS = dispatch.loops()      # imports this module, partly initialised: ops_loop exists by now
+
+
+def loop(p):
+    """The compiled operation loop for ``p[P_VARIANT]``: the variant's own, or the generic one for an unknown id."""
+    vid = int(p[abi.P_VARIANT])
+    return _LOOPS.LOOPS[vid] if 0 <= vid < len(_LOOPS.LOOPS) else _LOOPS.run_ops_any
+
+
+def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
+    """Run ``n`` operations of the configured workload; a status code (0 = all fine).
+
+    Mappings held when the loop stops (an error in the middle of a nested walk)
+    stay listed in ``live[vcpu]`` as (va, mfn) pairs, their count in S_LIVE.
+    """
+    return loop(p)(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng)

@@ -5,7 +5,10 @@ numba, on the same arrays. ``load()`` compiles it with the system C compiler
 into a private temporary directory (nothing is written into the source tree)
 and returns a callable with ``run_ops``'s signature. ``scripts/bench.py
 --vs-c`` times the two side by side; ``tests/test_native.py`` checks that they
-leave the same counters.
+leave the same counters. The port names its variant ids and locked's lock
+indices; ``Native`` refuses to load one whose names disagree with the
+registry's (``variants.MODULES`` order, ``locked.LOCKS``), so that an id never
+runs another design in C.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ _ptr = ctypes.c_void_p
 
 class NoCompiler(RuntimeError):
     """No C compiler on this host (or it cannot build the port)."""
+
+
+class OutOfStep(RuntimeError):
+    """The C port numbers the variants or locks otherwise than the registry."""
 
 
 def compiler() -> str | None:
@@ -60,6 +67,12 @@ class Native:
             self._dir.cleanup()
             raise NoCompiler(f"{cc} could not build {SOURCE.name}: {res.stderr.strip().splitlines()[-1:]}")
         self._lib = ctypes.CDLL(lib)
+        for symbol, want in (("testbed_variants", variant_names()), ("testbed_locks", lock_names())):
+            have = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(self._lib, symbol))).decode()
+            if have != want:
+                self._dir.cleanup()
+                raise OutOfStep(f"{SOURCE.name} numbers its {symbol[8:]} {have!r}, the registry {want!r}: "
+                                 "port the change to the C file")
         fn = self._lib.testbed_run_ops
         fn.restype = _i64
         fn.argtypes = [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _i64,
@@ -94,6 +107,20 @@ class Native:
 
     def close(self) -> None:
         self._dir.cleanup()
+
+
+def variant_names() -> str:
+    """The registry's variant modules by id (the C port's ``testbed_variants``)."""
+    from .variants import MODULES
+
+    return ",".join(m.NAME for m in MODULES)
+
+
+def lock_names() -> str:
+    """locked's locks by index (the C port's ``testbed_locks``)."""
+    from .variants import locked
+
+    return ",".join(locked.LOCKS)
 
 
 def _check(name: str, a: np.ndarray, ndim: int) -> None:

@@ -95,7 +95,7 @@ from testbed import config, harness, kernels
 from testbed.variants import dispatch
 cfg = config.validate(config.RunConfig(variant="percpu", vcpus=1, frames=64))
 harness.compile_kernels(cfg, config.params(cfg))
-s = kernels.run_ops.stats
+s = kernels.loop(config.params(cfg)).stats     # the compiled loop of percpu
 print(len(s.cache_hits), len(s.cache_misses), dispatch.GENERATED.__file__.startswith(nbconfig.CACHE_DIR))
 """
 

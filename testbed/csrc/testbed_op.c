@@ -1,8 +1,10 @@
 /* testbed_op.c: the operation loop of testbed.kernels.run_ops, in C.
  *
  * The yardstick for the compiled loop: what the same work costs without numba. It is a
- * line-by-line port of run_ops and everything it calls (kernels.py, tlb.py, atomics.py,
- * variants/directmap.py, locked.py, lockless.py), every workload included, and it runs on
+ * line-by-line port of run_ops and everything it calls (kernels.py, tlb.py, atomics.py, and
+ * every design of the registry: variants/directmap.py, locked.py with its three locks,
+ * lockless.py, percpu.py, kmap_local.py, fault bits of the negative controls included),
+ * every workload included, and it runs on
  * the very arrays the harness lays out (testbed.native passes their addresses and row
  * strides), so over the same seed and operation count it leaves the same counters, frames,
  * expect rows, TLB and mapcache state as the compiled loop (tests/test_native.py checks
@@ -10,7 +12,9 @@
  * they do between two runs of the compiled loop.
  *
  * Keep it in step with the kernels: a change to run_ops or to a variant's map / unmap
- * changes this file in the same commit, or the equality test fails.
+ * changes this file in the same commit, or the equality test fails. The variant ids are the
+ * registry's (variants/__init__.py TABLE, n-th distinct module = id n); testbed_variants
+ * below names them in that order and testbed.native refuses to load a port that disagrees.
  *
  * Every tunable is read from the int64 array p[] at run time, as the kernels read it, so the
  * C compiler cannot specialise on values numba cannot see either. Helpers numba inlines at
@@ -29,17 +33,18 @@ enum {
   P_LEVELS = 7, P_SLOTS = 8, P_WORKLOAD = 9, P_NEST = 10, P_TLB_SETS = 11, P_TLB_WAYS = 12,
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
-  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_COST_REFILL = 30, P_REFCOUNT_WRAP = 32,
+  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_REFCOUNT_WRAP = 32,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
   S_FLUSH_ALL = 7, S_LOCK_ACQ = 8, S_LOCK_CONTENDED = 9, S_LOCK_SPIN = 10, S_LOCK_HOLD = 11, S_STALE = 12,
   S_REFCNT_ERR = 13, S_EXHAUSTED = 14, S_EPOCH_FLUSH = 15, S_HARVEST = 16, S_WORK = 17, S_INVARIANT = 18,
   S_LAT_SAMPLES = 19, S_LAT_CYCLES = 20, S_LAT_MAX = 21, S_TIMER_SETS = 22, S_ETIME = 23, S_STREAK_MAX = 24,
-  S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
+  S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_HANDOFFS = 28, S_HANDOFF_CYCLES = 29,
+  S_LOCK_REACQ = 30, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
   S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
 };
-enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3 };
+enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5 };
 #define LAT_BINS 64
 #define MAPCACHE_VA ((i64)1 << 40)
 #define V_TLBFLUSH_TIME 0
@@ -55,14 +60,27 @@ enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
 #define CLOCK_MASK 0xFFFFFFFFLL
 
 /* --- variants ------------------------------------------------------------------------------- */
-enum { VID_DIRECTMAP = 0, VID_LOCKED = 1, VID_LOCKLESS = 2 };
+/* Variant ids, in the registry's order (variants/__init__.py TABLE). */
+enum { VID_DIRECTMAP = 0, VID_LOCKED = 1, VID_LOCKLESS = 2, VID_PERCPU = 3, VID_KMAP_LOCAL = 4 };
+const char testbed_variants[] = "directmap,locked,lockless,percpu,kmap-local";
 /* locked.py */
+enum { LOCK_TICKET = 0, LOCK_MCS = 1, LOCK_TAS = 2 };
+const char testbed_locks[] = "ticket,mcs,tas";
+#define TAS_BACKOFF_MAX 256
 #define D_LOCK_HEAD 8
 #define D_LOCK_TAIL 9
 #define D_LOCK_OWNER 10
+#define D_MCS_TAIL 11
+#define D_TAS 12
+#define D_HANDOFF_TSC 13
+#define D_HANDOFF_FROM 14
 #define D_CURSOR 16
 #define D_EPOCH 24
 #define D_TLBFLUSH_TS 32
+#define D_TAS_WAITERS 40
+#define D_MCS_NODES 48
+#define N_NEXT 0
+#define N_LOCKED 1
 #define V_SHADOW_EPOCH V_RESERVED
 #define V_HASH (V_RESERVED + 8)
 #define NOTINUSE (-1)
@@ -75,6 +93,14 @@ enum { VID_DIRECTMAP = 0, VID_LOCKED = 1, VID_LOCKLESS = 2 };
 #define LL_FAULT_NO_FLUSH 1
 #define LL_FAULT_FREE_HELD 2
 #define REFCNT_MASK 0xFF
+/* percpu.py */
+#define PC_FAULT_NO_FLUSH 1
+#define PC_FAULT_EAGER_REUSE 2
+#define PC_V_CURSOR V_RESERVED
+#define PC_V_HASH (V_RESERVED + 1)
+/* kmap_local.py */
+#define KM_FAULT_NO_FLUSH 1
+#define KM_V_TOP V_RESERVED
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -224,33 +250,130 @@ static int need_flush(i64 cpu_stamp, i64 lastuse, i64 now) {
 static i64 bitmap_words(i64 slots) { return (slots + 63) / 64; }
 static i64 garbage_base(i64 slots) { return (bitmap_words(slots) + 7) / 8 * 8; }
 
-static i64 lk_lock(i64 *dom, i64 *srow, i64 vcpu) {
-  i64 my = fetch_add(dom, D_LOCK_TAIL, 1);
+static i64 mcs_node(i64 vcpu) { return D_MCS_NODES + 8 * vcpu; }
+
+static void mcs_lock(i64 *dom, i64 *srow, i64 vcpu) {
+  i64 node = mcs_node(vcpu);
   srow[S_LOCK_ACQ] += 1;
-  if (load_acquire(dom, D_LOCK_HEAD) != my) {
+  dom[node + N_NEXT] = 0;
+  dom[node + N_LOCKED] = 1;
+  i64 pred = exchange(dom, D_MCS_TAIL, vcpu + 1);
+  if (pred != 0) {
     srow[S_LOCK_CONTENDED] += 1;
     i64 t0 = rdtsc();
-    while (load_acquire(dom, D_LOCK_HEAD) != my) {
+    store_release(dom, mcs_node(pred - 1) + N_NEXT, vcpu + 1);
+    while (load_acquire(dom, node + N_LOCKED) != 0) {
       cpu_relax();
       srow[S_PROGRESS] += 1;
     }
     srow[S_LOCK_SPIN] += rdtsc() - t0;
+  } else {
+    dom[node + N_LOCKED] = 0;
   }
   dom[D_LOCK_OWNER] = vcpu + 1;
+}
+
+static i64 mcs_successor(i64 *dom, i64 *srow, i64 vcpu) {
+  i64 node = mcs_node(vcpu);
+  i64 nxt = load_acquire(dom, node + N_NEXT);
+  if (nxt == 0) {
+    if (cas(dom, D_MCS_TAIL, vcpu + 1, 0) == vcpu + 1) return 0;
+    while (nxt == 0) {
+      cpu_relax();
+      srow[S_PROGRESS] += 1;
+      nxt = load_acquire(dom, node + N_NEXT);
+    }
+  }
+  return nxt;
+}
+
+static int tas_try(i64 *dom) { return load_acquire(dom, D_TAS) == 0 && exchange(dom, D_TAS, 1) == 0; }
+
+static void tas_lock(i64 *dom, i64 *srow, i64 vcpu) {
+  srow[S_LOCK_ACQ] += 1;
+  if (!tas_try(dom)) {
+    srow[S_LOCK_CONTENDED] += 1;
+    i64 t0 = rdtsc();
+    fetch_add(dom, D_TAS_WAITERS, 1);
+    i64 delay = 1;
+    for (;;) {
+      for (i64 k = 0; k < delay; k++) cpu_relax();
+      srow[S_PROGRESS] += 1;
+      if (tas_try(dom)) break;
+      delay = 2 * delay < TAS_BACKOFF_MAX ? 2 * delay : TAS_BACKOFF_MAX;
+    }
+    fetch_add(dom, D_TAS_WAITERS, -1);
+    srow[S_LOCK_SPIN] += rdtsc() - t0;
+  }
+  dom[D_LOCK_OWNER] = vcpu + 1;
+}
+
+/* locked.acquire: the lock of kind `kind`; a token for lk_release (the ticket). */
+static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind) {
+  i64 my = 0;
+  if (kind == LOCK_MCS) {
+    mcs_lock(dom, srow, vcpu);
+  } else if (kind == LOCK_TAS) {
+    tas_lock(dom, srow, vcpu);
+  } else {
+    my = fetch_add(dom, D_LOCK_TAIL, 1);
+    srow[S_LOCK_ACQ] += 1;
+    if (load_acquire(dom, D_LOCK_HEAD) != my) {
+      srow[S_LOCK_CONTENDED] += 1;
+      i64 t0 = rdtsc();
+      while (load_acquire(dom, D_LOCK_HEAD) != my) {
+        cpu_relax();
+        srow[S_PROGRESS] += 1;
+      }
+      srow[S_LOCK_SPIN] += rdtsc() - t0;
+    }
+    dom[D_LOCK_OWNER] = vcpu + 1;
+  }
+  i64 t_rel = dom[D_HANDOFF_TSC];
+  if (t_rel != 0) {
+    dom[D_HANDOFF_TSC] = 0;
+    if (dom[D_HANDOFF_FROM] == vcpu + 1) {
+      srow[S_LOCK_REACQ] += 1;
+    } else {
+      i64 dt = rdtsc() - t_rel;
+      if (dt >= 0) {
+        srow[S_HANDOFFS] += 1;
+        srow[S_HANDOFF_CYCLES] += dt;
+      }
+    }
+  }
   return my;
 }
 
-static void lk_unlock(i64 *dom, i64 my) {
-  dom[D_LOCK_OWNER] = 0;
-  store_release(dom, D_LOCK_HEAD, my + 1);
-}
-
-static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold) {
+/* locked.release */
+static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold, i64 vcpu, i64 kind) {
   if (t_hold != 0) {
     srow[S_LOCK_HOLD] += rdtsc() - t_hold;
     srow[S_LOCK_HOLD_SAMPLES] += 1;
   }
-  lk_unlock(dom, my);
+  if (kind == LOCK_MCS) {
+    dom[D_LOCK_OWNER] = 0;
+    i64 nxt = mcs_successor(dom, srow, vcpu);
+    if (nxt != 0) {
+      dom[D_HANDOFF_FROM] = vcpu + 1;
+      dom[D_HANDOFF_TSC] = rdtsc();
+      store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0);
+    }
+  } else if (kind == LOCK_TAS) {
+    dom[D_LOCK_OWNER] = 0;
+    if (load_acquire(dom, D_TAS_WAITERS) > 0) {
+      dom[D_HANDOFF_FROM] = vcpu + 1;
+      dom[D_HANDOFF_TSC] = rdtsc();
+    }
+    store_release(dom, D_TAS, 0);
+  } else {
+    if (load_acquire(dom, D_LOCK_TAIL) != my + 1) {
+      dom[D_HANDOFF_FROM] = vcpu + 1;
+      dom[D_HANDOFF_TSC] = rdtsc();
+    }
+    dom[D_LOCK_OWNER] = 0;
+    store_release(dom, D_LOCK_HEAD, my + 1);
+  }
 }
 
 /* Python's // and % on int64: floor division (the indices here are never negative). */
@@ -290,8 +413,9 @@ INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
     return MAPCACHE_VA + vrow[hi + b];
   }
   int nolock = (fault & LK_FAULT_NO_LOCK) != 0;
+  i64 kind = p[P_LOCK];
   i64 my = 0;
-  if (!nolock) my = lk_lock(dom, srow, vcpu);
+  if (!nolock) my = lk_acquire(dom, srow, vcpu, kind);
   i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
   i64 epoch = dom[D_EPOCH];
   if (epoch != vrow[V_SHADOW_EPOCH]) {
@@ -330,7 +454,7 @@ INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
     }
     if (idx >= slots) {
       srow[S_EXHAUSTED] += 1;
-      if (!nolock) lk_release(dom, my, srow, t_hold);
+      if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind);
       return -ST_EXHAUSTED;
     }
     flush_all(a);
@@ -342,7 +466,7 @@ INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
   set_bit(dbits, 0, idx);
   dom[D_CURSOR] = idx + 1;
   if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
-  if (!nolock) lk_release(dom, my, srow, t_hold);
+  if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind);
   store_release(pte, idx, mfn | PTE_PRESENT);
   return MAPCACHE_VA + idx;
 }
@@ -448,19 +572,168 @@ INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va) {
   return ST_OK;
 }
 
-/* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
-INLINE i64 map_page(struct arrays *a, i64 vcpu, i64 mfn) {
-  i64 vid = a->p[P_VARIANT];
-  if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn);
-  if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn);
-  return mfn;                                                      /* directmap */
+/* --- variants/percpu.py --------------------------------------------------------------------- */
+INLINE i64 pc_find_zero(const i64 *vrow, i64 iu, i64 start, i64 e) {
+  i64 i = start;
+  while (i < e) {
+    i64 free_ = ~(vrow[iu + i / 64] >> (i % 64));
+    if (free_ != 0) {
+      i64 bit = lowest_bit(free_);
+      if (i % 64 + bit < 64) return i + bit < e ? i + bit : e;
+    }
+    i = (i / 64 + 1) * 64;
+  }
+  return e;
 }
 
-INLINE i64 unmap_page(struct arrays *a, i64 vcpu, i64 va) {
-  i64 vid = a->p[P_VARIANT];
+INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn) {
+  const i64 *p = a->p;
+  i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
+  i64 h = p[P_HASH], e = p[P_ENTRIES];
+  i64 w = (e + 63) / 64;
+  i64 hm = PC_V_HASH, hi = hm + h, hr = hm + 2 * h, iu = hm + 3 * h, gb = iu + w;
+  i64 base = vcpu * e;
+  i64 b = mfn & (h - 1);
+  if (vrow[hm + b] == mfn) {
+    i64 r = vrow[hr + b] + 1;
+    vrow[hr + b] = r;
+    srow[S_HASH_HITS] += 1;
+    if (r >= REFCNT_LIMIT) {
+      srow[S_REFCNT_ERR] += 1;
+      return -ST_REFCOUNT;
+    }
+    return MAPCACHE_VA + base + vrow[hi + b];
+  }
+  i64 idx = pc_find_zero(vrow, iu, vrow[PC_V_CURSOR], e);
+  if (idx >= e) {
+    i64 freed = 0;
+    for (i64 k = 0; k < w; k++) {
+      i64 g = vrow[gb + k];
+      if (g != 0) {
+        vrow[iu + k] &= ~g;
+        vrow[gb + k] = 0;
+        freed += 1;
+      }
+    }
+    if (freed) srow[S_HARVEST] += 1;
+    idx = pc_find_zero(vrow, iu, 0, e);
+    if (idx >= e) {
+      /* Take one of this vCPU's idle hash entries, starting at the MFN's bucket. */
+      i64 i = b;
+      for (i64 k = 0; k < h; k++) {
+        if (vrow[hi + i] != NOTINUSE && vrow[hr + i] == 0) {
+          idx = vrow[hi + i];
+          store_release(pte, base + idx, 0);
+          vrow[hi + i] = NOTINUSE;
+          vrow[hm + i] = NOTINUSE;
+          break;
+        }
+        i = (i + 1) & (h - 1);
+      }
+    }
+    if (idx >= e) {
+      srow[S_EXHAUSTED] += 1;
+      return -ST_EXHAUSTED;
+    }
+    if ((p[P_FAULT] & PC_FAULT_NO_FLUSH) == 0) flush_all(a);
+  }
+  vrow[iu + idx / 64] |= bit64(idx % 64);
+  vrow[PC_V_CURSOR] = idx + 1;
+  store_release(pte, base + idx, mfn | PTE_PRESENT);
+  if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
+  return MAPCACHE_VA + base + idx;
+}
+
+INLINE void pc_retire(i64 *vrow, i64 *pte, i64 base, i64 gb, i64 iu, i64 idx, int eager) {
+  store_release(pte, base + idx, 0);
+  if (eager)
+    vrow[iu + idx / 64] &= ~bit64(idx % 64);
+  else
+    vrow[gb + idx / 64] |= bit64(idx % 64);
+}
+
+INLINE i64 percpu_unmap(struct arrays *a, i64 vcpu, i64 va) {
+  const i64 *p = a->p;
+  i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
+  i64 h = p[P_HASH], e = p[P_ENTRIES];
+  i64 w = (e + 63) / 64;
+  i64 hm = PC_V_HASH, hi = hm + h, hr = hm + 2 * h, iu = hm + 3 * h, gb = iu + w;
+  i64 base = vcpu * e;
+  i64 idx = va - MAPCACHE_VA - base;
+  if (idx < 0 || idx >= e) return ST_BAD_VA;
+  i64 ent = pte[base + idx];
+  if ((ent & PTE_PRESENT) == 0) return ST_BAD_VA;
+  i64 mfn = ent & PTE_MFN_MASK;
+  i64 b = mfn & (h - 1);
+  int eager = (p[P_FAULT] & PC_FAULT_EAGER_REUSE) != 0;
+  if (vrow[hi + b] == idx) {
+    i64 r = vrow[hr + b];
+    if (r == 0) {
+      srow[S_REFCNT_ERR] += 1;
+      return ST_REFCOUNT;
+    }
+    vrow[hr + b] = r - 1;
+  } else if (vrow[hr + b] == 0) {
+    i64 old = vrow[hi + b];
+    if (old != NOTINUSE) pc_retire(vrow, pte, base, gb, iu, old, eager);
+    vrow[hm + b] = mfn;
+    vrow[hi + b] = idx;
+  } else {
+    pc_retire(vrow, pte, base, gb, iu, idx, eager);
+  }
+  return ST_OK;
+}
+
+/* --- variants/kmap_local.py ----------------------------------------------------------------- */
+INLINE i64 kmap_local_map(struct arrays *a, i64 vcpu, i64 mfn) {
+  const i64 *p = a->p;
+  i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
+  i64 e = p[P_ENTRIES];
+  i64 top = vrow[KM_V_TOP];
+  if (top >= e) {
+    srow[S_EXHAUSTED] += 1;
+    return -ST_EXHAUSTED;
+  }
+  i64 slot = vcpu * e + top;
+  vrow[KM_V_TOP] = top + 1;
+  if ((pte[slot] & PTE_PRESENT) != 0) srow[S_INVARIANT] += 1;     /* BUG_ON(!pte_none(...)) */
+  store_release(pte, slot, mfn | PTE_PRESENT);
+  if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
+  return MAPCACHE_VA + slot;
+}
+
+INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va) {
+  const i64 *p = a->p;
+  i64 *vrow = a->vrow, *pte = a->pte;
+  i64 e = p[P_ENTRIES];
+  i64 slot = va - MAPCACHE_VA;
+  i64 idx = slot - vcpu * e;
+  if (idx < 0 || idx >= e || (pte[slot] & PTE_PRESENT) == 0) return ST_BAD_VA;
+  i64 top = vrow[KM_V_TOP];
+  if (idx != top - 1) return ST_ORDER;
+  store_release(pte, slot, 0);
+  if ((p[P_FAULT] & KM_FAULT_NO_FLUSH) == 0) flush_one(a, slot);
+  vrow[KM_V_TOP] = top - 1;
+  return ST_OK;
+}
+
+/* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
+INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
+  if (vid == VID_DIRECTMAP) return mfn;
+  if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn);
+  if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn);
+  if (vid == VID_PERCPU) return percpu_map(a, vcpu, mfn);
+  if (vid == VID_KMAP_LOCAL) return kmap_local_map(a, vcpu, mfn);
+  return -ST_BAD_VARIANT;
+}
+
+INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va) {
+  if (vid == VID_DIRECTMAP) return ST_OK;
   if (vid == VID_LOCKED) return locked_unmap(a, va);
   if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va);
-  return 0;                                                        /* directmap */
+  if (vid == VID_PERCPU) return percpu_unmap(a, vcpu, va);
+  if (vid == VID_KMAP_LOCAL) return kmap_local_unmap(a, vcpu, va);
+  return ST_BAD_VARIANT;
 }
 
 static i64 log2_bin(i64 x) {
@@ -472,7 +745,7 @@ static i64 log2_bin(i64 x) {
   return b;
 }
 
-INLINE i64 timed_map(struct arrays *a, i64 vcpu, i64 mfn) {
+INLINE i64 timed_map(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
   i64 *srow = a->srow;
   i64 n = srow[S_MAPS];
   srow[S_MAPS] = n + 1;
@@ -482,7 +755,7 @@ INLINE i64 timed_map(struct arrays *a, i64 vcpu, i64 mfn) {
     srow[S_SAMPLING] = 1;
     t0 = rdtsc();
   }
-  i64 va = map_page(a, vcpu, mfn);
+  i64 va = map_page(a, vid, vcpu, mfn);
   if (sampled) {
     srow[S_SAMPLING] = 0;
     i64 dt = rdtsc() - t0;
@@ -559,19 +832,13 @@ static void guest_work(const i64 *p, u64 *rng, i64 *srow) {
   srow[S_WORK] += 1;
 }
 
-/* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
- * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
-i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbits, i64 *vst, i64 vst_stride,
-                    i64 *frames, i64 frames_stride, i64 *expect, i64 expect_stride, i64 *stats,
-                    i64 stats_stride, i64 *hist, i64 hist_stride, i64 *live, i64 live_stride, i64 *tlb,
-                    i64 tlb_rows, u64 *rng) {
-  struct arrays A = {
-      .p = p, .dom = dom, .pte = pte, .dbits = dbits, .tlb = tlb, .frames = frames,
-      .erow = expect + vcpu * expect_stride, .srow = stats + vcpu * stats_stride,
-      .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
-      .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
-  };
-  struct arrays *a = &A;
+/* kernels.ops_loop: the loop under variant `vid`. Inlined with a constant id into one
+ * function per variant (as kernels.run_ops picks the variant's own compiled loop), so the
+ * compiler folds the dispatch and lays out each design's loop alone. */
+INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
+  struct arrays *a = &A;                 /* a local copy: no store through an array can change it */
+  const i64 *p = a->p;
+  u64 *rng = a->rng;
   i64 *srow = a->srow, *lrow = a->lrow;
   i64 wl = p[P_WORKLOAD];
   int same = wl == WL_NEST_SAME;
@@ -600,7 +867,7 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
           mfn = draw_mfn(rng, p);
         if (distinct || (others && k >= nest))
           while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
-        i64 va = timed_map(a, vcpu, mfn);
+        i64 va = timed_map(a, vid, vcpu, mfn);
         if (va < 0) {
           status = -va;
           break;
@@ -614,7 +881,7 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       if (status != ST_OK) break;
       for (i64 k = held - 1; k >= 0; k--) {
         recheck(a, lrow[2 * k], lrow[2 * k + 1]);
-        i64 st = unmap_page(a, vcpu, lrow[2 * k]);
+        i64 st = unmap_page(a, vid, vcpu, lrow[2 * k]);
         if (st != ST_OK) {
           if (st == ST_BAD_VA) srow[S_INVARIANT] += 1;
           status = st;
@@ -631,4 +898,35 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
   }
   srow[S_OPS] += done;
   return status;
+}
+
+#define LOOP(name, vid) \
+  static __attribute__((noinline)) i64 name(i64 n, i64 vcpu, struct arrays A) { return ops_loop(vid, n, vcpu, A); }
+LOOP(loop_directmap, VID_DIRECTMAP)
+LOOP(loop_locked, VID_LOCKED)
+LOOP(loop_lockless, VID_LOCKLESS)
+LOOP(loop_percpu, VID_PERCPU)
+LOOP(loop_kmap_local, VID_KMAP_LOCAL)
+LOOP(loop_any, A.p[P_VARIANT])
+
+/* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
+ * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
+i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbits, i64 *vst, i64 vst_stride,
+                    i64 *frames, i64 frames_stride, i64 *expect, i64 expect_stride, i64 *stats,
+                    i64 stats_stride, i64 *hist, i64 hist_stride, i64 *live, i64 live_stride, i64 *tlb,
+                    i64 tlb_rows, u64 *rng) {
+  struct arrays A = {
+      .p = p, .dom = dom, .pte = pte, .dbits = dbits, .tlb = tlb, .frames = frames,
+      .erow = expect + vcpu * expect_stride, .srow = stats + vcpu * stats_stride,
+      .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
+      .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
+  };
+  switch (p[P_VARIANT]) {
+    case VID_DIRECTMAP: return loop_directmap(n, vcpu, A);
+    case VID_LOCKED: return loop_locked(n, vcpu, A);
+    case VID_LOCKLESS: return loop_lockless(n, vcpu, A);
+    case VID_PERCPU: return loop_percpu(n, vcpu, A);
+    case VID_KMAP_LOCAL: return loop_kmap_local(n, vcpu, A);
+    default: return loop_any(n, vcpu, A);
+  }
 }
