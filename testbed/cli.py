@@ -595,7 +595,7 @@ def cmd_workloads(args) -> int:
 
 
 def cmd_cleanup(args) -> int:
-    from shared import list_segments, remove_stale
+    from testbed.shared import list_segments, remove_stale
 
     removed = remove_stale()
     for name in removed:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import multiprocess as mp
 import numpy as np
 
-from shared import Arena, Field, Layout, futex, remove_stale
-from workers import vcpu as vcpu_worker
+from testbed.shared import Arena, Field, Layout, futex, remove_stale
+from testbed.workers import vcpu as vcpu_worker
 
 from . import abi, kernels, limits, tlb
 from . import config as cfgmod

@@ -31,7 +31,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from shared import futex
+from testbed.shared import futex
 
 from . import abi
 from . import variants as registry

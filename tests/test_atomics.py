@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from shared import Arena, Field, Layout
+from testbed.shared import Arena, Field, Layout
 from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
 from testbed import abi
 from testbed.variants import locked
@@ -183,7 +183,7 @@ FALLBACK_ACROSS_PROCESSES = textwrap.dedent("""
     import numba
     from numba.core import config
     assert config.DISABLE_JIT
-    from shared import Arena, Field, Layout
+    from testbed.shared import Arena, Field, Layout
     from testbed.atomics import cpu_relax, fetch_add, load_acquire
 
     @numba.njit

@@ -24,7 +24,7 @@ import resource
 import signal
 import time
 
-from shared import Arena, futex
+from testbed.shared import Arena, futex
 from testbed import abi, kernels
 from testbed.tlb import flush_all as tlb_flush_all
 from testbed.tlb import make_tlb
