@@ -12,7 +12,7 @@ import dataclasses
 import sys
 import time
 
-from .errors import ResultsError, UsageError
+from .errors import ResultsError, UsageError, signal_exit
 
 T_LAUNCH = time.perf_counter()
 
@@ -304,7 +304,7 @@ def cmd_run(args) -> int:
     write_outputs(args, out, csv=lambda path: results.write_run_csv(runs, path))
     last = runs[-1]
     if last["interrupted"]:
-        return 128 + (15 if last["interrupted"] == "SIGTERM" else 2)
+        return signal_exit(last["interrupted"])
     return EXIT_OK if out["verdict"] == "SUCCESS" else EXIT_FAILURE
 
 
@@ -332,7 +332,14 @@ def write_outputs(args, res: dict, csv=None, plot=None) -> None:
 
 
 def _finish(res: dict, args, csv=None, plot=None) -> int:
+    """Write the outputs (an interrupted experiment's too: its finished rows, marked partial); the exit status."""
+    if res.get("interrupted"):
+        print(f"interrupted by {res['interrupted']}: results are partial ({len(res['runs'])} runs finished)")
+        if not res["rows"]:
+            plot = None           # nothing to draw
     write_outputs(args, res, csv=csv, plot=plot)
+    if res.get("interrupted"):
+        return signal_exit(res["interrupted"])
     if res.get("failures"):
         for f in res["failures"]:
             msg = f["failure"]["message"] if f["failure"] else f"checks {f['checks']}"
@@ -366,11 +373,14 @@ def print_compare(res: dict, out=sys.stdout) -> None:
       f"deviation)\n\n")
     w(f"{'perf drop':{width}} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
     for row in res["rows"]:
-        cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" for s in ("single", "multi")]
+        cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" if row[s + "_drops_pct"] else "-"
+                 for s in ("single", "multi")]
         w(f"{row['variant']:{width}} {cells[0]:>24} {cells[1]:>26}\n")
     w("\n")
     for row in res["rows"]:
         for scope in ("single", "multi"):
+            if not row[scope + "_drops_pct"]:
+                continue          # an interrupted compare: no repetition of this cell finished
             verdict = "larger than" if row[f"{scope}_significant"] else "within"
             w(f"{row['variant']} {scope}-core: drop {row[scope + '_drop_pct']:+.2f}% is {verdict} its spread "
               f"({row[scope + '_spread_pct']:.2f}%)\n")
@@ -381,7 +391,7 @@ def print_compare(res: dict, out=sys.stdout) -> None:
 
 def ranking(rows: list[dict], scope: str) -> list[str]:
     """Each design against the next best one on ``scope``: the gap and whether the spreads separate them."""
-    ranked = sorted(rows, key=lambda r: r[f"{scope}_drop_pct"])
+    ranked = sorted((r for r in rows if r[f"{scope}_drops_pct"]), key=lambda r: r[f"{scope}_drop_pct"])
     out = []
     for better, worse in zip(ranked, ranked[1:]):
         gap = worse[f"{scope}_drop_pct"] - better[f"{scope}_drop_pct"]
@@ -519,7 +529,7 @@ def cmd_stress(args) -> int:
     write_outputs(args, results.envelope("stress", base, {"variants": [label for label, _ in todo], "runs": runs,
                                                           "verdicts": {r["label"]: r["verdict"] for r in runs}}))
     if runs and runs[-1]["interrupted"]:
-        return 128 + (15 if runs[-1]["interrupted"] == "SIGTERM" else 2)
+        return signal_exit(runs[-1]["interrupted"])
     return EXIT_OK if all(r["verdict"] == "SUCCESS" for r in runs) else EXIT_FAILURE
 
 
@@ -693,7 +703,7 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, Interrupted) as e:
         name = e.signame if isinstance(e, Interrupted) else "SIGINT"
         sys.stderr.write(f"testbed: interrupted by {name}\n")
-        return 128 + (15 if name == "SIGTERM" else 2)
+        return signal_exit(name)
 
 
 if __name__ == "__main__":

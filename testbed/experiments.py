@@ -13,11 +13,17 @@
 
 Every experiment takes any registered variants, and ``locks``: each variant
 that has a lock runs once per lock named (rows labelled ``variant:lock``).
+
+An experiment stopped by Ctrl-C or SIGTERM keeps what it finished: its result
+holds the rows of the cells whose runs all finished and those runs, with
+``"partial": true`` and ``"interrupted"`` naming the signal (the run in
+progress at the signal is left out).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 
 from . import harness, results, stats
 from . import variants as registry
@@ -47,6 +53,26 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     return out
 
 
+
+
+def _until_interrupted(loop) -> str | None:
+    """Run ``loop()``, which keeps each finished run as it goes; the signal that stopped it, or None.
+
+    SIGTERM stops the experiment as Ctrl-C does, between runs as well as inside
+    one (``harness.run`` stops its vCPUs and returns; ``_run`` then raises).
+    """
+    old = signal.signal(signal.SIGTERM, harness.raise_interrupted)
+    try:
+        loop()
+        return None
+    except (KeyboardInterrupt, harness.Interrupted) as e:
+        return e.signame if isinstance(e, harness.Interrupted) else "SIGINT"
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stopped(interrupted: str | None) -> dict:
+    return {"partial": interrupted is not None, "interrupted": interrupted}
 
 
 def _run(cfg: RunConfig) -> dict:
@@ -90,7 +116,8 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
     cells = {}
     all_runs = []
     total = len(todo) * 2 * repeat
-    with progress(total, "compare", show_progress) as bar:
+
+    def loop():
         for scope, n in (("single", 1), ("multi", vcpus_multi)):
             for i in range(repeat):
                 for label, fields in todo:
@@ -99,23 +126,30 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
                     cells.setdefault((scope, label), []).append(res)
                     all_runs.append(res)
                     bar.advance(f"compare {scope} {label} rep {i + 1}/{repeat}")
+
+    with progress(total, "compare", show_progress) as bar:
+        interrupted = _until_interrupted(loop)
     rows = []
     for label, fields in todo[1:]:
         row = {"variant": label, "lock": fields.get("lock")}
         for scope in ("single", "multi"):
-            drops = stats.paired_drops([_rate(r) for r in cells[(scope, label)]],
-                                       [_rate(r) for r in cells[(scope, registry.BASELINE)]])
-            row[f"{scope}_drop_pct"] = stats.median(drops)
-            row[f"{scope}_spread_pct"] = stats.mad(drops)
-            row[f"{scope}_half_range_pct"] = stats.spread(drops)
+            # repetition i of a design pairs with the baseline's repetition i (same seed);
+            # an interrupted compare pairs the repetitions both finished, or none
+            mine, ref = cells.get((scope, label), []), cells.get((scope, registry.BASELINE), [])
+            k = min(len(mine), len(ref))
+            drops = stats.paired_drops([_rate(r) for r in mine[:k]], [_rate(r) for r in ref[:k]]) if k else []
+            row[f"{scope}_drop_pct"] = stats.median(drops) if drops else None
+            row[f"{scope}_spread_pct"] = stats.mad(drops) if drops else None
+            row[f"{scope}_half_range_pct"] = stats.spread(drops) if drops else None
             row[f"{scope}_drops_pct"] = drops
-            row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"]
+            row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"] if drops else None
         rows.append(row)
     baseline = {scope: stats.median(_rate(r) for r in cells[(scope, registry.BASELINE)])
-                for scope in ("single", "multi")}
+                if cells.get((scope, registry.BASELINE)) else None for scope in ("single", "multi")}
     return results.envelope(
         "compare", base, {"rows": rows, "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
-                          "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs})
+                          "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs,
+                          **_stopped(interrupted)})
 
 
 def allowed_cpu_count(base: RunConfig) -> int:
@@ -150,7 +184,8 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
             validate(dataclasses.replace(base, vcpus=n, **fields))
     cells = [(n, m) for n in counts for m in sched_models(base, n, cpus)]
     rows, all_runs = [], []
-    with progress(len(todo) * len(cells) * repeat, "scale", show_progress) as bar:
+
+    def loop():
         for name, fields in todo:
             one = None
             for n, model in cells:
@@ -177,8 +212,12 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
                     "run_spread": stats.median(r["fairness"]["run_spread"] or 0.0 for r in runs),
                     "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE",
                 })
+
+    with progress(len(todo) * len(cells) * repeat, "scale", show_progress) as bar:
+        interrupted = _until_interrupted(loop)
     return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts, "cpus": cpus,
-                                            "failures": _failures(all_runs), "runs": all_runs})
+                                            "failures": _failures(all_runs), "runs": all_runs,
+                                            **_stopped(interrupted)})
 
 
 def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | None = None) -> dict:
@@ -189,7 +228,8 @@ def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | Non
         validate(dataclasses.replace(base, **fields))
     models = sched_models(base, base.vcpus, allowed_cpu_count(base))
     rows, all_runs = [], []
-    with progress(len(todo) * len(models), "timers", show_progress) as bar:
+
+    def loop():
         for (name, fields), model in ((t, m) for m in models for t in todo):
             res = _run(dataclasses.replace(base, sched=None if model == "dedicated" else model, **fields))
             res["label"] = name
@@ -204,6 +244,9 @@ def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | Non
                 "guest_work_per_s": t["ops_per_s"], "verdict": res["verdict"],
             })
             bar.advance(f"timers {name} ({model}): {t['panics']} panics")
+
+    with progress(len(todo) * len(models), "timers", show_progress) as bar:
+        interrupted = _until_interrupted(loop)
     return results.envelope("timers", base, {"rows": rows, "panic_streak": base.panic_streak,
                                              "slack_us": base.slack_us, "failures": _failures(all_runs),
-                                             "runs": all_runs})
+                                             "runs": all_runs, **_stopped(interrupted)})

@@ -125,7 +125,7 @@ class RunState:
     victims: dict = field(default_factory=dict)   # vCPU -> why it was killed
 
 
-def _raise_interrupted(signum, frame):
+def raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -161,7 +161,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
 
     arena = None
     procs = []
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    old_term = signal.signal(signal.SIGTERM, raise_interrupted)
     ready_r = ready_w = go_r = go_w = None
     try:
         arena = Arena.create(layout)
