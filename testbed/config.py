@@ -12,18 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import abi, kernels, tlb
+from . import abi, tlb
 from . import variants as registry
 from .errors import UsageError
 from .timing import tsc_hz
 
 WORKLOADS = {
-    "uniform": (kernels.WL_UNIFORM, "map / access / unmap one MFN drawn uniformly from the working set"),
-    "hot": (kernels.WL_HOT, "9 maps in 10 from a small hot set (--hot-set), so most hit the per-vCPU hash"),
-    "ptwalk": (kernels.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
-    "guest": (kernels.WL_GUEST, "the Geekbench analogue: guest work (--guest-work units), then a hypercall of "
+    "uniform": (abi.WL_UNIFORM, "map / access / unmap one MFN drawn uniformly from the working set"),
+    "hot": (abi.WL_HOT, "9 maps in 10 from a small hot set (--hot-set), so most hit the per-vCPU hash"),
+    "ptwalk": (abi.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
+    "guest": (abi.WL_GUEST, "the Geekbench analogue: guest work (--guest-work units), then a hypercall of "
               "--burst map / access / unmap operations; ops/s is guest work done per second"),
-    "timers": (kernels.WL_TIMERS, "guest work, then take a deadline (now + --slack-us), a hypercall burst, and arm a "
+    "timers": (abi.WL_TIMERS, "guest work, then take a deadline (now + --slack-us), a hypercall burst, and arm a "
                "single-shot timer: -ETIME if the deadline passed, retried at once; --panic-streak in a row panic"),
 }
 
@@ -186,7 +186,7 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_LOCK] = v.locks.index(cfg.lock) if v.locks else 0
     p[abi.P_VCPUS] = cfg.vcpus
     p[abi.P_FRAMES] = cfg.frames
-    p[abi.P_FRAME_WORDS] = kernels.frame_words(cfg.vcpus)
+    p[abi.P_FRAME_WORDS] = abi.frame_words(cfg.vcpus)
     p[abi.P_ENTRIES] = cfg.entries
     p[abi.P_HASH] = cfg.hash_entries
     p[abi.P_LEVELS] = cfg.levels

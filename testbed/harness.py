@@ -65,7 +65,7 @@ def build_layout(cfg: cfgmod.RunConfig) -> Layout:
         Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),
         Field("live", "int64", (V, 2 * cfg.nest), per_vcpu=True),
         Field("expect", "int64", (V, cfg.frames), per_vcpu=True),
-        Field("frames", "int64", (cfg.frames, kernels.frame_words(V))),
+        Field("frames", "int64", (cfg.frames, abi.frame_words(V))),
     ))
 
 
@@ -73,11 +73,6 @@ def init_state(views: dict, cfg: cfgmod.RunConfig) -> None:
     views["frames"][:, 0] = np.arange(cfg.frames, dtype=np.int64)
     views["dom"][tlb.D_TLBCLOCK] = 1
     registry.get(cfg.variant).module.init_state(views, cfg)
-
-
-def kernel_args(views: dict, p: np.ndarray, tlbv: np.ndarray, rng: np.ndarray) -> tuple:
-    return (p, views["dom"], views["pte"], views["dbits"], views["vst"], views["frames"], views["expect"],
-            views["stats"], views["hist"], views["live"], tlbv, rng)
 
 
 def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray) -> None:
@@ -89,7 +84,7 @@ def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray) -> None:
     views = layout.views(bytearray(layout.size))
     init_state(views, cfg)
     tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    kernels.run_ops(1, 0, *kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    kernels.run_ops(1, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
     # would compile (or load) it on its first switch, seconds of CPU each.
     tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])
