@@ -133,7 +133,8 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     run), and ``stall(failure)`` when the watchdog finds a vCPU that stopped.
     """
     t0 = time.perf_counter()
-    cfg = cfgmod.validate(cfg)
+    if not cfgmod.is_validated(cfg):       # a command's plan step validated it already
+        cfg = cfgmod.validate(cfg)
     topo = host_topology()
     allowed = allowed_cpus(topo, cfg.cpus)
     cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe)
