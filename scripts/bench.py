@@ -57,7 +57,7 @@ def kernel_ns(names, frames: int, repeat: int, n: int = 2_000_000) -> dict:
         layout = harness.build_layout(cfg)
         views = layout.views(bytearray(layout.size))
         harness.init_state(views, cfg)
-        args = harness.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
+        args = abi.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
                                    kernels.seed_state(1, 0))
         kernels.run_ops(1000, 0, *args)
         setups[name] = args
@@ -85,7 +85,7 @@ def _loop_args(name: str, frames: int, lock: str | None = None):
     layout = harness.build_layout(cfg)
     views = layout.views(bytearray(layout.size))
     harness.init_state(views, cfg)
-    return harness.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
+    return abi.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
                                kernels.seed_state(1, 0))
 
 

@@ -6,6 +6,24 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+# testbed.shared and testbed.workers: installed (a wheel) they are folders of this
+# package; in the repository they are the top-level shared/ and workers/ folders
+# (pyproject.toml maps them). A checkout on PYTHONPATH, or any copy of the tree,
+# finds them there, and no top-level "shared" or "workers" module is ever importable.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+for _sub in ("shared", "workers"):
+    if not os.path.isdir(os.path.join(_HERE, _sub)) and os.path.isfile(os.path.join(_ROOT, _sub, "__init__.py")):
+        import importlib.util as _ilu
+        import sys as _sys
+
+        _spec = _ilu.spec_from_file_location(f"{__name__}.{_sub}", os.path.join(_ROOT, _sub, "__init__.py"),
+                                             submodule_search_locations=[os.path.join(_ROOT, _sub)])
+        _mod = _ilu.module_from_spec(_spec)
+        _sys.modules[_spec.name] = _mod
+        _spec.loader.exec_module(_mod)
+        globals()[_sub] = _mod
+
 
 def _numba_cache_dir() -> str:
     """A numba cache directory keyed by the source of every compiled module.

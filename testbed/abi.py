@@ -6,7 +6,18 @@ the names themselves are compile-time constants, the values are not. Per-vCPU
 counters live in the vCPU's own cache-line-padded row of ``stats``, indexed by
 the ``S_*`` names. Status codes (``ST_*``) are how a kernel reports what it
 cannot handle: kernels never raise.
+
+Within each family (``P_*``, ``S_*``, ``C_*``, ``M_*``, ``W_*``, ``ST_*``, ``WL_*``,
+``SCHED_*``, ``V_*``) the ids are unique and below the family's size; they are
+listed in order, and a gap is a reserved range (said where it is).
+``tests/test_abi.py`` fails on a collision, and checks that the C port
+(``csrc/testbed_op.c``) spells every id it shares with this file the same.
+This module also holds the workload ids, the frame geometry and the kernels'
+argument order: facts the harness, the vCPU worker, the configuration and the
+C port share with the kernels.
 """
+
+from .jit import kernel
 
 # --- parameters (p[...]) ------------------------------------------------------------
 P_VARIANT = 0          # variant id (registry)
@@ -33,14 +44,15 @@ P_LONG_HOLD = 20       # cycles to spin inside critical sections
 P_HOT = 21             # hot workload: size of the hot set
 P_BURST = 22           # guest and timers workloads: map operations per hypercall
 P_SLACK = 23           # timers workload: cycles between taking the deadline and arming the timer
-P_CHUNK_CYCLES = 25    # a kernel call returns after about this many cycles (checked every 16 operations)
 P_PANIC_STREAK = 24    # timers workload: consecutive -ETIME that panic the guest (FreeBSD 10: 60)
+P_CHUNK_CYCLES = 25    # a kernel call returns after about this many cycles (checked every 16 operations)
 P_TIMESLICE_NS = 26    # --sched hypervisor: a vCPU's time slice
 P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
 P_COST_REFILL = 30     # guest accesses after a full flush that each pay a walk (--cost-refill)
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
+# 34..39: simulated interrupts (--irq-rate ...)
 N_PARAMS = 40
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
@@ -88,9 +100,9 @@ S_NVCSW = 38
 S_LIVE = 39            # mappings live when the kernel stopped
 S_CHUNKS = 40
 S_STREAK = 41          # timers workload: current run of consecutive -ETIME
+S_PROGRESS = 42        # bumped by the kernel per operation and per lock-spin round: the watchdog's pulse
 S_MOVES_SEEN = 43      # moves the vCPU has taken in (flushed its TLB for)
 S_SAMPLING = 44        # set while a latency-sampled map runs: the lock times its hold then
-S_PROGRESS = 42        # bumped by the kernel per operation and per lock-spin round: the watchdog's pulse
 S_RUN_NS = 45          # time on a CPU (under --sched hypervisor: summed time slices)
 S_WAIT_NS = 46         # time descheduled, waiting for a CPU (--sched hypervisor)
 S_SWITCHES = 47        # context switches in (--sched hypervisor)
@@ -100,7 +112,7 @@ S_T_ENTRY = 50         # monotonic ns when the forked process began
 S_T_READY = 51         # monotonic ns when it had attached the arena and pinned itself
 S_USS_KB = 52          # the process's unique memory (private pages) when it finished, KiB
 S_CPU_NS = 53          # CPU time the process used, when it finished
-# the oracle's counters (bumped by the loop in kernels.run_ops, not by the variants)
+# 54..57: simulated interrupts; 58..61: the oracle's checks; 62..63: cost counters
 S_HELD_STALE = 58      # a held mapping, checked again before its unmap, translated to another frame
 S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was taken away and reused while held
 S_RECHECKS = 61        # held mappings checked again before their unmap
@@ -122,6 +134,41 @@ COUNTER_NAMES = {
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
     S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
 }
+
+# --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----
+WL_UNIFORM = 0
+WL_HOT = 1
+WL_PTWALK = 2
+WL_GUEST = 3
+WL_TIMERS = 4
+WL_NEST_SAME = 5       # one MFN nested --nest deep, then --levels others, all held
+
+# --- machine frames (frames[mfn, ...]) ----------------------------------------------
+FRAME_HDR = 8          # words: the MFN in word 0, then padding to the first counter line
+
+
+def frame_words(vcpus: int) -> int:
+    """Frame size in words: at least a 4 KiB page, and one cache line per vCPU's counter."""
+    return max(512, FRAME_HDR + 8 * vcpus)
+
+
+@kernel
+def counter_col(vcpu):
+    """The word of a frame that counts ``vcpu``'s writes to it (its own cache line)."""
+    return FRAME_HDR + 8 * vcpu
+
+
+# --- the kernels' arguments ----------------------------------------------------------
+# run_ops(n, vcpu, *kernel_args(...)): the order the compiled loop and the C port take.
+KERNEL_ARRAYS = ("dom", "pte", "dbits", "vst", "frames", "expect", "stats", "hist", "live")
+
+
+def kernel_args(views: dict, p, tlbv, rng) -> tuple:
+    """The argument tuple of ``kernels.run_ops`` after (n, vcpu): the parameters, the arena's
+    arrays (``KERNEL_ARRAYS``), this vCPU's TLB and its random state. The harness, the vCPU
+    worker, the benchmarks and the tests all build it here."""
+    return (p, *(views[name] for name in KERNEL_ARRAYS), tlbv, rng)
+
 
 # --- worker states (stats[vcpu, S_STATE]) -------------------------------------------
 W_BOOT = 0

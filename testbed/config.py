@@ -12,21 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import abi, kernels, tlb
+from . import abi, tlb
 from . import variants as registry
 from .errors import UsageError
 from .timing import tsc_hz
 
 WORKLOADS = {
-    "uniform": (kernels.WL_UNIFORM, "map / access / unmap one MFN drawn uniformly from the working set"),
-    "hot": (kernels.WL_HOT, "9 maps in 10 from a small hot set (--hot-set), so most hit the per-vCPU hash"),
-    "ptwalk": (kernels.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
-    "guest": (kernels.WL_GUEST, "the Geekbench analogue: guest work (--guest-work units), then a hypercall of "
+    "uniform": (abi.WL_UNIFORM, "map / access / unmap one MFN drawn uniformly from the working set"),
+    "hot": (abi.WL_HOT, "9 maps in 10 from a small hot set (--hot-set), so most hit the per-vCPU hash"),
+    "ptwalk": (abi.WL_PTWALK, "nested walks holding 1..--nest distinct frames at once (PAGING_LEVELS**2 by default)"),
+    "guest": (abi.WL_GUEST, "the Geekbench analogue: guest work (--guest-work units), then a hypercall of "
               "--burst map / access / unmap operations; ops/s is guest work done per second"),
-    "nest-same": (kernels.WL_NEST_SAME, "nested walks mapping one MFN --nest times (default levels**2 - levels), "
+    "nest-same": (abi.WL_NEST_SAME, "nested walks mapping one MFN --nest times (default levels**2 - levels), "
                   "then --levels distinct other frames under it, all held: with --nest 256, the seed's 8-bit "
                   "refcount wraps"),
-    "timers": (kernels.WL_TIMERS, "guest work, then take a deadline (now + --slack-us), a hypercall burst, and arm a "
+    "timers": (abi.WL_TIMERS, "guest work, then take a deadline (now + --slack-us), a hypercall burst, and arm a "
                "single-shot timer: -ETIME if the deadline passed, retried at once; --panic-streak in a row panic"),
 }
 
@@ -46,41 +46,62 @@ TIMESLICE_US = 1000.0
 TIMESLICE_MIN_US, TIMESLICE_MAX_US = 100.0, 1_000_000.0
 
 
+def option(default, help: str, slot: int | None = None, flag: str | None = None, metavar: str | None = None,
+           cli: bool = True):
+    """A run option, declared once: its default, its help, the ``abi`` slot that carries it raw
+    into the kernels' parameter array (``params``), and its command-line flag (``--name-with-dashes``
+    unless ``flag`` says otherwise; ``cli=False``: set by the commands themselves).
+
+    ``cli.add_run_options`` builds the command-line options from these declarations and
+    ``cli.config_from`` the config, so a new option is one line here plus its use.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "slot": slot, "flag": flag,
+                                                        "metavar": metavar, "cli": cli})
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    variant: str = registry.BASELINE
-    vcpus: int = 2
-    duration: float = 3.0
-    warmup: float = 1.0
-    seed: int = 1
-    cpus: str | None = None
-    oversubscribe: bool = False
-    workload: str = "uniform"
-    frames: int = 4096
-    working_set: int | None = None     # default: all frames
-    hot_set: int = 8
-    entries: int | None = None         # MAPCACHE_VCPU_ENTRIES; default per variant
-    hash_entries: int = 8              # MAPHASH_ENTRIES
-    levels: int = 4                    # PAGING_LEVELS
-    nest: int | None = None            # default PAGING_LEVELS**2
-    tlb_entries: int = 64
-    tlb_ways: int = 4
-    cost_flush_one: int = tlb.COST_FLUSH_ONE
-    cost_flush_all: int = tlb.COST_FLUSH_ALL
-    cost_walk: int = tlb.COST_WALK
-    cost_refill: int = tlb.COST_REFILL   # guest accesses after a full flush that each pay a walk
-    guest_work: int = 2000
-    burst: int = 4
-    slack_us: float = 50.0
-    panic_streak: int = 60             # FreeBSD 10.4 gives up after 60 consecutive -ETIME
-    lat_every: int = 6                 # sample map latency every 2**lat_every maps
-    long_hold: int = 0
-    chunk_ms: float = 5.0
-    sched: str | None = None           # with more vCPUs than CPUs: hypervisor (default) or host
-    timeslice_us: float = TIMESLICE_US # --sched hypervisor: time slice
-    unchecked: bool = False            # run a geometry the variant's own validate() rejects
-    lock: str | None = None            # --lock: one of the variant's LOCKS; default its first
-    refcount_wrap: str = "stop"        # an 8-bit refcount at 256: stop with refcount_error, or wrap as the seed does
+    variant: str = option(registry.BASELINE, "mapcache design (see 'testbed variants')", cli=False)
+    vcpus: int = option(2, "vCPU processes, or 'all' physical cores", slot=abi.P_VCPUS, cli=False)
+    duration: float = option(3.0, "measured seconds")
+    warmup: float = option(1.0, "warm-up seconds, reported but not measured")
+    seed: int = option(1, "seed for every random choice (default: from the clock)", cli=False)
+    cpus: str | None = option(None, "host CPUs to use, e.g. 0,2-5 (default: all allowed)")
+    oversubscribe: bool = option(False, "allow more vCPUs than CPUs (they share CPUs)")
+    workload: str = option("uniform", "operation mix (see 'testbed workloads')")
+    frames: int = option(4096, "machine frames in the arena", slot=abi.P_FRAMES)
+    working_set: int | None = option(None, "MFNs drawn from (default: all frames)", slot=abi.P_WORKING_SET)
+    hot_set: int = option(8, "hot workload: size of the hot set", slot=abi.P_HOT)
+    entries: int | None = option(None, "MAPCACHE_VCPU_ENTRIES (default: the variant's, see 'testbed variants')",
+                                 slot=abi.P_ENTRIES)
+    hash_entries: int = option(8, "MAPHASH_ENTRIES", slot=abi.P_HASH, flag="--hash")
+    levels: int = option(4, "PAGING_LEVELS", slot=abi.P_LEVELS)
+    nest: int | None = option(None, "ptwalk: most mappings held at once (default levels**2); nest-same: how "
+                              "often the one MFN is nested (default levels**2 - levels)", slot=abi.P_NEST)
+    unchecked: bool = option(False, "run a geometry the variant rejects (e.g. too small for a nested walk)")
+    tlb_entries: int = option(64, "simulated TLB entries")
+    tlb_ways: int = option(4, "simulated TLB associativity", slot=abi.P_TLB_WAYS)
+    cost_flush_one: int = option(tlb.COST_FLUSH_ONE, "cycles per invlpg (0: off)", slot=abi.P_COST_FLUSH_ONE)
+    cost_flush_all: int = option(tlb.COST_FLUSH_ALL, "cycles per full flush (0: off)", slot=abi.P_COST_FLUSH_ALL)
+    cost_walk: int = option(tlb.COST_WALK, "cycles per TLB miss walk (0: off)", slot=abi.P_COST_WALK)
+    cost_refill: int = option(tlb.COST_REFILL, "guest accesses after a full flush that each pay a walk "
+                              f"(default {tlb.COST_REFILL}: an L1 dTLB's 4 KiB entries)", slot=abi.P_COST_REFILL)
+    guest_work: int = option(2000, "guest workload: work units between maps", slot=abi.P_GUEST_WORK)
+    burst: int = option(4, "guest/timers: map operations per hypercall", slot=abi.P_BURST)
+    slack_us: float = option(50.0, "timers: deadline slack in microseconds")
+    # FreeBSD 10.4 gives up after 60 consecutive -ETIME
+    panic_streak: int = option(60, "timers: consecutive -ETIME that panic", slot=abi.P_PANIC_STREAK)
+    lat_every: int = option(6, "sample map latency every 2**k maps", slot=abi.P_LAT_EVERY)
+    long_hold: int = option(0, "cycles to spin inside the critical section", slot=abi.P_LONG_HOLD)
+    chunk_ms: float = option(5.0, "kernel chunk between stop checks, ms")
+    sched: str | None = option(
+        None, "with more vCPUs than CPUs: 'hypervisor' (default) schedules vCPUs as a hypervisor does, switching "
+        "only between operations; 'host' lets the host preempt them anywhere (lock-holder preemption, as with "
+        "guest spinlocks). No effect with vCPUs <= CPUs", metavar="{hypervisor,host}")
+    timeslice_us: float = option(TIMESLICE_US, "--sched hypervisor: time slice (Xen credit2's rate limit)")
+    lock: str | None = option(None, "--lock: one of the variant's LOCKS; default its first", cli=False)
+    refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
+                                "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on other fields."""
@@ -114,8 +135,28 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+_VALIDATED: set = set()       # configs validate() returned: a run of one is not checked again
+
+
+def is_validated(cfg: RunConfig) -> bool:
+    return cfg in _VALIDATED
+
+
+def checked(cfg: RunConfig) -> RunConfig:
+    """``validate``, and the vCPUs placed on this host's allowed CPUs (or UsageError): what every
+    command checks, for every run it will make, before the first starts."""
+    from .topology import allowed_cpus, host_topology, place
+
+    cfg = validate(cfg)
+    topo = host_topology()
+    place(topo, allowed_cpus(topo, cfg.cpus), cfg.vcpus, cfg.oversubscribe)
+    return cfg
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """A resolved, checked config; raises UsageError naming the problem and the fix."""
+    if cfg in _VALIDATED:
+        return cfg
     v = registry.get(cfg.variant)
     if cfg.vcpus < 1:
         raise UsageError(f"--vcpus {cfg.vcpus}: need at least 1 vCPU")
@@ -184,6 +225,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"microseconds (Xen's own bounds; its credit2 default is {TIMESLICE_US:g})"
         )
     v.module.validate(cfg)             # the design's own rules (contract.py)
+    _VALIDATED.add(cfg)
     return cfg
 
 
@@ -199,35 +241,21 @@ def sched_model(cfg: RunConfig, cpus: int) -> str:
 
 
 def params(cfg: RunConfig) -> np.ndarray:
-    """The kernels' parameter array for a validated config."""
+    """The kernels' parameter array for a validated config: every option declared with an ``abi``
+    slot as it is, then the values the kernels need derived."""
     v = registry.get(cfg.variant)
     p = np.zeros(abi.N_PARAMS, dtype=np.int64)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("slot") is not None:
+            p[f.metadata["slot"]] = getattr(cfg, f.name)
     p[abi.P_VARIANT] = v.vid
     p[abi.P_FAULT] = v.fault
     p[abi.P_LOCK] = v.locks.index(cfg.lock) if v.locks else 0
     p[abi.P_REFCOUNT_WRAP] = int(cfg.refcount_wrap == "wrap")
-    p[abi.P_VCPUS] = cfg.vcpus
-    p[abi.P_FRAMES] = cfg.frames
-    p[abi.P_FRAME_WORDS] = kernels.frame_words(cfg.vcpus)
-    p[abi.P_ENTRIES] = cfg.entries
-    p[abi.P_HASH] = cfg.hash_entries
-    p[abi.P_LEVELS] = cfg.levels
+    p[abi.P_FRAME_WORDS] = abi.frame_words(cfg.vcpus)
     p[abi.P_SLOTS] = cfg.vcpus * cfg.entries
     p[abi.P_WORKLOAD] = WORKLOADS[cfg.workload][0]
-    p[abi.P_NEST] = cfg.nest
     p[abi.P_TLB_SETS] = cfg.tlb_entries // cfg.tlb_ways
-    p[abi.P_TLB_WAYS] = cfg.tlb_ways
-    p[abi.P_COST_FLUSH_ONE] = cfg.cost_flush_one
-    p[abi.P_COST_FLUSH_ALL] = cfg.cost_flush_all
-    p[abi.P_COST_WALK] = cfg.cost_walk
-    p[abi.P_COST_REFILL] = cfg.cost_refill
-    p[abi.P_WORKING_SET] = cfg.working_set
-    p[abi.P_GUEST_WORK] = cfg.guest_work
-    p[abi.P_LAT_EVERY] = cfg.lat_every
-    p[abi.P_LONG_HOLD] = cfg.long_hold
-    p[abi.P_HOT] = cfg.hot_set
-    p[abi.P_BURST] = cfg.burst
-    p[abi.P_PANIC_STREAK] = cfg.panic_streak
     hz = tsc_hz()
     p[abi.P_CHUNK_CYCLES] = int(cfg.chunk_ms * 1e-3 * hz)
     p[abi.P_TSC_KHZ] = int(hz / 1000)

@@ -13,15 +13,21 @@
 
 Every experiment takes any registered variants, and ``locks``: each variant
 that has a lock runs once per lock named (rows labelled ``variant:lock``).
+
+An experiment stopped by Ctrl-C or SIGTERM keeps what it finished: its result
+holds the rows of the cells whose runs all finished and those runs, with
+``"partial": true`` and ``"interrupted"`` naming the signal (the run in
+progress at the signal is left out).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 
 from . import harness, results, stats
 from . import variants as registry
-from .config import SCHED_MODELS, RunConfig, validate
+from .config import SCHED_MODELS, RunConfig, checked
 from .errors import UsageError
 from .progress import progress
 
@@ -49,6 +55,32 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
 
 
 
+def plan(configs) -> list[RunConfig]:
+    """The plan step: every run of an experiment's grid validated, its vCPUs placed, before the
+    first starts (the first bad one raises UsageError); the runs then use these configs as they are."""
+    return [checked(c) for c in configs]
+
+
+def _until_interrupted(loop) -> str | None:
+    """Run ``loop()``, which keeps each finished run as it goes; the signal that stopped it, or None.
+
+    SIGTERM stops the experiment as Ctrl-C does, between runs as well as inside
+    one (``harness.run`` stops its vCPUs and returns; ``_run`` then raises).
+    """
+    old = signal.signal(signal.SIGTERM, harness.raise_interrupted)
+    try:
+        loop()
+        return None
+    except (KeyboardInterrupt, harness.Interrupted) as e:
+        return e.signame if isinstance(e, harness.Interrupted) else "SIGINT"
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stopped(interrupted: str | None) -> dict:
+    return {"partial": interrupted is not None, "interrupted": interrupted}
+
+
 def _run(cfg: RunConfig) -> dict:
     """One run of an experiment; a run stopped by Ctrl-C or SIGTERM stops the experiment too."""
     res = harness.run(cfg)
@@ -57,12 +89,12 @@ def _run(cfg: RunConfig) -> dict:
     return res
 
 
-def _runs(cfg: RunConfig, repeat: int, bar, label: str) -> list[dict]:
+def _runs(cfgs: list[RunConfig], bar, label: str) -> list[dict]:
     out = []
-    for i in range(repeat):
-        res = _run(dataclasses.replace(cfg, seed=cfg.seed + i))
+    for i, cfg in enumerate(cfgs):
+        res = _run(cfg)
         out.append(res)
-        bar.advance(f"{label} rep {i + 1}/{repeat}: {res['totals']['ops_per_s']:,.0f} ops/s")
+        bar.advance(f"{label} rep {i + 1}/{len(cfgs)}: {res['totals']['ops_per_s']:,.0f} ops/s")
     return out
 
 
@@ -85,37 +117,45 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
     """Drop of each variant (default: every real design) against the baseline, single-core and multi-core."""
     names = [v for v in (variants or registry.DESIGNS) if v != registry.BASELINE]
     todo = [(registry.BASELINE, {"variant": registry.BASELINE})] + series(names, locks)
-    for _, fields in todo:
-        validate(dataclasses.replace(base, vcpus=vcpus_multi, **fields))
+    runs = [(scope, i, label) for scope in ("single", "multi") for i in range(repeat) for label, _ in todo]
+    fields = dict(todo)
+    cfgs = plan(dataclasses.replace(base, vcpus=1 if scope == "single" else vcpus_multi, seed=base.seed + i,
+                                    **fields[label]) for scope, i, label in runs)
     cells = {}
     all_runs = []
     total = len(todo) * 2 * repeat
+
+    def loop():
+        for (scope, i, label), cfg in zip(runs, cfgs):
+            res = _run(cfg)
+            res["label"] = label
+            cells.setdefault((scope, label), []).append(res)
+            all_runs.append(res)
+            bar.advance(f"compare {scope} {label} rep {i + 1}/{repeat}")
+
     with progress(total, "compare", show_progress) as bar:
-        for scope, n in (("single", 1), ("multi", vcpus_multi)):
-            for i in range(repeat):
-                for label, fields in todo:
-                    res = _run(dataclasses.replace(base, vcpus=n, seed=base.seed + i, **fields))
-                    res["label"] = label
-                    cells.setdefault((scope, label), []).append(res)
-                    all_runs.append(res)
-                    bar.advance(f"compare {scope} {label} rep {i + 1}/{repeat}")
+        interrupted = _until_interrupted(loop)
     rows = []
-    for label, fields in todo[1:]:
-        row = {"variant": label, "lock": fields.get("lock")}
+    for label, fields_ in todo[1:]:
+        row = {"variant": label, "lock": fields_.get("lock")}
         for scope in ("single", "multi"):
-            drops = stats.paired_drops([_rate(r) for r in cells[(scope, label)]],
-                                       [_rate(r) for r in cells[(scope, registry.BASELINE)]])
-            row[f"{scope}_drop_pct"] = stats.median(drops)
-            row[f"{scope}_spread_pct"] = stats.mad(drops)
-            row[f"{scope}_half_range_pct"] = stats.spread(drops)
+            # repetition i of a design pairs with the baseline's repetition i (same seed);
+            # an interrupted compare pairs the repetitions both finished, or none
+            mine, ref = cells.get((scope, label), []), cells.get((scope, registry.BASELINE), [])
+            k = min(len(mine), len(ref))
+            drops = stats.paired_drops([_rate(r) for r in mine[:k]], [_rate(r) for r in ref[:k]]) if k else []
+            row[f"{scope}_drop_pct"] = stats.median(drops) if drops else None
+            row[f"{scope}_spread_pct"] = stats.mad(drops) if drops else None
+            row[f"{scope}_half_range_pct"] = stats.spread(drops) if drops else None
             row[f"{scope}_drops_pct"] = drops
-            row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"]
+            row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"] if drops else None
         rows.append(row)
     baseline = {scope: stats.median(_rate(r) for r in cells[(scope, registry.BASELINE)])
-                for scope in ("single", "multi")}
+                if cells.get((scope, registry.BASELINE)) else None for scope in ("single", "multi")}
     return results.envelope(
         "compare", base, {"rows": rows, "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
-                          "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs})
+                          "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs,
+                          **_stopped(interrupted)})
 
 
 # The options ``compare --sweep`` takes: every parameter of the cost model.
@@ -197,6 +237,15 @@ def allowed_cpu_count(base: RunConfig) -> int:
     return len(topo.order(allowed_cpus(topo, base.cpus)))
 
 
+def default_counts(cores: int) -> list[int]:
+    """scale's default vCPU counts: 1, 2, 4, ... up to the number of cores, and the number of cores itself."""
+    counts, n = [], 1
+    while n < cores:
+        counts.append(n)
+        n *= 2
+    return counts + [cores]
+
+
 def sched_models(base: RunConfig, n: int, cpus: int) -> list[str]:
     """The scheduling models to run ``n`` vCPUs under: both, unless --sched names one.
 
@@ -217,53 +266,58 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
     counts = sorted(set(vcpu_counts) | {1})
     cpus = allowed_cpu_count(base)
     todo = series(variants or [v.name for v in registry.REAL], locks)
-    for _, fields in todo:
-        for n in counts:
-            validate(dataclasses.replace(base, vcpus=n, **fields))
     cells = [(n, m) for n in counts for m in sched_models(base, n, cpus)]
+    grid = [(name, fields, n, model) for name, fields in todo for n, model in cells]
+    cfgs = plan(dataclasses.replace(base, vcpus=n, sched=None if model == "dedicated" else model, seed=base.seed + i,
+                                    **fields) for _, fields, n, model in grid for i in range(repeat))
     rows, all_runs = [], []
+
+    def loop():
+        one = None              # each series' first cell is its 1-vCPU one (counts are sorted, 1 first)
+        for k, (name, fields, n, model) in enumerate(grid):
+            runs = _runs(cfgs[k * repeat:(k + 1) * repeat], bar, f"scale {name} {n} vCPUs ({model})")
+            for r in runs:
+                r["label"] = name
+            all_runs.extend(runs)
+            rate = stats.median(_rate(r) for r in runs)
+            if n == 1:
+                one = rate
+            p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
+            rows.append({
+                "variant": name, "lock": fields.get("lock"), "vcpus": n, "sched": model, "ops_per_s": rate,
+                "spread": stats.spread(_rate(r) for r in runs),
+                "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
+                "p99_cycles": stats.median(p99) if p99 else None,
+                "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
+                "lock_handoff_cycles": _median_or_none(r["lock"]["handoff_mean_cycles"] for r in runs
+                                                       if r.get("lock")),
+                "lock_fairness": _median_or_none(r["lock"]["jain_fairness"] for r in runs if r.get("lock")),
+                "starvation": any(r["fairness"]["starvation"] for r in runs),
+                "starved_max_s": max((r["fairness"]["starved_max_s"] or 0.0) for r in runs),
+                "run_spread": stats.median(r["fairness"]["run_spread"] or 0.0 for r in runs),
+                "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE",
+            })
+
     with progress(len(todo) * len(cells) * repeat, "scale", show_progress) as bar:
-        for name, fields in todo:
-            one = None
-            for n, model in cells:
-                cfg = dataclasses.replace(base, vcpus=n, sched=None if model == "dedicated" else model, **fields)
-                runs = _runs(cfg, repeat, bar, f"scale {name} {n} vCPUs ({model})")
-                for r in runs:
-                    r["label"] = name
-                all_runs.extend(runs)
-                rate = stats.median(_rate(r) for r in runs)
-                if n == 1:
-                    one = rate
-                p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
-                rows.append({
-                    "variant": name, "lock": fields.get("lock"), "vcpus": n, "sched": model, "ops_per_s": rate,
-                    "spread": stats.spread(_rate(r) for r in runs),
-                    "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
-                    "p99_cycles": stats.median(p99) if p99 else None,
-                    "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
-                    "lock_handoff_cycles": _median_or_none(r["lock"]["handoff_mean_cycles"] for r in runs
-                                                           if r.get("lock")),
-                    "lock_fairness": _median_or_none(r["lock"]["jain_fairness"] for r in runs if r.get("lock")),
-                    "starvation": any(r["fairness"]["starvation"] for r in runs),
-                    "starved_max_s": max((r["fairness"]["starved_max_s"] or 0.0) for r in runs),
-                    "run_spread": stats.median(r["fairness"]["run_spread"] or 0.0 for r in runs),
-                    "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE",
-                })
+        interrupted = _until_interrupted(loop)
     return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts, "cpus": cpus,
-                                            "failures": _failures(all_runs), "runs": all_runs})
+                                            "failures": _failures(all_runs), "runs": all_runs,
+                                            **_stopped(interrupted)})
 
 
 def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | None = None) -> dict:
     """-ETIME rate, worst streak and panics of each variant (default: every real design) under the timers workload."""
     base = dataclasses.replace(base, workload="timers")
     todo = series(variants or registry.DESIGNS, locks)
-    for _, fields in todo:
-        validate(dataclasses.replace(base, **fields))
     models = sched_models(base, base.vcpus, allowed_cpu_count(base))
+    grid = [(name, fields, model) for model in models for name, fields in todo]
+    cfgs = plan(dataclasses.replace(base, sched=None if model == "dedicated" else model, **fields)
+                for _, fields, model in grid)
     rows, all_runs = [], []
-    with progress(len(todo) * len(models), "timers", show_progress) as bar:
-        for (name, fields), model in ((t, m) for m in models for t in todo):
-            res = _run(dataclasses.replace(base, sched=None if model == "dedicated" else model, **fields))
+
+    def loop():
+        for (name, _, model), cfg in zip(grid, cfgs):
+            res = _run(cfg)
             res["label"] = name
             all_runs.append(res)
             t = res["totals"]
@@ -276,6 +330,9 @@ def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | Non
                 "guest_work_per_s": t["ops_per_s"], "verdict": res["verdict"],
             })
             bar.advance(f"timers {name} ({model}): {t['panics']} panics")
+
+    with progress(len(todo) * len(models), "timers", show_progress) as bar:
+        interrupted = _until_interrupted(loop)
     return results.envelope("timers", base, {"rows": rows, "panic_streak": base.panic_streak,
                                              "slack_us": base.slack_us, "failures": _failures(all_runs),
-                                             "runs": all_runs})
+                                             "runs": all_runs, **_stopped(interrupted)})

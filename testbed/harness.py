@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import multiprocess as mp
 import numpy as np
 
-from shared import Arena, Field, Layout, futex, remove_stale
-from workers import vcpu as vcpu_worker
+from testbed.shared import Arena, Field, Layout, futex, remove_stale
+from testbed.workers import vcpu as vcpu_worker
 
 from . import abi, kernels, limits, oracle, tlb
 from . import config as cfgmod
@@ -65,7 +65,7 @@ def build_layout(cfg: cfgmod.RunConfig) -> Layout:
         Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),
         Field("live", "int64", (V, 2 * cfgmod.held_most(cfg)), per_vcpu=True),
         Field("expect", "int64", (V, cfg.frames), per_vcpu=True),
-        Field("frames", "int64", (cfg.frames, kernels.frame_words(V))),
+        Field("frames", "int64", (cfg.frames, abi.frame_words(V))),
     ))
 
 
@@ -73,11 +73,6 @@ def init_state(views: dict, cfg: cfgmod.RunConfig) -> None:
     views["frames"][:, 0] = np.arange(cfg.frames, dtype=np.int64)
     views["dom"][tlb.D_TLBCLOCK] = 1
     registry.get(cfg.variant).module.init_state(views, cfg)
-
-
-def kernel_args(views: dict, p: np.ndarray, tlbv: np.ndarray, rng: np.ndarray) -> tuple:
-    return (p, views["dom"], views["pte"], views["dbits"], views["vst"], views["frames"], views["expect"],
-            views["stats"], views["hist"], views["live"], tlbv, rng)
 
 
 def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray) -> None:
@@ -89,7 +84,7 @@ def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray) -> None:
     views = layout.views(bytearray(layout.size))
     init_state(views, cfg)
     tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    kernels.run_ops(1, 0, *kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    kernels.run_ops(1, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
     # would compile (or load) it on its first switch, seconds of CPU each.
     tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])
@@ -125,7 +120,7 @@ class RunState:
     victims: dict = field(default_factory=dict)   # vCPU -> why it was killed
 
 
-def _raise_interrupted(signum, frame):
+def raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -138,7 +133,8 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     run), and ``stall(failure)`` when the watchdog finds a vCPU that stopped.
     """
     t0 = time.perf_counter()
-    cfg = cfgmod.validate(cfg)
+    if not cfgmod.is_validated(cfg):       # a command's plan step validated it already
+        cfg = cfgmod.validate(cfg)
     topo = host_topology()
     allowed = allowed_cpus(topo, cfg.cpus)
     cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe)
@@ -161,7 +157,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
 
     arena = None
     procs = []
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    old_term = signal.signal(signal.SIGTERM, raise_interrupted)
     ready_r = ready_w = go_r = go_w = None
     try:
         arena = Arena.create(layout)

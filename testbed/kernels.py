@@ -28,25 +28,9 @@ from .atomics import load_acquire, rdtsc
 from .variants import dispatch
 from .variants.dispatch import map_page, map_vid, unmap_page, unmap_vid  # generated from the registry
 
-# Workloads (p[P_WORKLOAD]).
-WL_UNIFORM = 0
-WL_HOT = 1
-WL_PTWALK = 2
-WL_GUEST = 3
-WL_TIMERS = 4
-WL_NEST_SAME = 5
-
-FRAME_HDR = 8          # words: the MFN in word 0, then padding to the first counter line
-
-
-def frame_words(vcpus: int) -> int:
-    """Frame size in words: at least a 4 KiB page, and one cache line per vCPU's counter."""
-    return max(512, FRAME_HDR + 8 * vcpus)
-
-
-@kernel
-def counter_col(vcpu):
-    return FRAME_HDR + 8 * vcpu
+# The workload ids and the frame geometry are contract facts (abi.py); the loop uses them by these names.
+from .abi import (FRAME_HDR, WL_GUEST, WL_HOT, WL_NEST_SAME, WL_PTWALK, WL_TIMERS, WL_UNIFORM,  # noqa: F401,E402
+                  counter_col, frame_words)
 
 
 # --- the per-vCPU random generator: xorshift64*, seeded from seed + vcpu -------------

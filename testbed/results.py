@@ -22,7 +22,10 @@ Schema history (bump SCHEMA on any change a reader must know about):
   Also in 2: "lock" in a run (the lock's handoff cost
   and fairness, null for a variant without a lock), "lock" in the config,
   "lock" and "label" in compare and scale rows and their runs (rows are
-  labelled ``variant:lock`` when --lock names locks).
+  labelled ``variant:lock`` when --lock names locks). compare, scale and
+  timers results carry "partial" (true when a signal stopped the experiment:
+  the rows and runs are the ones finished) and "interrupted" (the signal, or
+  null); the scale CSV ends each row with "partial".
   Also in 2, added keys only (what the checks are is ``testbed/oracle.py``):
   checks held_stale_translations and reused_held_slots, the same in totals
   with held_rechecks, config refcount_wrap.
@@ -239,7 +242,7 @@ RUN_CSV = ("variant", "vcpus", "workload", "seed", "ops", "ops_per_s", "maps", "
            "tlb_flush_one", "tlb_flush_all", "lock_acquisitions", "lock_contended", "lock_spin_cycles",
            "p50_cycles", "p99_cycles", "violations", "verdict")
 SCALE_CSV = ("variant", "vcpus", "sched", "ops_per_s", "linear", "efficiency", "p99_cycles", "spread",
-             "lock_contended", "starvation", "starved_max_s", "run_spread", "verdict")
+             "lock_contended", "starvation", "starved_max_s", "run_spread", "verdict", "partial")
 
 
 def write_run_csv(runs: list[dict], path: str) -> None:
@@ -263,6 +266,7 @@ def write_scale_csv(res: dict, path: str) -> None:
         w = csv.writer(f)
         w.writerow(SCALE_CSV)
         for row in res["rows"]:
+            row = {**row, "partial": bool(res.get("partial"))}
             w.writerow([f"{row[k]:.4f}" if isinstance(row[k], float) else row[k] for k in SCALE_CSV])
 
 

@@ -32,7 +32,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from shared import futex
+from testbed.shared import futex
 
 from . import abi, oracle
 from . import variants as registry
@@ -266,3 +266,76 @@ def detection_seconds(result: dict) -> float | None:
 
 
 __all__ = ["FAULTS", "ON_STALL", "StressPlan", "Stressor", "detection_seconds"]
+
+
+def run_series(todo, plan: StressPlan, cpus: list[int], replay_extra: tuple = (), quiet: bool = False):
+    """Each (label, config) of ``todo`` in turn under ``plan``, as ``testbed stress`` runs them.
+
+    Prints the per-second lines (unless ``quiet``) and each run's stress statistics; stops
+    after a run that a signal interrupted. The runs, and one SUCCESS or FAILURE line per run
+    (a failure with when it was detected, the seed and the command that replays it).
+    """
+    from . import harness
+    from .textreport import print_sample, replay_command
+
+    runs, lines = [], []
+    for name, cfg in todo:
+        print(f"--- {name}", flush=True)
+        res = harness.run(cfg, on_sample=None if quiet else print_sample, hooks=Stressor(plan, cpus, cfg.seed))
+        res["label"] = name
+        runs.append(res)
+        st = res.get("stress", {})
+        f = res["fairness"]
+        print(f"{name} stats: per-vCPU ops min {f['min_ops']:,} max {f['max_ops']:,}"
+              f"{' STARVATION' if f['starvation'] else ''}; moves {st.get('moves', 0)}, stutters "
+              f"{st.get('stutters', 0)}, quiescent checks {st.get('quiescent_checks', 0)}; RSS "
+              f"{st.get('rss_mb_start')} -> {st.get('rss_mb_end')} MB")
+        if res["verdict"] != "SUCCESS":
+            bad = {k: v for k, v in res["checks"].items() if v and k != "violations"}
+            why = res["failure"]["message"] if res["failure"] else f"checks {bad}"
+            when = st.get("first_violation_s")
+            if when is None and res["failure"]:
+                when = res["failure"].get("t")
+            lines.append(f"{name}: FAILURE: {why}" + (f"; detected after {when:.2f} s" if when is not None else "")
+                         + f"; seed {cfg.seed}; replay: {replay_command(res['config'], 'stress', replay_extra)}")
+        else:
+            lines.append(f"{name}: SUCCESS")
+        if res["interrupted"]:
+            break
+    return runs, lines
+
+
+def run_all(todo, base, plan: StressPlan, cpus: list[int], quiet: bool = False) -> list[dict]:
+    """``testbed stress``: echo every parameter, run ``todo`` (label, validated config) in turn
+    (``run_series``), echo the parameters again and end with one SUCCESS or FAILURE line per run."""
+    echo = (f"testbed stress: variants={','.join(label for label, _ in todo)} vcpus={base.vcpus} "
+            f"duration={base.duration:g} warmup={base.warmup:g} seed={base.seed} workload={base.workload} "
+            f"shuffle={plan.shuffle_s:g} stutter={plan.stutter_s:g} long_hold={base.long_hold} "
+            f"check_every={plan.check_s:g} inject={plan.inject or 'none'} on_stall={plan.on_stall} "
+            f"oversubscribe={base.oversubscribe}")
+    print(echo, flush=True)
+    runs, lines = run_series(todo, plan, cpus, replay_options(plan), quiet)
+    print(echo.replace("testbed stress:", "testbed stress (end):"))
+    for line in lines:
+        print(line)
+    return runs
+
+
+def replay_options(plan: StressPlan) -> tuple:
+    """The stress options a replay needs (the run options come from the config)."""
+    out = [f"{flag} {val:g}" for flag, val in (("--shuffle", plan.shuffle_s), ("--stutter", plan.stutter_s)) if val]
+    if plan.inject:
+        out.append(f"--inject {plan.inject} --on-stall {plan.on_stall}")
+    return tuple(out)
+
+
+def check_shuffle(cfg, shuffle_s: float) -> None:
+    """--shuffle re-pins vCPU processes: refused where the hypervisor scheduler places them itself."""
+    from .config import sched_model
+    from .errors import UsageError
+    from .experiments import allowed_cpu_count
+
+    if shuffle_s > 0 and sched_model(cfg, allowed_cpu_count(cfg)) == "hypervisor":
+        raise UsageError(f"--shuffle {shuffle_s:g} re-pins vCPU processes, but with {cfg.vcpus} vCPUs on fewer "
+                         f"CPUs the hypervisor scheduler places them itself (each switch is a move); pass "
+                         f"--sched host, or no more vCPUs than CPUs")

@@ -49,7 +49,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, signal_exit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -406,7 +406,7 @@ def run_local(plan: Plan, out: Path, todo: list, progress: Progress) -> int:
             name = e.signame if isinstance(e, harness.Interrupted) else "SIGINT"
             print(f"sweep interrupted by {name}: cell {cell.index + 1} ({cell.label}) lost, every other result "
                   f"kept; run the same command to go on", flush=True)
-            return 128 + (15 if name == "SIGTERM" else 2)
+            return signal_exit(name)
         except Exception as e:      # one cell that breaks must not lose the sweep
             record_failure(out, cell, plan.path, f"{type(e).__name__}: {_last_line(e)}")
             progress.finish(cell, "failed", None)

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared import arena as arena_mod
+from testbed.shared import arena as arena_mod
 
 REPO = Path(__file__).resolve().parent.parent
 SHM_DIR = "/dev/shm"

@@ -12,9 +12,9 @@ import multiprocess as mp
 import numpy as np
 import pytest
 
-import shared
-from shared import CACHE_LINE, Arena, Field, Layout
-from shared import arena as arena_mod
+import testbed.shared as shared
+from testbed.shared import CACHE_LINE, Arena, Field, Layout
+from testbed.shared import arena as arena_mod
 
 from conftest import REPO, SHM_DIR, cli_env, segments_owned_by, testbed_cli
 
@@ -164,7 +164,7 @@ def test_forked_child_attaches_by_name_and_shares_memory():
 RESOURCE_TRACKER_SCRIPT = textwrap.dedent("""
     import os, sys
     import multiprocess as mp
-    from shared import Arena, Field, Layout
+    from testbed.shared import Arena, Field, Layout
 
     lay = Layout((Field("c", "int64", (8,)), Field("r", "int64", (2, 3), per_vcpu=True)))
 

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import pytest
 
-from shared import Arena, Field, Layout
+from testbed.shared import Arena, Field, Layout
 from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
 from testbed import abi
 from testbed.variants import locked
@@ -22,7 +22,7 @@ from testbed.variants.locked import D_LOCK_HEAD, D_LOCK_TAIL, lock, unlock
 
 from conftest import REPO, cli_env, segments_owned_by
 
-N_STATS = 48          # a stats row as the harness lays it out (lock() writes up to S_PROGRESS = 42)
+N_STATS = abi.N_STATS  # a stats row as the harness lays it out
 DOM_WORDS = max(getattr(locked, "DOM_WORDS", 40), 40)
 
 # lock(dom, srow) or, in newer versions, lock(dom, srow, vcpu) (the holder, for stall reports)
@@ -147,6 +147,7 @@ def test_fallback_mode_runs_a_kernel_without_the_jit():
         assert config.DISABLE_JIT
         from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
         from testbed.variants.locked import D_LOCK_HEAD, D_LOCK_TAIL, lock, unlock
+        from testbed import abi
         three = len(inspect.signature(getattr(lock, "py_func", lock)).parameters) >= 3
 
         @numba.njit
@@ -167,9 +168,9 @@ def test_fallback_mode_runs_a_kernel_without_the_jit():
         assert not isinstance(k, numba.core.dispatcher.Dispatcher), type(k)
         assert not isinstance(lock, numba.core.dispatcher.Dispatcher), type(lock)
         a = np.zeros(8, np.int64); a[3] = 7
-        dom = np.zeros(64, np.int64); srow = np.zeros(48, np.int64)
+        dom = np.zeros(64, np.int64); srow = np.zeros(abi.N_STATS, np.int64)
         t = k(a, dom, srow, 10)
-        print(a.tolist(), int(dom[D_LOCK_HEAD]), int(dom[D_LOCK_TAIL]), int(srow[8]), t > 0)
+        print(a.tolist(), int(dom[D_LOCK_HEAD]), int(dom[D_LOCK_TAIL]), int(srow[abi.S_LOCK_ACQ]), t > 0)
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=cli_env({"NUMBA_DISABLE_JIT": "1"}))
@@ -183,7 +184,7 @@ FALLBACK_ACROSS_PROCESSES = textwrap.dedent("""
     import numba
     from numba.core import config
     assert config.DISABLE_JIT
-    from shared import Arena, Field, Layout
+    from testbed.shared import Arena, Field, Layout
     from testbed.atomics import cpu_relax, fetch_add, load_acquire
 
     @numba.njit

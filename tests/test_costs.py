@@ -24,7 +24,7 @@ def _state(variant, refill, vcpus=1):
     views = layout.views(bytearray(layout.size))
     harness.init_state(views, cfg)
     t = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    return cfg, p, views, t, harness.kernel_args(views, p, t, kernels.seed_state(3, 0))
+    return cfg, p, views, t, abi.kernel_args(views, p, t, kernels.seed_state(3, 0))
 
 
 @pytest.mark.parametrize("refill", [0, 1, 5])

@@ -2,13 +2,18 @@
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
+import psutil
 import pytest
 
 from conftest import alive as alive_pid
-from conftest import testbed_cli
+from conftest import cli_env, kill_pids, testbed_cli
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "testbed" / "schema.json").read_text())
 TINY = ["--duration", "0.3", "--warmup", "0", "--frames", "256", "--seed", "3"]
@@ -301,3 +306,45 @@ def test_cache_dir_is_used_and_a_warm_run_measures_within_2_s(tmp_path, exclusiv
         if st["since_launch_s"] < 2.0:
             break
     assert min(starts) < 2.0, f"a warm run started measuring {starts} s after launch"
+
+
+# --- an experiment stopped by a signal keeps what it finished ------------------------------------
+
+
+@pytest.mark.parametrize("sig, code, argv, rows", [
+    (signal.SIGINT, 130, ["scale", "--variants", "lockless", "--vcpus", "1,2"], [("lockless", 1)]),
+    (signal.SIGTERM, 143, ["compare", "--variants", "lockless", "--vcpus", "2", "--repeat", "1"], [("lockless", None)]),
+], ids=["scale-SIGINT", "compare-SIGTERM"])
+def test_interrupted_experiment_writes_its_finished_rows_marked_partial(tmp_path, exclusive, no_leftovers, sig, code,
+                                                                          argv, rows):
+    """Ctrl-C (SIGTERM) while the first 2-vCPU run of scale (compare) runs: the 1-vCPU cells are in --json.
+
+    Mutation that makes it fail: in experiments._until_interrupted, drop the ``except`` clause
+    (the signal then ends the command before anything is written).
+    """
+    out = tmp_path / "out.json"
+    p = subprocess.Popen([sys.executable, "-m", "testbed", *argv, "--duration", "2", "--warmup", "0", "--frames",
+                          "256", "--seed", "3", "--json", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        deadline = time.monotonic() + 180
+        while len(psutil.Process(p.pid).children()) < 2:      # the first 2-vCPU run has started
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.02)
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            kill_pids([p.pid])
+            p.wait(10)
+    assert p.returncode == code, stdout + stderr
+    res = json.loads(out.read_text())
+    jsonschema.validate(res, SCHEMA)
+    assert res["partial"] is True and res["interrupted"] == signal.Signals(sig).name
+    assert res["runs"] and all(r["vcpus"] == 1 and not r["interrupted"] for r in res["runs"])
+    if argv[0] == "scale":
+        assert [(r["variant"], r["vcpus"]) for r in res["rows"]] == rows
+    else:
+        (row,) = res["rows"]
+        assert row["variant"] == "lockless" and row["single_drop_pct"] is not None and row["multi_drop_pct"] is None
+    assert "results are partial" in stdout

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-import shared
+import testbed.shared as shared
 from testbed import harness
 from testbed.config import RunConfig
 

@@ -52,7 +52,7 @@ def _fresh(cfg):
     harness.init_state(views, cfg)
     tlbv = tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways)
     rng = kernels.seed_state(cfg.seed, 0)
-    return views, tlbv, rng, harness.kernel_args(views, p, tlbv, rng)
+    return views, tlbv, rng, abi.kernel_args(views, p, tlbv, rng)
 
 
 def _differences(a, b) -> list[str]:

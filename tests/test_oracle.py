@@ -34,7 +34,7 @@ def _ops(variant, n, **kw):
     """Run ``n`` operations of ``variant`` (a control's own options first) on one private vCPU."""
     options = {**dict(registry.get(variant).options), **kw}
     cfg, p, views, tlbv = _fresh(variant, **options)
-    status = kernels.run_ops(n, 0, *harness.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    status = kernels.run_ops(n, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     return status, views["stats"][0]
 
 
@@ -198,7 +198,7 @@ def test_locked_garbage_pte_control_is_caught_only_by_the_new_check():
 
     Mutation tried: the same as test_locked_check_flags_a_garbage_slot_whose_pte_is_present."""
     cfg, p, views, tlbv = _fresh("locked-garbage-pte", vcpus=1)
-    status = kernels.run_ops(20_000, 0, *harness.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    status = kernels.run_ops(20_000, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     srow = views["stats"][0]
     assert status == abi.ST_OK
     assert srow[list(oracle.KERNEL_VIOLATIONS)].sum() == 0

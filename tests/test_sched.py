@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from shared import futex
+from testbed.shared import futex
 from testbed import abi, harness, limits, oracle, results
 from testbed import variants as registry
 from testbed.config import RunConfig, sched_model, validate
@@ -91,7 +91,7 @@ def test_watchdog_ignores_vcpus_that_are_not_running():
 
 
 def test_a_switch_inside_an_operation_is_counted_and_fails_the_run():
-    from workers.sched import HypervisorSched
+    from testbed.workers.sched import HypervisorSched
 
     n = 2
     views = {"ctl": np.zeros(abi.N_CTL, np.int64), "runq": np.zeros(abi.RQ_RING + n, np.int64),

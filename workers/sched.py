@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 
-from shared import futex
+from testbed.shared import futex
 from testbed import abi, variants
 
 

@@ -24,7 +24,7 @@ import resource
 import signal
 import time
 
-from shared import Arena, futex
+from testbed.shared import Arena, futex
 from testbed import abi, kernels
 from testbed.tlb import flush_all as tlb_flush_all
 from testbed.tlb import make_tlb
@@ -94,7 +94,7 @@ def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_l
     ctl, row = v["ctl"], v["stats"][vcpu]
     tlbv = make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
     rng = kernels.seed_state(cfg.seed, vcpu)
-    args = (p, v["dom"], v["pte"], v["dbits"], v["vst"], v["frames"], v["expect"], v["stats"], v["hist"], v["live"], tlbv, rng)
+    args = abi.kernel_args(v, p, tlbv, rng)
     row[abi.S_PID] = os.getpid()
     row[abi.S_CORE] = -1 if core is None else core
     row[abi.S_HEARTBEAT] = time.monotonic_ns()

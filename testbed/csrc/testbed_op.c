@@ -49,10 +49,10 @@ enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIA
 #define MAPCACHE_VA ((i64)1 << 40)
 #define V_TLBFLUSH_TIME 0
 #define V_RESERVED 8
-
-/* --- kernels.py, tlb.py --------------------------------------------------------------------- */
 enum { WL_UNIFORM = 0, WL_HOT = 1, WL_PTWALK = 2, WL_GUEST = 3, WL_TIMERS = 4, WL_NEST_SAME = 5 };
 #define FRAME_HDR 8
+
+/* --- kernels.py, tlb.py --------------------------------------------------------------------- */
 enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
 #define PTE_PRESENT ((i64)1 << 62)
 #define PTE_MFN_MASK (PTE_PRESENT - 1)
