@@ -16,7 +16,7 @@ import time
 
 from .errors import ResultsError, UsageError, signal_exit
 from .options import (_counts, _float, _int, add_run_options, check_writable, checked_config,  # noqa: F401
-                      config_from, one_line)
+                      config_from, one_line, sweep_arg)
 
 T_LAUNCH = time.perf_counter()
 
@@ -27,15 +27,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints the usage block)
         sys.stderr.write(f"{self.prog}: error: {one_line(message)}; see '{self.prog} --help'\n")
         sys.exit(EXIT_USAGE)
-
-
-def _sweep(text: str):
-    from .experiments import parse_sweep
-
-    try:
-        return parse_sweep(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--sweep ")) from None
 
 
 def cmd_run(args) -> int:
@@ -129,18 +120,11 @@ def cmd_compare(args) -> int:
     if args.sweep is None:
         res = experiments.compare(cfg, variants=names, vcpus_multi=cfg.vcpus, repeat=args.repeat, locks=args.locks)
         textreport.print_compare(res)
-        return _finish(res, args)
-    option, values = args.sweep
-    print(f"sweeping {option} over {', '.join(map(str, values))}", flush=True)
-    res = experiments.compare_sweep(cfg, option, values, variants=names, vcpus_multi=cfg.vcpus, repeat=args.repeat,
-                                    locks=args.locks)
-    for t in res["sweep"]["tables"]:
-        costs = ", ".join(f"{k.replace('_', '-')} {t['config'][k]}" for k in textreport.COSTS)
-        print(f"\n=== {option}={t['sweep']['value']} ({costs})")
-        textreport.print_compare(dict(res, rows=t["rows"]))
-    print()
-    for line in res["sweep"]["verdict"]:
-        print(f"verdict: {line}")
+    else:
+        print(f"sweeping {args.sweep[0]} over {', '.join(map(str, args.sweep[1]))}", flush=True)
+        res = experiments.compare_sweep(cfg, *args.sweep, variants=names, vcpus_multi=cfg.vcpus, repeat=args.repeat,
+                                        locks=args.locks)
+        textreport.print_compare_sweep(res, args.sweep[0])
     return _finish(res, args)
 def cmd_scale(args) -> int:
     from . import experiments, plots, results, textreport
@@ -206,26 +190,11 @@ def cmd_diff(args) -> int:
 
 
 def cmd_listing(args) -> int:
-    """testbed variants | workloads."""
+    """testbed variants | workloads | cleanup: what the textreport module prints."""
     from . import textreport
 
-    if args.command == "variants":
-        textreport.print_variants(as_json=args.json)
-    else:
-        textreport.print_workloads()
-    return EXIT_OK
-
-
-def cmd_cleanup(args) -> int:
-    from testbed.shared import list_segments, remove_stale
-
-    removed = remove_stale()
-    live = [n for n in list_segments() if n not in removed]
-    for line in ([f"removed stale segment /dev/shm/{n}" for n in removed]
-                 + [f"kept /dev/shm/{n}: its owner is still running" for n in live]):
-        print(line)
-    if not removed and not live:
-        print("no testbed segments")
+    {"variants": lambda: textreport.print_variants(as_json=args.json), "workloads": textreport.print_workloads,
+     "cleanup": textreport.print_cleanup}[args.command]()
     return EXIT_OK
 
 
@@ -248,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
     cmp_.add_argument("--repeat", type=_int, default=3, help="repetitions per cell (default 3)")
     cmp_.add_argument("--json", default=None, help="write the table and every run to this JSON file")
-    cmp_.add_argument("--sweep", default=None, type=_sweep, metavar="OPTION=v1,v2,...",
+    cmp_.add_argument("--sweep", default=None, type=sweep_arg, metavar="OPTION=v1,v2,...",
                       help="the table once per value of one cost option (cost-flush-one, cost-flush-all, cost-walk, "
                            "cost-refill), and where the ordering of the designs flips")
     cmp_.set_defaults(func=cmd_compare)
@@ -304,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "checks that must catch it and the run options it needs")
     va.set_defaults(func=cmd_listing)
     sub.add_parser("workloads", help="list the workloads").set_defaults(func=cmd_listing)
-    sub.add_parser("cleanup", help="remove shared-memory segments left by dead runs").set_defaults(func=cmd_cleanup)
+    sub.add_parser("cleanup", help="remove shared-memory segments left by dead runs").set_defaults(func=cmd_listing)
     return ap
 
 

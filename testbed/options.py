@@ -46,6 +46,16 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def sweep_arg(text: str):
+    """compare --sweep OPTION=v1,v2,...: (option, values), or an argparse error naming what is wrong."""
+    from .experiments import parse_sweep
+
+    try:
+        return parse_sweep(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--sweep ")) from None
+
+
 def _vcpus(text: str):
     return text if text == "all" else _int(text)
 

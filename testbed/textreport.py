@@ -201,6 +201,17 @@ def print_models(models, out=sys.stdout) -> None:
 COSTS = ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill")
 
 
+def print_compare_sweep(res: dict, option: str, out=sys.stdout) -> None:
+    """compare --sweep: the table once per value, with the costs it ran under, then the verdict lines."""
+    for t in res["sweep"]["tables"]:
+        costs = ", ".join(f"{k.replace('_', '-')} {t['config'][k]}" for k in COSTS)
+        out.write(f"\n=== {option}={t['sweep']['value']} ({costs})\n")
+        print_compare(dict(res, rows=t["rows"]), out)
+    out.write("\n")
+    for line in res["sweep"]["verdict"]:
+        out.write(f"verdict: {line}\n")
+
+
 def variants_table() -> list[dict]:
     """Every variant and control: what ``testbed variants --json`` prints."""
     from . import variants
@@ -241,3 +252,16 @@ def print_workloads(out=sys.stdout) -> None:
 
     for name, (_, desc) in WORKLOADS.items():
         out.write(f"{name:10} {desc}\n")
+
+
+def print_cleanup(out=sys.stdout) -> None:
+    """testbed cleanup: remove the segments of dead runs, and say what was removed and what was kept."""
+    from .shared import list_segments, remove_stale
+
+    removed = remove_stale()
+    live = [n for n in list_segments() if n not in removed]
+    for line in ([f"removed stale segment /dev/shm/{n}" for n in removed]
+                 + [f"kept /dev/shm/{n}: its owner is still running" for n in live]):
+        out.write(line + "\n")
+    if not removed and not live:
+        out.write("no testbed segments\n")
