@@ -129,7 +129,7 @@ def test_variants_lists_real_ones_and_negative_controls():
 
 
 def test_variants_json_lists_every_variant_and_control_with_its_check():
-    """Mutation tried: leave ``options`` out of a control's JSON entry; the lockless-wrap assertion fails."""
+    """A control's entry names the checks that must catch it and the options it needs to show its fault."""
     from testbed import variants as registry
     from testbed.oracle import CHECK_KEYS
 
