@@ -149,7 +149,7 @@ LEAKER = textwrap.dedent("""
 """)
 
 
-def test_no_leftovers_sees_what_a_cli_process_left():
+def test_no_leftovers_sees_what_a_cli_process_left(exclusive):
     """The fixture's check fails for a command-line child's segment and for its orphaned child.
 
     Before this test the fixture looked only at segments named after the pytest
