@@ -16,9 +16,9 @@ Checks happen in three places, and this module holds the two that run in Python:
   writes that slot's PTE for another MFN, and nothing in the walk writes it
   back to the held MFN before the held mapping's own unmap (lockless leaves a
   released slot's PTE as it is; the other designs clear it), so the recheck
-  finds it, one check per map instead of one per held mapping per map (which
-  cost about 7 ns per map on the 16-deep walk, kernel-only). Only another vCPU
-  mapping the same MFN into the same slot in between could hide it.
+  finds it: one check per map instead of a scan of every held mapping after
+  every map of the walk. Only another vCPU mapping the same MFN into the same
+  slot in between could hide it.
 - on the shared state once the vCPUs are quiescent (after the run, and every
   second under ``testbed stress``): the frame-by-frame write count
   (``lost_writes``) and the variant's own invariants (``variant_checks``),

@@ -130,7 +130,7 @@ def test_variants_lists_real_ones_and_negative_controls():
 
 
 def test_variants_json_lists_every_variant_and_control_with_its_check():
-    """Mutation tried: leave ``options`` out of a control's JSON entry; the lockless-wrap assertion fails."""
+    """A control's entry names the checks that must catch it and the options it needs to show its fault."""
     from testbed import variants as registry
     from testbed.oracle import CHECK_KEYS
 
@@ -172,7 +172,7 @@ LEAKER = textwrap.dedent("""
 """)
 
 
-def test_no_leftovers_sees_what_a_cli_process_left():
+def test_no_leftovers_sees_what_a_cli_process_left(exclusive):
     """The fixture's check fails for a command-line child's segment and for its orphaned child.
 
     Before this test the fixture looked only at segments named after the pytest

@@ -42,8 +42,9 @@ def _ops(variant, n, **kw):
 
 
 def test_recheck_sees_a_slot_reused_under_its_holder_and_a_stale_translation():
-    """Mutations tried: in kernels.recheck, drop the PTE comparison (reused_held_slots stays 0); look
-    the slot up with tlb.translate instead of tlb.peek (the TLB's LRU ticks change: last assertion)."""
+    """Mutation tried: in kernels.recheck, delete the PTE comparison: reused_held_slots stays 0 and
+    the second assertion fails. (Looking the slot up with tlb.translate instead of tlb.peek would
+    tick the LRU and the counters: the last assertion is there for that.)"""
     cfg, p, views, tlbv = _fresh("lockless")
     pte, frames, srow = views["pte"], views["frames"], views["stats"][0]
     pte[3] = 5 | P
@@ -172,8 +173,9 @@ def test_locked_check_flags_one_slot_held_or_cached_by_two_vcpus():
 
 
 def test_every_variant_check_uses_the_live_mappings_mfn():
-    """Mutation tried: ``for va, _mfn in ...`` again in lockless.check (the line before this issue): the
-    lockless assertion fails; in locked.check, drop ``if pte[idx] != (mfn | present)``: the locked one."""
+    """Mutation tried: in lockless.check, delete the comparison of a held slot's PTE with the live
+    MFN (what ``for va, _mfn in ...`` did before): the lockless assertion fails. The locked and
+    directmap assertions guard the same comparison in their checks."""
     cfg, views, live = _locked_base()
     assert locked.check(views, cfg, {0: [], 1: [(VA + 7, 21)]})["invariant_violations"] == 1
     cfg, _, views, _ = _fresh("lockless")
@@ -196,7 +198,8 @@ def test_every_variant_check_uses_the_live_mappings_mfn():
 def test_locked_garbage_pte_control_is_caught_only_by_the_new_check():
     """Its fault leaves stale_translations and the kernel counters at 0: only check() sees it.
 
-    Mutation tried: the same as test_locked_check_flags_a_garbage_slot_whose_pte_is_present."""
+    Mutation tried: the same as test_locked_check_flags_a_garbage_slot_whose_pte_is_present
+    (the loop over garbage slots' PTEs deleted): both tests fail."""
     cfg, p, views, tlbv = _fresh("locked-garbage-pte", vcpus=1)
     status = kernels.run_ops(20_000, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     srow = views["stats"][0]
