@@ -189,8 +189,7 @@ def parse_sweep(text: str) -> tuple[str, list[int]]:
 def compare_sweep(base: RunConfig, option: str, values: list[int], **kw) -> dict:
     """``compare`` once per value of one cost option; every table, every run and the verdict."""
     field = option.replace("-", "_")
-    for v in values:
-        validate(dataclasses.replace(base, **{field: v}))
+    plan(dataclasses.replace(base, **{field: v}) for v in values)
     tables = []
     for v in values:
         res = compare(dataclasses.replace(base, **{field: v}), **kw)
