@@ -81,7 +81,7 @@ def main() -> int:
         show(f"{variant} {args.big} vCPUs", d)
         late = d["verdict"] == "NO RESULT" or d["since_launch_s"] > 15 or d["wall_s"] > 30
         if late and d["verdict"] == "SUCCESS":
-            print(f"  over the limits: measuring must start within 15 s of launch and the command end within 30 s")
+            print("  over the limits: measuring must start within 15 s of launch and the command end within 30 s")
         bad += d["verdict"] != "SUCCESS" or late
     print("all runs SUCCESS within the limits" if not bad else f"{bad} runs failed or were late")
     return 1 if bad else 0

@@ -491,7 +491,7 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     operation in flight, and the lock may stay taken.
     """
     h, slots = cfg.hash_entries, cfg.vcpus * cfg.entries
-    dom, dbits, pte, vst = views["dom"], views["dbits"], views["pte"], views["vst"]
+    dbits, pte, vst = views["dbits"], views["pte"], views["vst"]
     gb = garbage_base(slots)
     present = int(tlb.PTE_PRESENT)
 
