@@ -49,9 +49,13 @@ class Interrupted(Exception):
         self.signame = signame
 
 
-def build_layout(cfg: cfgmod.RunConfig) -> Layout:
-    v = registry.get(cfg.variant)
-    dom_words, bit_words, row_words = v.module.state_shape(cfg)
+def design(cfg: cfgmod.RunConfig):
+    """The variant module a config runs: the registry is asked once per run (``RunState.module``)."""
+    return registry.get(cfg.variant).module
+
+
+def build_layout(cfg: cfgmod.RunConfig, module=None) -> Layout:
+    dom_words, bit_words, row_words = (module or design(cfg)).state_shape(cfg)
     V = cfg.vcpus
     return Layout((
         Field("ctl", "int64", (abi.N_CTL,)),
@@ -69,20 +73,20 @@ def build_layout(cfg: cfgmod.RunConfig) -> Layout:
     ))
 
 
-def init_state(views: dict, cfg: cfgmod.RunConfig) -> None:
+def init_state(views: dict, cfg: cfgmod.RunConfig, module=None) -> None:
     views["frames"][:, 0] = np.arange(cfg.frames, dtype=np.int64)
     views["dom"][tlb.D_TLBCLOCK] = 1
-    registry.get(cfg.variant).module.init_state(views, cfg)
+    (module or design(cfg)).init_state(views, cfg)
 
 
-def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray) -> None:
+def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> None:
     """Compile (or load from the on-disk cache) the loop, on private throwaway state.
 
     Done in the parent before forking, so that every worker inherits the code.
     """
-    layout = build_layout(cfg)
+    layout = build_layout(cfg, module)
     views = layout.views(bytearray(layout.size))
-    init_state(views, cfg)
+    init_state(views, cfg, module)
     tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
     kernels.run_ops(1, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
@@ -118,6 +122,7 @@ class RunState:
     starved: np.ndarray | None = None             # per vCPU: longest time without progress, s
     stop: dict = field(default_factory=dict)
     victims: dict = field(default_factory=dict)   # vCPU -> why it was killed
+    module: object = None                         # the variant's module, looked up once per run
 
 
 def raise_interrupted(signum, frame):
@@ -139,7 +144,8 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     allowed = allowed_cpus(topo, cfg.cpus)
     cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe)
     model = cfgmod.sched_model(cfg, len(allowed))
-    layout = build_layout(cfg)
+    module = design(cfg)
+    layout = build_layout(cfg, module)
     limits.check_capacity(cfg.vcpus, layout.size)
     p = cfgmod.params(cfg)
     p[abi.P_SCHED] = {v: k for k, v in abi.SCHED_NAMES.items()}[model]
@@ -147,12 +153,12 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     # slice per waiter: the chunk then reads the clock after every operation, so that a
     # vCPU sees the stop after the operation it is in, not sixteen convoys later. That
     # costs a cycle-counter read per operation (about 11 ns), only in that case.
-    p[abi.P_CHECK_EVERY_OP] = int(model == "host" and bool(registry.get(cfg.variant).module.LOCKS))
+    p[abi.P_CHECK_EVERY_OP] = int(model == "host" and bool(module.LOCKS))
     remove_stale()
 
-    state = RunState(cfg, cores, sched=model)
+    state = RunState(cfg, cores, sched=model, module=module)
     t_compile = time.perf_counter()
-    compile_kernels(cfg, p)
+    compile_kernels(cfg, p, module)
     state.startup["compile_s"] = time.perf_counter() - t_compile
 
     arena = None
@@ -162,7 +168,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     try:
         arena = Arena.create(layout)
         views = arena.views
-        init_state(views, cfg)
+        init_state(views, cfg, module)
         rq_lock = None
         if model == "hypervisor":
             rq_lock = mp.get_context("fork").Lock()
@@ -329,7 +335,7 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
             break
         bad = watchdog.check()
         if bad is not None and bad["kind"] == "stalled":
-            detail = describe_stall(procs, views, cfg, bad["vcpu"])
+            detail = describe_stall(procs, views, cfg, bad["vcpu"], state.module)
             bad.update(detail)
             bad["message"] += " (" + ", ".join(f"{k.replace('_', ' ')}: {val}" for k, val in detail.items()) + ")"
             if hooks is not None:
@@ -431,7 +437,7 @@ class Watchdog:
         return None
 
 
-def describe_stall(procs, views, cfg, v: int) -> dict:
+def describe_stall(procs, views, cfg, v: int, module=None) -> dict:
     """The state of a stalled vCPU's process, and what the variant says it holds."""
     import psutil
 
@@ -440,17 +446,15 @@ def describe_stall(procs, views, cfg, v: int) -> dict:
     except psutil.Error:
         status = "gone"
     out = {"process_status": status}
-    hook = getattr(registry.get(cfg.variant).module, "describe_stall", None)
-    if hook is not None:
-        out.update(hook(views, cfg, v))
+    out.update((module or design(cfg)).describe_stall(views, cfg, v))
     spinning = [u for u in range(len(procs)) if u != v and views["stats"][u, abi.S_STATE] == abi.W_RUNNING]
     out["others_running"] = len(spinning)
     return out
 
 
-def lock_waiters(views, cfg) -> int:
+def lock_waiters(views, cfg, module=None) -> int:
     """vCPUs queued for the variant's lock now (0 for a variant without one)."""
-    return int(registry.get(cfg.variant).module.lock_waiters(views, cfg))
+    return int((module or design(cfg)).lock_waiters(views, cfg))
 
 
 def stop_bound(vcpus: int, cpus: int, waiters: int) -> float:
@@ -468,7 +472,7 @@ def _drain(state: RunState, procs, views, clock=time.monotonic, probe=proc_probe
     processes' pidfds, never polls them.
     """
     t0 = clock()
-    waiters = lock_waiters(views, state.cfg)
+    waiters = lock_waiters(views, state.cfg, state.module)
     deadline = t0 + stop_bound(len(procs), len(set(state.cores)), waiters)
     alive = {v for v, p in enumerate(procs) if p.exitcode is None}
     watchdog = Watchdog(procs, views, state.cfg, clock=clock, probe=probe)
@@ -530,7 +534,7 @@ def _result(state: RunState, procs, views, layout) -> dict:
     n = cfg.vcpus
     stats = views["stats"]
     lost, written, counted = oracle.lost_writes(views, cfg)
-    vchecks = oracle.variant_checks(views, cfg, victims=state.victims)
+    vchecks = oracle.variant_checks(views, cfg, victims=state.victims, module=state.module)
     exited = all(p.exitcode is not None for p in procs)
     runtime = {
         "sched": {"model": state.sched, "requested": cfg.sched, "cpus": len(set(state.cores)),

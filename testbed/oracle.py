@@ -61,7 +61,7 @@ def lost_writes(views, cfg) -> tuple[int, int, int]:
             int(actual.sum()))
 
 
-def variant_checks(views, cfg, victims=None) -> dict:
+def variant_checks(views, cfg, victims=None, module=None) -> dict:
     """The variant's own invariants over the shared state, told which vCPUs were killed.
 
     A vCPU killed inside an operation leaves that operation half done (a slot
@@ -74,7 +74,7 @@ def variant_checks(views, cfg, victims=None) -> dict:
         # mapping its row lists, up to the deepest walk.
         row = views["live"][v]
         held[v] = [(int(row[2 * k]), int(row[2 * k + 1])) for k in range(row.shape[0] // 2) if row[2 * k] != 0]
-    return registry.get(cfg.variant).module.check(views, cfg, held, victims=frozenset(victims or ()))
+    return (module or registry.get(cfg.variant).module).check(views, cfg, held, victims=frozenset(victims or ()))
 
 
 def quiescent(views, cfg) -> dict:
