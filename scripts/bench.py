@@ -76,17 +76,13 @@ def frames_given(argv) -> bool:
 
 def _loop_args(name: str, frames: int, lock: str | None = None):
     """Fresh arrays for one vCPU of ``name``, cost model off, no time budget (kernel_args order)."""
-    from testbed import abi, config, kernels, tlb
+    from testbed import abi, config
 
     cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
                                     cost_walk=0, cost_refill=0, lock=lock))
     p = config.params(cfg)
     p[abi.P_CHUNK_CYCLES] = 1 << 62
-    layout = harness.build_layout(cfg)
-    views = layout.views(bytearray(layout.size))
-    harness.init_state(views, cfg)
-    return abi.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
-                               kernels.seed_state(1, 0))
+    return harness.private_state(cfg, p)[2]
 
 
 PAIRS = 3     # --vs-c: calls of each loop per round

@@ -79,16 +79,23 @@ def init_state(views: dict, cfg: cfgmod.RunConfig, module=None) -> None:
     (module or design(cfg)).init_state(views, cfg)
 
 
+def private_state(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> tuple:
+    """Fresh arrays of ``cfg``'s layout in private memory, initialised, with vCPU 0's TLB:
+    (views, tlb, the arguments of ``kernels.run_ops`` after (n, vcpu) for vCPU 0)."""
+    layout = build_layout(cfg, module)
+    views = layout.views(bytearray(layout.size))
+    init_state(views, cfg, module)
+    tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
+    return views, tlbv, abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0))
+
+
 def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> None:
     """Compile (or load from the on-disk cache) the loop, on private throwaway state.
 
     Done in the parent before forking, so that every worker inherits the code.
     """
-    layout = build_layout(cfg, module)
-    views = layout.views(bytearray(layout.size))
-    init_state(views, cfg, module)
-    tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    kernels.run_ops(1, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    views, tlbv, args = private_state(cfg, p, module)
+    kernels.run_ops(1, 0, *args)
     # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
     # would compile (or load) it on its first switch, seconds of CPU each.
     tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])

@@ -20,11 +20,7 @@ def _state(variant, refill, vcpus=1):
                                     cost_flush_all=0, cost_walk=0, cost_refill=refill))
     p = config.params(cfg)
     p[abi.P_CHUNK_CYCLES] = 1 << 62
-    layout = harness.build_layout(cfg)
-    views = layout.views(bytearray(layout.size))
-    harness.init_state(views, cfg)
-    t = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    return cfg, p, views, t, abi.kernel_args(views, p, t, kernels.seed_state(3, 0))
+    return (cfg, p, *harness.private_state(cfg, p))
 
 
 @pytest.mark.parametrize("refill", [0, 1, 5])
