@@ -52,7 +52,8 @@ P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
 P_COST_REFILL = 30     # guest accesses after a full flush that each pay a walk (--cost-refill)
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
-# 34..39: simulated interrupts (--irq-rate ...)
+P_IRQ_INTERVAL = 34    # --irq-rate: mean cycles between simulated interrupts of one vCPU; 0: none
+# 35..39: free
 N_PARAMS = 40
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
@@ -112,7 +113,11 @@ S_T_ENTRY = 50         # monotonic ns when the forked process began
 S_T_READY = 51         # monotonic ns when it had attached the arena and pinned itself
 S_USS_KB = 52          # the process's unique memory (private pages) when it finished, KiB
 S_CPU_NS = 53          # CPU time the process used, when it finished
-# 54..57: simulated interrupts; 58..61: the oracle's checks; 62..63: cost counters
+S_IRQ_TAKEN = 54       # simulated interrupts whose handler ran (testbed/irq.py)
+S_IRQ_DEFERRED = 55    # ... that arrived while the variant had interrupts disabled (taken when it enabled them)
+S_IRQ_MAPS = 56        # maps made by interrupt handlers, nested inside whatever the vCPU was doing
+S_IRQ_INSIDE = 57      # interrupts taken inside a map or unmap, between the variant's steps
+# 58..61: the oracle's checks; 62..63: cost counters
 S_HELD_STALE = 58      # a held mapping, checked again before its unmap, translated to another frame
 S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was taken away and reused while held
 S_RECHECKS = 61        # held mappings checked again before their unmap
@@ -133,6 +138,7 @@ COUNTER_NAMES = {
     S_TIMER_CYCLES: "timer_path_cycles", S_LOCK_HOLD_SAMPLES: "lock_hold_samples",
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
     S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
+    S_IRQ_TAKEN: "irq_taken", S_IRQ_DEFERRED: "irq_deferred", S_IRQ_MAPS: "irq_maps", S_IRQ_INSIDE: "irq_inside",
 }
 
 # --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----
@@ -220,5 +226,9 @@ MAPCACHE_VA = 1 << 40
 
 # Words reserved at the start of each vCPU's variant-state row for the harness and TLB.
 V_TLBFLUSH_TIME = 0    # this CPU's TLB clock stamp of its last full flush
-V_IRQ_OFF = 1          # reserved for simulated interrupts: non-zero while the variant has them disabled
+V_IRQ_OFF = 1          # simulated interrupts (testbed/irq.py): non-zero while disabled (local_irq_save depth)
+V_IRQ_PENDING = 2      # ... arrival points left before the pending interrupt arrives; -1 deferred; 0 none
+V_IRQ_NEXT = 3         # ... cycle counter at which the next interrupt is due (0: not yet drawn)
+V_IRQ_RNG = 4          # ... state of the vCPU's interrupt generator (seeded from seed + vcpu)
+V_IRQ_STATUS = 5       # ... status of a handler's map or unmap that failed, ST_OK otherwise
 V_RESERVED = 8

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import abi, tlb
+from . import abi, irq, tlb
 from . import variants as registry
 from .errors import UsageError
 from .timing import tsc_hz
@@ -100,6 +100,8 @@ class RunConfig:
         "guest spinlocks). No effect with vCPUs <= CPUs", metavar="{hypervisor,host}")
     timeslice_us: float = option(TIMESLICE_US, "--sched hypervisor: time slice (Xen credit2's rate limit)")
     lock: str | None = option(None, "--lock: one of the variant's LOCKS; default its first", cli=False)
+    irq_rate: float = option(0.0, "simulated interrupts per second per vCPU, each mapping a page inside whatever "
+                             "the vCPU does (0: off)")
     refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
                                 "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
@@ -224,6 +226,12 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--timeslice-us {cfg.timeslice_us:g}: must be between {TIMESLICE_MIN_US:g} and {TIMESLICE_MAX_US:g} "
             f"microseconds (Xen's own bounds; its credit2 default is {TIMESLICE_US:g})"
         )
+    top = irq.max_rate(tsc_hz())
+    if not 0 <= cfg.irq_rate <= top:       # also refuses nan
+        raise UsageError(
+            f"--irq-rate {cfg.irq_rate:g}: interrupts per second per vCPU; must be between 0 (off) and {top:,} "
+            f"(one every {irq.MIN_INTERVAL_CYCLES} cycles of this host's cycle counter)"
+        )
     v.module.validate(cfg)             # the design's own rules (contract.py)
     _VALIDATED.add(cfg)
     return cfg
@@ -260,6 +268,7 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_CHUNK_CYCLES] = int(cfg.chunk_ms * 1e-3 * hz)
     p[abi.P_TSC_KHZ] = int(hz / 1000)
     p[abi.P_TIMESLICE_NS] = int(cfg.timeslice_us * 1000)
+    p[abi.P_IRQ_INTERVAL] = irq.interval_cycles(cfg.irq_rate, hz)
     if cfg.workload == "timers":
         p[abi.P_SLACK] = int(cfg.slack_us * 1e-6 * hz)
     return p

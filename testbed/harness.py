@@ -23,7 +23,7 @@ import numpy as np
 from testbed.shared import Arena, Field, Layout, futex, remove_stale
 from testbed.workers import vcpu as vcpu_worker
 
-from . import abi, kernels, limits, oracle, tlb
+from . import abi, irq, kernels, limits, oracle, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place
@@ -76,6 +76,8 @@ def build_layout(cfg: cfgmod.RunConfig, module=None) -> Layout:
 def init_state(views: dict, cfg: cfgmod.RunConfig, module=None) -> None:
     views["frames"][:, 0] = np.arange(cfg.frames, dtype=np.int64)
     views["dom"][tlb.D_TLBCLOCK] = 1
+    for v in range(cfg.vcpus):      # the interrupt generators (testbed/irq.py), apart from the workload's
+        views["vst"][v, abi.V_IRQ_RNG] = kernels.seed_state(cfg.seed, v + irq.STREAM)[0].view(np.int64)
     (module or design(cfg)).init_state(views, cfg)
 
 

@@ -25,6 +25,7 @@ from .jit import inline_kernel, kernel
 
 from . import abi, tlb
 from .atomics import load_acquire, rdtsc
+from .irq import SPAN, irq_arm, irq_status, loop_point
 from .variants import dispatch
 from .variants.dispatch import map_page, map_vid, unmap_page, unmap_vid  # generated from the registry
 
@@ -84,7 +85,7 @@ def log2_bin(x):
 
 
 @inline_kernel
-def timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
+def timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv, irq):
     n = srow[abi.S_MAPS]
     srow[abi.S_MAPS] = n + 1
     # One call site only: numba's IR inliner mis-compiles a function inlined twice into one caller.
@@ -93,7 +94,7 @@ def timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv):
     if sampled:
         srow[abi.S_SAMPLING] = 1
         t0 = rdtsc()
-    va = map_vid(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    va = map_vid(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq)
     if sampled:
         srow[abi.S_SAMPLING] = 0
         dt = rdtsc() - t0
@@ -147,8 +148,11 @@ def recheck(vcpu, va, mfn, p, pte, frames, srow, tlbv):
 
 
 @inline_kernel
-def ops_loop(vid, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
+def ops_loop(vid, irq, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
     """Run ``n`` operations of the configured workload under variant ``vid``; a status code (0 = all fine).
+
+    ``irq`` is the interrupt context (testbed/irq.py): ``None`` compiles a loop
+    with no interrupt code at all; ``(frames, expect[vcpu])`` one that takes them.
 
     Mappings held when the loop stops (an error in the middle of a nested walk)
     stay listed in ``live[vcpu]`` as (va, mfn) pairs, their count in S_LIVE.
@@ -184,6 +188,7 @@ def ops_loop(vid, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist,
         # The guest computes, then makes a hypercall; after -ETIME it retries at once.
         if hypercall and srow[abi.S_STREAK] == 0:
             guest_work(p, rng, srow)
+        irq_arm(irq, p, vrow)
         deadline = rdtsc() + p[abi.P_SLACK] if wl == WL_TIMERS else 0
         for _b in range(burst):
             depth = nest + below if wl != WL_PTWALK else 1 + draw(rng, nest)
@@ -196,20 +201,23 @@ def ops_loop(vid, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist,
                 if distinct or (others and k >= nest):
                     while held_mfn(lrow, k, mfn):
                         mfn = draw_mfn(rng, p)
-                va = timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv)
+                loop_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)
+                va = timed_map(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, hrow, tlbv, irq)
                 if va < 0:
                     status = -va
                     break
                 lrow[2 * k] = va
                 lrow[2 * k + 1] = mfn
                 held = k + 1
+                loop_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)
                 access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
             srow[abi.S_LIVE] = held
             if status != abi.ST_OK:
                 break
             for k in range(held - 1, -1, -1):
+                loop_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)
                 recheck(vcpu, lrow[2 * k], lrow[2 * k + 1], p, pte, frames, srow, tlbv)
-                st = unmap_vid(vid, vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv)
+                st = unmap_vid(vid, vcpu, lrow[2 * k], p, dom, pte, dbits, vrow, srow, tlbv, irq)
                 if st != abi.ST_OK:
                     if st == abi.ST_BAD_VA:
                         srow[abi.S_INVARIANT] += 1
@@ -218,6 +226,7 @@ def ops_loop(vid, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist,
                 srow[abi.S_LIVE] = k
             if status != abi.ST_OK:
                 break
+        status = irq_status(irq, vrow, status)     # a handler's map or unmap failed
         if status != abi.ST_OK:
             break
         if wl == WL_TIMERS:
@@ -226,6 +235,75 @@ def ops_loop(vid, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist,
         srow[abi.S_PROGRESS] += 1
     srow[abi.S_OPS] += done
     return status
+
+
+# --- simulated interrupts (testbed/irq.py) ----------------------------------------------
+
+
+@inline_kernel
+def irq_rand(vrow, n):
+    """Uniform integer in [0, n) from the vCPU's interrupt generator (xorshift64* in V_IRQ_RNG)."""
+    x = np.uint64(vrow[abi.V_IRQ_RNG])
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    vrow[abi.V_IRQ_RNG] = np.int64(x)
+    return np.int64((((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+
+
+@kernel
+def irq_due(p, vrow):
+    """At an operation's start: make the next interrupt pending when the clock says it is due."""
+    now = rdtsc()
+    nxt = vrow[abi.V_IRQ_NEXT]
+    gap = p[abi.P_IRQ_INTERVAL]
+    if nxt == 0:
+        vrow[abi.V_IRQ_NEXT] = now + (gap >> 16) * irq_rand(vrow, 1 << 16)      # a random phase per vCPU
+    elif now >= nxt and vrow[abi.V_IRQ_PENDING] == 0:
+        vrow[abi.V_IRQ_PENDING] = 1 + irq_rand(vrow, SPAN)
+        # The next one after a gap uniform in [0.5, 1.5) times the mean, counted from now: a vCPU
+        # that was descheduled gets one interrupt, not the backlog.
+        vrow[abi.V_IRQ_NEXT] = now + gap // 2 + (gap >> 16) * irq_rand(vrow, 1 << 16)
+
+
+@kernel
+def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
+    """An arrival point with an interrupt pending: count down, defer, or run the handler.
+
+    The handler maps an MFN drawn from the interrupt generator, accesses it
+    through the oracle's check and unmaps it, with interrupts disabled; its map
+    and unmap get no interrupt context, so no arrival point inside them. A
+    failed map or unmap leaves its status in ``V_IRQ_STATUS``, which ends the
+    run at the end of the interrupted operation.
+    """
+    n = vrow[abi.V_IRQ_PENDING]
+    if n > 1:
+        vrow[abi.V_IRQ_PENDING] = n - 1
+        return
+    if vrow[abi.V_IRQ_OFF] != 0:
+        if n == 1:
+            srow[abi.S_IRQ_DEFERRED] += 1
+            vrow[abi.V_IRQ_PENDING] = -1           # held until interrupts are enabled again
+        return
+    vrow[abi.V_IRQ_PENDING] = 0
+    srow[abi.S_IRQ_TAKEN] += 1
+    if inside:
+        srow[abi.S_IRQ_INSIDE] += 1
+    vrow[abi.V_IRQ_OFF] += 1
+    mfn = irq_rand(vrow, p[abi.P_WORKING_SET])
+    va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    if va < 0:
+        if vrow[abi.V_IRQ_STATUS] == abi.ST_OK:
+            vrow[abi.V_IRQ_STATUS] = -va
+    else:
+        srow[abi.S_IRQ_MAPS] += 1
+        access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
+        st = unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
+        if st != abi.ST_OK and vrow[abi.V_IRQ_STATUS] == abi.ST_OK:
+            if st == abi.ST_BAD_VA:
+                srow[abi.S_INVARIANT] += 1
+            vrow[abi.V_IRQ_STATUS] = st
+    vrow[abi.V_IRQ_OFF] -= 1
 
 
 @kernel
@@ -278,8 +356,11 @@ _LOOPS = dispatch.loops()      # imports this module, partly initialised: ops_lo
 
 
 def loop(p):
-    """The compiled operation loop for ``p[P_VARIANT]``: the variant's own, or the generic one for an unknown id."""
+    """The compiled operation loop for ``p[P_VARIANT]``: the variant's own, or the generic one for an
+    unknown id; with interrupts (``p[P_IRQ_INTERVAL]`` non-zero, testbed/irq.py) its interrupt loop."""
     vid = int(p[abi.P_VARIANT])
+    if p[abi.P_IRQ_INTERVAL] != 0:
+        return _LOOPS.LOOPS_IRQ[vid] if 0 <= vid < len(_LOOPS.LOOPS_IRQ) else _LOOPS.run_ops_any_irq
     return _LOOPS.LOOPS[vid] if 0 <= vid < len(_LOOPS.LOOPS) else _LOOPS.run_ops_any
 
 

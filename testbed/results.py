@@ -29,6 +29,10 @@ Schema history (bump SCHEMA on any change a reader must know about):
   Also in 2, added keys only (what the checks are is ``testbed/oracle.py``):
   checks held_stale_translations and reused_held_slots, the same in totals
   with held_rechecks, config refcount_wrap.
+  Also in 2, added keys only: "irq" in a run (simulated interrupts taken,
+  inside a map or unmap, deferred, and the handlers' nested maps; null without
+  --irq-rate), config irq_rate, totals and per vCPU irq_taken, irq_inside,
+  irq_deferred, irq_maps.
 """
 
 from __future__ import annotations
@@ -158,6 +162,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "kind": KIND,
         "variant": cfg.variant,
         "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
+        "irq": irq_summary(getattr(cfg, "irq_rate", 0.0), totals),
         "vcpus": n,
         "seed": cfg.seed,
         "workload": cfg.workload,
@@ -184,6 +189,20 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "verdict": verdict,
         **(extra or {}),
     }
+
+
+def irq_summary(rate: float, totals: dict) -> dict | None:
+    """Simulated interrupts of a run with --irq-rate (testbed/irq.py); None without.
+
+    taken: handlers that ran (inside: of those, taken between a variant's steps
+    inside a map or unmap); deferred: arrivals while the variant had interrupts
+    disabled, taken when it enabled them; maps: the handlers' maps, each nested
+    inside whatever its vCPU was doing.
+    """
+    if not rate:
+        return None
+    return {"rate": rate, "taken": totals["irq_taken"], "inside": totals["irq_inside"],
+            "deferred": totals["irq_deferred"], "maps": totals["irq_maps"]}
 
 
 def lock_summary(kind, totals: dict, per_vcpu: list[dict]) -> dict | None:

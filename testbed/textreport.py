@@ -55,6 +55,10 @@ def print_result(res: dict, out=sys.stdout) -> None:
     lock = res.get("lock")
     if lock:
         w(f"lock {lock['kind']}: {describe_lock(lock)}\n")
+    irq = res.get("irq")
+    if irq:
+        w(f"interrupts at {irq['rate']:g}/s per vCPU: {irq['taken']:,} taken ({irq['inside']:,} inside a map or "
+          f"unmap), {irq['deferred']:,} deferred (arrived with interrupts disabled), {irq['maps']:,} nested maps\n")
     checks = ", ".join(f"{k}={v}" for k, v in res["checks"].items())
     w(f"checks: {checks}\n")
     if res["failure"]:

@@ -574,3 +574,23 @@ class WorkloadModel:
                 walk.append(mfn)
             bursts.append(walk)
         return bursts
+
+
+# --------------------------------------------------------------------------------------
+# interrupts
+# --------------------------------------------------------------------------------------
+
+
+def interrupt(model, vcpu: int, mfn: int) -> int:
+    """An interrupt handler on ``vcpu``: a nested map of ``mfn`` and its unmap, on any model.
+
+    Nothing else: a handler's mapping is an ordinary operation of the design,
+    nested inside whatever the vCPU holds. Where it lands relative to the
+    interrupted operation is the design's business (a design that disables
+    interrupts around its operations runs it after; ``kmap-local`` runs it on
+    top of its stack at the point it arrived). Returns the slot it used;
+    raises what the design's map raises.
+    """
+    slot = model.map(vcpu, mfn)
+    model.unmap(vcpu, slot)
+    return slot

@@ -69,6 +69,10 @@ BAD = [
     (("--variant", "kmap-local", "--entries", "8"), "entries", "8", ("--unchecked",)),
     (("--variant", "lockless", "--lock", "mcs"), "lock", "mcs", ("ticket, mcs, tas",)),
     (("--variant", "locked", "--lock", "nosuch"), "lock", "nosuch", ("ticket, mcs, tas",)),
+    (("--irq-rate", "-5"), "irq-rate", "-5", ("between 0 (off) and",)),
+    (("--irq-rate", "99999999999"), "irq-rate", "1e+11", ("between 0 (off) and", "cycle counter")),
+    (("--irq-rate", "nan"), "irq-rate", "nan", ("finite",)),
+    (("--variant", "kmap-local", "--irq-rate", "1000"), "entries", "16", ("interrupt handler", "17")),
     (("--json", "/nonexistent/dir/x.json"), "json", "/nonexistent/dir/x.json", ()),
     (("--refcount-wrap", "saturate"), "refcount-wrap", "saturate", ("stop, wrap",)),
 ]

@@ -13,7 +13,8 @@ from testbed.harness import run
 
 REAL = ("directmap", "locked", "lockless", "percpu", "kmap-local")
 CONTROLS = ("locked-nolock", "locked-noflush", "lockless-noflush", "percpu-noflush", "percpu-eager",
-            "kmap-local-noflush", "lockless-free-held", "locked-garbage-held", "locked-garbage-pte", "lockless-wrap")
+            "kmap-local-noflush", "lockless-free-held", "locked-garbage-held", "locked-garbage-pte", "lockless-wrap",
+            "lockless-noirqsave")
 LOCKS = ("ticket", "mcs", "tas")
 
 

@@ -3,7 +3,8 @@
  * The yardstick for the compiled loop: what the same work costs without numba. It is a
  * line-by-line port of run_ops and everything it calls (kernels.py, tlb.py, atomics.py, and
  * every design of the registry: variants/directmap.py, locked.py with its three locks,
- * lockless.py, percpu.py, kmap_local.py, fault bits of the negative controls included),
+ * lockless.py, percpu.py, kmap_local.py, fault bits of the negative controls included, and the
+ * simulated interrupts of irq.py),
  * every workload included, and it runs on
  * the very arrays the harness lays out (testbed.native passes their addresses and row
  * strides), so over the same seed and operation count it leaves the same counters, frames,
@@ -34,6 +35,7 @@ enum {
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
   P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_REFCOUNT_WRAP = 32,
+  P_IRQ_INTERVAL = 34,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -42,12 +44,19 @@ enum {
   S_LAT_SAMPLES = 19, S_LAT_CYCLES = 20, S_LAT_MAX = 21, S_TIMER_SETS = 22, S_ETIME = 23, S_STREAK_MAX = 24,
   S_PANICS = 25, S_TIMER_CYCLES = 26, S_LOCK_HOLD_SAMPLES = 27, S_HANDOFFS = 28, S_HANDOFF_CYCLES = 29,
   S_LOCK_REACQ = 30, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
-  S_SAMPLING = 44, S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
+  S_SAMPLING = 44, S_IRQ_TAKEN = 54, S_IRQ_DEFERRED = 55, S_IRQ_MAPS = 56, S_IRQ_INSIDE = 57,
+  S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
 };
 enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5 };
 #define LAT_BINS 64
 #define MAPCACHE_VA ((i64)1 << 40)
 #define V_TLBFLUSH_TIME 0
+#define V_IRQ_OFF 1
+#define V_IRQ_PENDING 2
+#define V_IRQ_NEXT 3
+#define V_IRQ_RNG 4
+#define V_IRQ_STATUS 5
+#define IRQ_SPAN 128 /* irq.py SPAN */
 #define V_RESERVED 8
 enum { WL_UNIFORM = 0, WL_HOT = 1, WL_PTWALK = 2, WL_GUEST = 3, WL_TIMERS = 4, WL_NEST_SAME = 5 };
 #define FRAME_HDR 8
@@ -92,6 +101,7 @@ const char testbed_locks[] = "ticket,mcs,tas";
 /* lockless.py */
 #define LL_FAULT_NO_FLUSH 1
 #define LL_FAULT_FREE_HELD 2
+#define LL_FAULT_NO_IRQSAVE 4
 #define REFCNT_MASK 0xFF
 /* percpu.py */
 #define PC_FAULT_NO_FLUSH 1
@@ -396,7 +406,19 @@ static i64 find_zero(i64 *dbits, i64 start, i64 slots) {
 
 static void set_bit(i64 *dbits, i64 base, i64 idx) { fetch_or(dbits, base + idx / 64, bit64(idx % 64)); }
 
-INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
+/* --- irq.py: what a variant calls; `irq` is a constant, 0 in the loop without interrupts ------ */
+static void irq_take(struct arrays *a, i64 vcpu, i64 inside);
+INLINE void irq_point(struct arrays *a, i64 vcpu, int irq) {
+  if (irq && a->vrow[V_IRQ_PENDING] != 0) irq_take(a, vcpu, 1);
+}
+INLINE void irq_save(struct arrays *a, int irq, int on) {
+  if (irq && on) a->vrow[V_IRQ_OFF] += 1;
+}
+INLINE void irq_restore(struct arrays *a, int irq, int on) {
+  if (irq && on) a->vrow[V_IRQ_OFF] -= 1;
+}
+
+INLINE i64 locked_map_(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   const i64 *p = a->p;
   i64 *dom = a->dom, *pte = a->pte, *dbits = a->dbits, *vrow = a->vrow, *srow = a->srow;
   i64 h = p[P_HASH], slots = p[P_SLOTS], fault = p[P_FAULT];
@@ -417,6 +439,7 @@ INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
   i64 my = 0;
   if (!nolock) my = lk_acquire(dom, srow, vcpu, kind);
   i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
+  irq_point(a, vcpu, irq);                                         /* lock held */
   i64 epoch = dom[D_EPOCH];
   if (epoch != vrow[V_SHADOW_EPOCH]) {
     vrow[V_SHADOW_EPOCH] = epoch;
@@ -467,11 +490,20 @@ INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn) {
   dom[D_CURSOR] = idx + 1;
   if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
   if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind);
+  irq_point(a, vcpu, irq);                                         /* slot taken, PTE not yet written */
   store_release(pte, idx, mfn | PTE_PRESENT);
   return MAPCACHE_VA + idx;
 }
 
-INLINE i64 locked_unmap(struct arrays *a, i64 va) {
+/* local_irq_save around the whole of map and unmap, as in Xen */
+INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
+  irq_save(a, irq, 1);
+  i64 va = locked_map_(a, vcpu, mfn, irq);
+  irq_restore(a, irq, 1);
+  return va;
+}
+
+INLINE i64 locked_unmap_(struct arrays *a, i64 vcpu, i64 va, int irq) {
   const i64 *p = a->p;
   i64 *pte = a->pte, *dbits = a->dbits, *vrow = a->vrow, *srow = a->srow;
   i64 h = p[P_HASH], slots = p[P_SLOTS];
@@ -485,6 +517,7 @@ INLINE i64 locked_unmap(struct arrays *a, i64 va) {
   i64 gb = garbage_base(slots);
   i64 fault = p[P_FAULT];
   int zap = (fault & LK_FAULT_GARBAGE_PTE) == 0;
+  irq_point(a, vcpu, irq);                                         /* bucket not yet updated */
   if (vrow[hi + b] == idx) {
     i64 r = vrow[hr + b];
     if (r == 0) {
@@ -507,10 +540,20 @@ INLINE i64 locked_unmap(struct arrays *a, i64 va) {
   return ST_OK;
 }
 
+INLINE i64 locked_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
+  irq_save(a, irq, 1);
+  i64 st = locked_unmap_(a, vcpu, va, irq);
+  irq_restore(a, irq, 1);
+  return st;
+}
+
 /* --- variants/lockless.py ------------------------------------------------------------------- */
-INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
+/* local_irq_save from entry to every return, as in the seed; lockless-noirqsave leaves it out */
+INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   const i64 *p = a->p;
   i64 *vrow = a->vrow, *srow = a->srow;
+  int save = (p[P_FAULT] & LL_FAULT_NO_IRQSAVE) == 0;
+  irq_save(a, irq, save);
   i64 h = p[P_HASH], e = p[P_ENTRIES];
   i64 hm = V_RESERVED, hi = hm + h, rc = hm + 2 * h, iu = hm + 2 * h + e;
   i64 base = vcpu * e;
@@ -529,12 +572,16 @@ INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
     }
     if (idx < 0) {
       srow[S_EXHAUSTED] += 1;
+      irq_restore(a, irq, save);
       return -ST_EXHAUSTED;
     }
+    irq_point(a, vcpu, irq);                                       /* slot chosen, not yet marked */
     vrow[iu + idx / 64] |= bit64(idx % 64);
+    irq_point(a, vcpu, irq);                                       /* marked, PTE not yet written */
     store_release(a->pte, base + idx, mfn | PTE_PRESENT);
     if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
     if ((p[P_FAULT] & LL_FAULT_NO_FLUSH) == 0) flush_one(a, base + idx);
+    irq_point(a, vcpu, irq);                                       /* PTE written, bucket not yet updated */
     /* LL_FAULT_FREE_HELD: free it at refcount 1, while a mapping still holds it */
     if (old >= 0 && vrow[rc + old] <= ((p[P_FAULT] & LL_FAULT_FREE_HELD) >> 1)) vrow[iu + old / 64] &= ~bit64(old % 64);
     vrow[b] = mfn;
@@ -543,8 +590,10 @@ INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
     idx = old;
     srow[S_HASH_HITS] += 1;
   }
+  irq_point(a, vcpu, irq);                                         /* slot known, refcount not yet raised */
   i64 r = (vrow[rc + idx] + 1) & REFCNT_MASK;
   vrow[rc + idx] = r;
+  irq_restore(a, irq, save);
   if (r == 0 && p[P_REFCOUNT_WRAP] == 0) {
     srow[S_REFCNT_ERR] += 1;
     return -ST_REFCOUNT;
@@ -552,7 +601,7 @@ INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn) {
   return MAPCACHE_VA + base + idx;
 }
 
-INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va) {
+INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
   const i64 *p = a->p;
   i64 *vrow = a->vrow, *srow = a->srow;
   i64 h = p[P_HASH], e = p[P_ENTRIES];
@@ -560,15 +609,20 @@ INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va) {
   i64 base = vcpu * e;
   i64 idx = va - MAPCACHE_VA - base;
   if (idx < 0 || idx >= e) return ST_BAD_VA;
+  int save = (p[P_FAULT] & LL_FAULT_NO_IRQSAVE) == 0;
+  irq_save(a, irq, save);
   i64 mfn = a->pte[base + idx] & PTE_MFN_MASK;
   i64 r = vrow[rc + idx];
   if (r == 0 && p[P_REFCOUNT_WRAP] == 0) {
     srow[S_REFCNT_ERR] += 1;
+    irq_restore(a, irq, save);
     return ST_REFCOUNT;
   }
   r = (r - 1) & REFCNT_MASK;
   vrow[rc + idx] = r;
+  irq_point(a, vcpu, irq);                                         /* refcount lowered, slot not yet freed */
   if (vrow[hm + (mfn & (h - 1))] != mfn && r == 0) vrow[iu + idx / 64] &= ~bit64(idx % 64);
+  irq_restore(a, irq, save);
   return ST_OK;
 }
 
@@ -586,9 +640,10 @@ INLINE i64 pc_find_zero(const i64 *vrow, i64 iu, i64 start, i64 e) {
   return e;
 }
 
-INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn) {
+INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   const i64 *p = a->p;
   i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
+  irq_save(a, irq, 1);
   i64 h = p[P_HASH], e = p[P_ENTRIES];
   i64 w = (e + 63) / 64;
   i64 hm = PC_V_HASH, hi = hm + h, hr = hm + 2 * h, iu = hm + 3 * h, gb = iu + w;
@@ -598,6 +653,7 @@ INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn) {
     i64 r = vrow[hr + b] + 1;
     vrow[hr + b] = r;
     srow[S_HASH_HITS] += 1;
+    irq_restore(a, irq, 1);
     if (r >= REFCNT_LIMIT) {
       srow[S_REFCNT_ERR] += 1;
       return -ST_REFCOUNT;
@@ -605,6 +661,7 @@ INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn) {
     return MAPCACHE_VA + base + vrow[hi + b];
   }
   i64 idx = pc_find_zero(vrow, iu, vrow[PC_V_CURSOR], e);
+  irq_point(a, vcpu, irq);                                         /* slot chosen, not yet marked */
   if (idx >= e) {
     i64 freed = 0;
     for (i64 k = 0; k < w; k++) {
@@ -633,14 +690,17 @@ INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn) {
     }
     if (idx >= e) {
       srow[S_EXHAUSTED] += 1;
+      irq_restore(a, irq, 1);
       return -ST_EXHAUSTED;
     }
     if ((p[P_FAULT] & PC_FAULT_NO_FLUSH) == 0) flush_all(a);
   }
   vrow[iu + idx / 64] |= bit64(idx % 64);
   vrow[PC_V_CURSOR] = idx + 1;
+  irq_point(a, vcpu, irq);                                         /* slot marked, PTE not yet written */
   store_release(pte, base + idx, mfn | PTE_PRESENT);
   if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
+  irq_restore(a, irq, 1);
   return MAPCACHE_VA + base + idx;
 }
 
@@ -652,24 +712,33 @@ INLINE void pc_retire(i64 *vrow, i64 *pte, i64 base, i64 gb, i64 iu, i64 idx, in
     vrow[gb + idx / 64] |= bit64(idx % 64);
 }
 
-INLINE i64 percpu_unmap(struct arrays *a, i64 vcpu, i64 va) {
+INLINE i64 percpu_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
   const i64 *p = a->p;
   i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
+  irq_save(a, irq, 1);
   i64 h = p[P_HASH], e = p[P_ENTRIES];
   i64 w = (e + 63) / 64;
   i64 hm = PC_V_HASH, hi = hm + h, hr = hm + 2 * h, iu = hm + 3 * h, gb = iu + w;
   i64 base = vcpu * e;
   i64 idx = va - MAPCACHE_VA - base;
-  if (idx < 0 || idx >= e) return ST_BAD_VA;
+  if (idx < 0 || idx >= e) {
+    irq_restore(a, irq, 1);
+    return ST_BAD_VA;
+  }
   i64 ent = pte[base + idx];
-  if ((ent & PTE_PRESENT) == 0) return ST_BAD_VA;
+  if ((ent & PTE_PRESENT) == 0) {
+    irq_restore(a, irq, 1);
+    return ST_BAD_VA;
+  }
   i64 mfn = ent & PTE_MFN_MASK;
   i64 b = mfn & (h - 1);
   int eager = (p[P_FAULT] & PC_FAULT_EAGER_REUSE) != 0;
+  irq_point(a, vcpu, irq);                                         /* bucket not yet updated */
   if (vrow[hi + b] == idx) {
     i64 r = vrow[hr + b];
     if (r == 0) {
       srow[S_REFCNT_ERR] += 1;
+      irq_restore(a, irq, 1);
       return ST_REFCOUNT;
     }
     vrow[hr + b] = r - 1;
@@ -681,11 +750,12 @@ INLINE i64 percpu_unmap(struct arrays *a, i64 vcpu, i64 va) {
   } else {
     pc_retire(vrow, pte, base, gb, iu, idx, eager);
   }
+  irq_restore(a, irq, 1);
   return ST_OK;
 }
 
 /* --- variants/kmap_local.py ----------------------------------------------------------------- */
-INLINE i64 kmap_local_map(struct arrays *a, i64 vcpu, i64 mfn) {
+INLINE i64 kmap_local_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   const i64 *p = a->p;
   i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
   i64 e = p[P_ENTRIES];
@@ -696,13 +766,15 @@ INLINE i64 kmap_local_map(struct arrays *a, i64 vcpu, i64 mfn) {
   }
   i64 slot = vcpu * e + top;
   vrow[KM_V_TOP] = top + 1;
+  irq_point(a, vcpu, irq);                                         /* pushed, PTE not yet written */
   if ((pte[slot] & PTE_PRESENT) != 0) srow[S_INVARIANT] += 1;     /* BUG_ON(!pte_none(...)) */
   store_release(pte, slot, mfn | PTE_PRESENT);
+  irq_point(a, vcpu, irq);                                         /* mapped, not yet returned */
   if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
   return MAPCACHE_VA + slot;
 }
 
-INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va) {
+INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
   const i64 *p = a->p;
   i64 *vrow = a->vrow, *pte = a->pte;
   i64 e = p[P_ENTRIES];
@@ -712,27 +784,29 @@ INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va) {
   i64 top = vrow[KM_V_TOP];
   if (idx != top - 1) return ST_ORDER;
   store_release(pte, slot, 0);
+  irq_point(a, vcpu, irq);                                         /* PTE cleared, not yet flushed */
   if ((p[P_FAULT] & KM_FAULT_NO_FLUSH) == 0) flush_one(a, slot);
+  irq_point(a, vcpu, irq);                                         /* flushed, not yet popped */
   vrow[KM_V_TOP] = top - 1;
   return ST_OK;
 }
 
 /* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
-INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
+INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
   if (vid == VID_DIRECTMAP) return mfn;
-  if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn);
-  if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn);
-  if (vid == VID_PERCPU) return percpu_map(a, vcpu, mfn);
-  if (vid == VID_KMAP_LOCAL) return kmap_local_map(a, vcpu, mfn);
+  if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn, irq);
+  if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn, irq);
+  if (vid == VID_PERCPU) return percpu_map(a, vcpu, mfn, irq);
+  if (vid == VID_KMAP_LOCAL) return kmap_local_map(a, vcpu, mfn, irq);
   return -ST_BAD_VARIANT;
 }
 
-INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va) {
+INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va, int irq) {
   if (vid == VID_DIRECTMAP) return ST_OK;
-  if (vid == VID_LOCKED) return locked_unmap(a, va);
-  if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va);
-  if (vid == VID_PERCPU) return percpu_unmap(a, vcpu, va);
-  if (vid == VID_KMAP_LOCAL) return kmap_local_unmap(a, vcpu, va);
+  if (vid == VID_LOCKED) return locked_unmap(a, vcpu, va, irq);
+  if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va, irq);
+  if (vid == VID_PERCPU) return percpu_unmap(a, vcpu, va, irq);
+  if (vid == VID_KMAP_LOCAL) return kmap_local_unmap(a, vcpu, va, irq);
   return ST_BAD_VARIANT;
 }
 
@@ -745,7 +819,7 @@ static i64 log2_bin(i64 x) {
   return b;
 }
 
-INLINE i64 timed_map(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
+INLINE i64 timed_map(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
   i64 *srow = a->srow;
   i64 n = srow[S_MAPS];
   srow[S_MAPS] = n + 1;
@@ -755,7 +829,7 @@ INLINE i64 timed_map(struct arrays *a, i64 vid, i64 vcpu, i64 mfn) {
     srow[S_SAMPLING] = 1;
     t0 = rdtsc();
   }
-  i64 va = map_page(a, vid, vcpu, mfn);
+  i64 va = map_page(a, vid, vcpu, mfn, irq);
   if (sampled) {
     srow[S_SAMPLING] = 0;
     i64 dt = rdtsc() - t0;
@@ -797,6 +871,66 @@ INLINE void recheck(struct arrays *a, i64 va, i64 mfn) {
   }
 }
 
+/* --- kernels.py: simulated interrupts ------------------------------------------------------- */
+INLINE i64 irq_rand(i64 *vrow, i64 n) {
+  u64 x = (u64)vrow[V_IRQ_RNG];
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  vrow[V_IRQ_RNG] = (i64)x;
+  return (i64)((((x * 0x2545F4914F6CDD1DULL) >> 32) * (u64)n) >> 32);
+}
+
+static void irq_due(const i64 *p, i64 *vrow) {
+  i64 now = rdtsc(), nxt = vrow[V_IRQ_NEXT], gap = p[P_IRQ_INTERVAL];
+  if (nxt == 0) {
+    vrow[V_IRQ_NEXT] = now + (gap >> 16) * irq_rand(vrow, 1 << 16);
+  } else if (now >= nxt && vrow[V_IRQ_PENDING] == 0) {
+    vrow[V_IRQ_PENDING] = 1 + irq_rand(vrow, IRQ_SPAN);
+    vrow[V_IRQ_NEXT] = now + gap / 2 + (gap >> 16) * irq_rand(vrow, 1 << 16);
+  }
+}
+
+/* The handler: its map and unmap run with irq = 0 (no arrival points), on the run-time id. */
+static void irq_take(struct arrays *a, i64 vcpu, i64 inside) {
+  i64 *vrow = a->vrow, *srow = a->srow;
+  i64 n = vrow[V_IRQ_PENDING];
+  if (n > 1) {
+    vrow[V_IRQ_PENDING] = n - 1;
+    return;
+  }
+  if (vrow[V_IRQ_OFF] != 0) {
+    if (n == 1) {
+      srow[S_IRQ_DEFERRED] += 1;
+      vrow[V_IRQ_PENDING] = -1;
+    }
+    return;
+  }
+  vrow[V_IRQ_PENDING] = 0;
+  srow[S_IRQ_TAKEN] += 1;
+  if (inside) srow[S_IRQ_INSIDE] += 1;
+  vrow[V_IRQ_OFF] += 1;
+  i64 vid = a->p[P_VARIANT];
+  i64 mfn = irq_rand(vrow, a->p[P_WORKING_SET]);
+  i64 va = map_page(a, vid, vcpu, mfn, 0);
+  if (va < 0) {
+    if (vrow[V_IRQ_STATUS] == ST_OK) vrow[V_IRQ_STATUS] = -va;
+  } else {
+    srow[S_IRQ_MAPS] += 1;
+    access_frame(a, vcpu, va, mfn);
+    i64 st = unmap_page(a, vid, vcpu, va, 0);
+    if (st != ST_OK && vrow[V_IRQ_STATUS] == ST_OK) {
+      if (st == ST_BAD_VA) srow[S_INVARIANT] += 1;
+      vrow[V_IRQ_STATUS] = st;
+    }
+  }
+  vrow[V_IRQ_OFF] -= 1;
+}
+
+INLINE void loop_point(struct arrays *a, i64 vcpu, int irq) {
+  if (irq && a->vrow[V_IRQ_PENDING] != 0) irq_take(a, vcpu, 0);
+}
+
 static int held_mfn(const i64 *lrow, i64 k, i64 mfn) {
   for (i64 j = 0; j < k; j++)
     if (lrow[2 * j + 1] == mfn) return 1;
@@ -835,7 +969,7 @@ static void guest_work(const i64 *p, u64 *rng, i64 *srow) {
 /* kernels.ops_loop: the loop under variant `vid`. Inlined with a constant id into one
  * function per variant (as kernels.run_ops picks the variant's own compiled loop), so the
  * compiler folds the dispatch and lays out each design's loop alone. */
-INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
+INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
   struct arrays *a = &A;                 /* a local copy: no store through an array can change it */
   const i64 *p = a->p;
   u64 *rng = a->rng;
@@ -855,6 +989,7 @@ INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
   for (i64 it = 0; it < n; it++) {
     if ((done & check_mask) == check_mask && rdtsc() - t_chunk > budget) break;
     if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
+    if (irq && p[P_IRQ_INTERVAL] > 0) irq_due(p, a->vrow);
     i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
     for (i64 bi = 0; bi < burst; bi++) {
       i64 depth = wl != WL_PTWALK ? nest + below : 1 + draw(rng, nest);
@@ -867,7 +1002,8 @@ INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
           mfn = draw_mfn(rng, p);
         if (distinct || (others && k >= nest))
           while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
-        i64 va = timed_map(a, vid, vcpu, mfn);
+        loop_point(a, vcpu, irq);
+        i64 va = timed_map(a, vid, vcpu, mfn, irq);
         if (va < 0) {
           status = -va;
           break;
@@ -875,13 +1011,15 @@ INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
         lrow[2 * k] = va;
         lrow[2 * k + 1] = mfn;
         held = k + 1;
+        loop_point(a, vcpu, irq);
         access_frame(a, vcpu, va, mfn);
       }
       srow[S_LIVE] = held;
       if (status != ST_OK) break;
       for (i64 k = held - 1; k >= 0; k--) {
+        loop_point(a, vcpu, irq);
         recheck(a, lrow[2 * k], lrow[2 * k + 1]);
-        i64 st = unmap_page(a, vid, vcpu, lrow[2 * k]);
+        i64 st = unmap_page(a, vid, vcpu, lrow[2 * k], irq);
         if (st != ST_OK) {
           if (st == ST_BAD_VA) srow[S_INVARIANT] += 1;
           status = st;
@@ -891,6 +1029,7 @@ INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
       }
       if (status != ST_OK) break;
     }
+    if (irq && status == ST_OK && a->vrow[V_IRQ_STATUS] != ST_OK) status = a->vrow[V_IRQ_STATUS];
     if (status != ST_OK) break;
     if (wl == WL_TIMERS) arm_timer(p, srow, deadline);
     done += 1;
@@ -900,14 +1039,22 @@ INLINE i64 ops_loop(i64 vid, i64 n, i64 vcpu, struct arrays A) {
   return status;
 }
 
-#define LOOP(name, vid) \
-  static __attribute__((noinline)) i64 name(i64 n, i64 vcpu, struct arrays A) { return ops_loop(vid, n, vcpu, A); }
-LOOP(loop_directmap, VID_DIRECTMAP)
-LOOP(loop_locked, VID_LOCKED)
-LOOP(loop_lockless, VID_LOCKLESS)
-LOOP(loop_percpu, VID_PERCPU)
-LOOP(loop_kmap_local, VID_KMAP_LOCAL)
-LOOP(loop_any, A.p[P_VARIANT])
+/* ... and once more per variant with interrupts (irq = 1), as kernels.loop picks the interrupt
+ * loop when p[P_IRQ_INTERVAL] is not 0. */
+#define LOOP(name, vid, irq) \
+  static __attribute__((noinline)) i64 name(i64 n, i64 vcpu, struct arrays A) { return ops_loop(vid, irq, n, vcpu, A); }
+LOOP(loop_directmap, VID_DIRECTMAP, 0)
+LOOP(loop_locked, VID_LOCKED, 0)
+LOOP(loop_lockless, VID_LOCKLESS, 0)
+LOOP(loop_percpu, VID_PERCPU, 0)
+LOOP(loop_kmap_local, VID_KMAP_LOCAL, 0)
+LOOP(loop_any, A.p[P_VARIANT], 0)
+LOOP(loop_directmap_irq, VID_DIRECTMAP, 1)
+LOOP(loop_locked_irq, VID_LOCKED, 1)
+LOOP(loop_lockless_irq, VID_LOCKLESS, 1)
+LOOP(loop_percpu_irq, VID_PERCPU, 1)
+LOOP(loop_kmap_local_irq, VID_KMAP_LOCAL, 1)
+LOOP(loop_any_irq, A.p[P_VARIANT], 1)
 
 /* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
  * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
@@ -921,6 +1068,16 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
       .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
   };
+  if (p[P_IRQ_INTERVAL] != 0) {
+    switch (p[P_VARIANT]) {
+      case VID_DIRECTMAP: return loop_directmap_irq(n, vcpu, A);
+      case VID_LOCKED: return loop_locked_irq(n, vcpu, A);
+      case VID_LOCKLESS: return loop_lockless_irq(n, vcpu, A);
+      case VID_PERCPU: return loop_percpu_irq(n, vcpu, A);
+      case VID_KMAP_LOCAL: return loop_kmap_local_irq(n, vcpu, A);
+      default: return loop_any_irq(n, vcpu, A);
+    }
+  }
   switch (p[P_VARIANT]) {
     case VID_DIRECTMAP: return loop_directmap(n, vcpu, A);
     case VID_LOCKED: return loop_locked(n, vcpu, A);

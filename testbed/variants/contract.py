@@ -16,11 +16,15 @@ Required names:
   words, per-vCPU row words)``; the row starts with ``abi.V_RESERVED`` words
   that belong to the harness and the TLB.
 - ``init_state(views, cfg)``: fill a fresh arena's variant state.
-- ``map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)``: compiled with
-  ``jit.inline_kernel``; the virtual address (``abi.MAPCACHE_VA + slot``, or
-  below it for a direct-map address), or ``-status``.
-- ``unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)``: compiled
-  likewise; a status, ``abi.ST_OK`` when all went well.
+- ``map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None)``:
+  compiled with ``jit.inline_kernel``; the virtual address (``abi.MAPCACHE_VA
+  + slot``, or below it for a direct-map address), or ``-status``. The last
+  argument, optional, is the interrupt context for ``testbed.irq``'s
+  ``irq_point``, ``irq_save`` and ``irq_restore`` (``None`` compiles them to
+  nothing; a hook without the argument has no arrival points inside, and
+  interrupts then arrive only between its operations).
+- ``unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None)``:
+  compiled likewise; a status, ``abi.ST_OK`` when all went well.
 - ``check(views, cfg, live_by_vcpu, victims=frozenset())``: the variant's
   invariants on a quiescent state, given the live mappings ``{vcpu: [(va,
   mfn), ...]}``; a dict with ``slot_leaks`` and ``invariant_violations``.
@@ -41,10 +45,11 @@ Optional names (default in brackets):
   from ``p[abi.P_LOCK]``. A variant without a lock refuses ``--lock``.
 - ``IRQS_OFF`` [``()``]: the operations (``"map"``, ``"unmap"``) that run with
   interrupts disabled from start to end, as the real code does with
-  ``local_irq_save``. Interrupts are not simulated yet; when they are, an
-  interrupt arriving inside an operation named here is deferred, and compiled
-  code that disables them for part of an operation only marks that part with
-  the per-vCPU word ``vrow[abi.V_IRQ_OFF]``.
+  ``local_irq_save``. The compiled hooks do the disabling themselves
+  (``irq_save``/``irq_restore``, which keep the per-vCPU word
+  ``vrow[abi.V_IRQ_OFF]``), so that a negative control can leave it out; an
+  interrupt arriving inside an operation named here is deferred to its end.
+  ``tests/test_irq.py`` checks the declaration against the compiled code.
 - ``FAULT_*`` (int bits): the faults its negative controls switch on, read
   from ``p[abi.P_FAULT]``; the controls themselves are registry lines.
 

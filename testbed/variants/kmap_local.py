@@ -20,7 +20,13 @@ Push-before-use and pop-after-clear are what let Linux run it with interrupts
 enabled (it only disables migration, or preemption): an interrupt arriving at
 any point inside map or unmap pushes above whatever the interrupted code holds
 or is about to hold, and pops before it returns, so the stack stays LIFO.
-Hence ``IRQS_OFF = ()``.
+Hence ``IRQS_OFF = ()``: with ``--irq-rate`` (testbed/irq.py) an interrupt
+is taken at any of its arrival points (``irq_point``: after the push, after
+the PTE write; in unmap after the PTE is cleared and after the flush), its
+handler's map and unmap nested above the interrupted slot. Preemption (here:
+the hypervisor model's vCPU switch) never happens inside map or unmap. The
+handler's slot counts towards the stack: with interrupts, the stack must hold
+the deepest walk plus one (``validate``).
 
 Invariants (``check``): ``top`` equals the vCPU's live mappings, and the k-th
 live mapping (in map order) is slot k with a PTE mapping its MFN; every slot
@@ -45,6 +51,7 @@ from ..jit import inline_kernel
 
 from .. import abi, tlb
 from ..atomics import store_release
+from ..irq import irq_point, slots
 
 NAME = "kmap-local"
 DESCRIPTION = "Linux's kmap_local_page: per-vCPU stack of 16 slots, PTE cleared and invlpg at LIFO unmap, no hash"
@@ -60,10 +67,12 @@ def validate(cfg):
     """The stack must hold the deepest nested walk: E >= PAGING_LEVELS**2 (Linux: 16 = 4**2)."""
     from ..errors import UsageError
 
-    if cfg.entries < cfg.levels ** 2 and not cfg.unchecked:
+    need = cfg.levels ** 2 + slots(cfg)
+    irq = f" plus {slots(cfg)} for an interrupt handler" if slots(cfg) else ""
+    if cfg.entries < need and not cfg.unchecked:
         raise UsageError(
-            f"--entries {cfg.entries}: kmap-local needs at least levels**2 ({cfg.levels ** 2}) slots per vCPU for "
-            f"a nested walk; raise --entries to {cfg.levels ** 2}, or pass --unchecked to run it anyway"
+            f"--entries {cfg.entries}: kmap-local needs at least levels**2 ({cfg.levels ** 2}){irq} slots per vCPU "
+            f"for a nested walk; raise --entries to {need}, or pass --unchecked to run it anyway"
         )
 
 
@@ -77,7 +86,7 @@ def init_state(views, cfg):
 
 
 @inline_kernel
-def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     e = p[abi.P_ENTRIES]
     top = vrow[V_TOP]
     if top >= e:
@@ -85,16 +94,18 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         return -abi.ST_EXHAUSTED
     slot = vcpu * e + top
     vrow[V_TOP] = top + 1
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # pushed, PTE not yet written
     if (pte[slot] & tlb.PTE_PRESENT) != 0:
         srow[abi.S_INVARIANT] += 1           # Linux: BUG_ON(!pte_none(*kmap_pte))
     store_release(pte, slot, mfn | tlb.PTE_PRESENT)
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # mapped, not yet returned
     if p[abi.P_LONG_HOLD] > 0:
         tlb.spin_cycles(p[abi.P_LONG_HOLD])
     return abi.MAPCACHE_VA + slot
 
 
 @inline_kernel
-def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     e = p[abi.P_ENTRIES]
     slot = va - abi.MAPCACHE_VA
     idx = slot - vcpu * e
@@ -104,8 +115,10 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     if idx != top - 1:
         return abi.ST_ORDER
     store_release(pte, slot, 0)
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # PTE cleared, not yet flushed
     if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
         tlb.flush_one(tlbv, p, slot, srow)
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # flushed, not yet popped
     vrow[V_TOP] = top - 1
     return abi.ST_OK
 

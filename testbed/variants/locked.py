@@ -59,8 +59,15 @@ releaser itself taking the lock back ahead of the waiters (tas only: the queue
 locks cannot), counts ``S_LOCK_REACQ``. Both happen under the lock. The spread
 of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
 
-Simplifications: no ``local_irq_save`` until simulated interrupts exist; the
-32-bit refcount is an int64 checked against 2**32 (a wrap is a refcount error).
+Interrupts (``--irq-rate``, testbed/irq.py): map and unmap run under
+``local_irq_save`` as in Xen (``irq_save``/``irq_restore``). Their arrival
+points (``irq_point``: with the lock held, after it is dropped, in unmap
+between reading the bucket and updating it) therefore only defer an interrupt;
+a handler that ran with the lock held would spin on the lock forever. An
+interrupt handler's mapping takes a slot from the domain's pool like any other.
+
+Simplifications: the 32-bit refcount is an int64 checked against 2**32 (a wrap
+is a refcount error).
 
 Negative controls: ``locked-nolock`` (``FAULT_NO_LOCK``) runs the slow path
 without the lock, so two vCPUs can take the same slot; ``locked-noflush``
@@ -79,6 +86,7 @@ from ..jit import inline_kernel, kernel, nonneg
 from .. import abi, tlb
 from ..atomics import (cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc,
                        store_release)
+from ..irq import irq_point, irq_restore, irq_save
 
 NAME = "locked"
 DESCRIPTION = "Xen's per-domain mapcache: one spinlock (--lock), garbage bitmap, epochs, lazy TLB flush"
@@ -311,7 +319,15 @@ def set_bit(dbits, base, idx):
 
 
 @inline_kernel
-def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
+    irq_save(irq, vrow)
+    va = _map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq)
+    irq_restore(irq, vrow)
+    return va
+
+
+@inline_kernel
+def _map(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq):
     h = p[abi.P_HASH]
     slots = p[abi.P_SLOTS]
     fault = p[abi.P_FAULT]
@@ -336,6 +352,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     # A cycle-counter read costs about 11 ns here, as much as the rest of the critical
     # section: hold times are measured on latency-sampled maps only (1 in 2**lat_every).
     t_hold = rdtsc() if srow[abi.S_SAMPLING] != 0 else 0
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # lock held
     epoch = dom[D_EPOCH]
     if epoch != vrow[V_SHADOW_EPOCH]:
         vrow[V_SHADOW_EPOCH] = epoch
@@ -385,12 +402,21 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         tlb.spin_cycles(p[abi.P_LONG_HOLD])
     if not nolock:
         release(dom, my, srow, t_hold, vcpu, kind)
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # slot taken, PTE not yet written
     store_release(pte, idx, mfn | tlb.PTE_PRESENT)
     return abi.MAPCACHE_VA + idx
 
 
 @inline_kernel
-def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
+    irq_save(irq, vrow)
+    st = _unmap(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq)
+    irq_restore(irq, vrow)
+    return st
+
+
+@inline_kernel
+def _unmap(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq):
     h = p[abi.P_HASH]
     slots = p[abi.P_SLOTS]
     hm = V_HASH
@@ -407,6 +433,7 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     gb = garbage_base(slots)
     fault = p[abi.P_FAULT]
     zap = (fault & FAULT_GARBAGE_PTE) == 0
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # bucket not yet updated
     # 0 <= idx < slots and b >= 0: unsigned indices, no wraparound code
     if vrow[nonneg(hi + b)] == idx:
         r = vrow[nonneg(hr + b)]

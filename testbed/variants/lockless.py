@@ -29,9 +29,14 @@ never freed (a slot leak). A page-table walk maps distinct frames, so the
 ``ptwalk`` workload never hits that leak; nesting the same MFN with a colliding
 MFN in between does.
 
-Simplifications: ``local_irq_save`` has no analogue until simulated interrupts
-exist (the hook is the vCPU's own loop); the PTE write is a release store to
-the shared page table, read by this vCPU's own TLB only.
+Interrupts (``--irq-rate``, testbed/irq.py): map and unmap run under
+``local_irq_save`` as in the seed (``irq_save``/``irq_restore``), so an
+interrupt arriving at one of their arrival points (``irq_point``, between the
+steps below) is deferred to the end of the operation. An interrupt handler's
+own mapping takes a slot of the same vCPU: the geometry rule counts it.
+
+Simplifications: the PTE write is a release store to the shared page table,
+read by this vCPU's own TLB only.
 
 Negative controls: ``lockless-noflush`` (fault bit ``FAULT_NO_FLUSH``) skips the
 ``invlpg`` on slot reuse: the TLB then keeps translating the slot to the frame
@@ -39,6 +44,13 @@ it held before, which the access check reports as a stale translation.
 ``lockless-free-held`` (``FAULT_FREE_HELD``) frees the bucket's previous slot
 at refcount 1 instead of 0, that is while one mapping still holds it; a later
 map of the same walk takes it, which the oracle reports as a reused held slot.
+``lockless-noirqsave`` (``FAULT_NO_IRQSAVE``) leaves out ``local_irq_save``:
+an interrupt arriving between the choice of a free slot and the setting of its
+``inuse`` bit lets the handler take the same slot and cache it in its bucket;
+the interrupted map then writes its own MFN into that slot's PTE, so the
+handler's bucket caches a slot that maps another frame (a stale translation at
+its next hit, an invariant violation in ``check``). Only a run with
+``--irq-rate`` can catch it.
 """
 
 import numpy as np
@@ -46,12 +58,14 @@ from ..jit import inline_kernel, nonneg
 
 from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
+from ..irq import irq_point, irq_restore, irq_save, slots
 
 NAME = "lockless"
 DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
 DEFAULT_ENTRIES = 32
 FAULT_NO_FLUSH = 1
 FAULT_FREE_HELD = 2
+FAULT_NO_IRQSAVE = 4
 MAX_ENTRIES = 256           # the inuse bitmap of one row; the 8-bit refcount caps nothing here
 REFCNT_MASK = 0xFF
 IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in the seed
@@ -69,11 +83,13 @@ def validate(cfg):
     """The seed's geometry rule, stated the right way round: room for a nested walk beside the hash."""
     from ..errors import UsageError
 
-    if cfg.entries - cfg.hash_entries < cfg.levels ** 2 and not cfg.unchecked:
+    need = cfg.levels ** 2 + slots(cfg)
+    irq = f" plus {slots(cfg)} for an interrupt handler" if slots(cfg) else ""
+    if cfg.entries - cfg.hash_entries < need and not cfg.unchecked:
         raise UsageError(
             f"--entries {cfg.entries} with --hash {cfg.hash_entries}: lockless needs entries - hash >= "
-            f"levels**2 ({cfg.levels ** 2}) slots beside the hash for a nested walk; raise --entries to "
-            f"{cfg.hash_entries + cfg.levels ** 2} (the seed's BUILD_BUG_ON states this check inverted), or "
+            f"levels**2 ({cfg.levels ** 2}){irq} slots beside the hash for a nested walk; raise --entries to "
+            f"{cfg.hash_entries + need} (the seed's BUILD_BUG_ON states this check inverted), or "
             "pass --unchecked to run it anyway and watch it exhaust"
         )
 
@@ -98,8 +114,12 @@ def _layout(p):
     return h, e, hm, hm + h, hm + 2 * h, hm + 2 * h + e
 
 
+# local_irq_save from entry to every return, written out at each return (as percpu does) rather
+# than around a wrapped body: one level less of numba IR inlining, which has mis-compiled before.
 @inline_kernel
-def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
+    save = (p[abi.P_FAULT] & FAULT_NO_IRQSAVE) == 0      # lockless-noirqsave leaves it out
+    irq_save(irq, vrow, save)
     h, e, hm, hi, rc, iu = _layout(p)
     base = vcpu * e
     # Every index below is >= 0 (mfn >= 0, idx and old checked): unsigned, no wraparound code.
@@ -117,13 +137,17 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
                 break
         if idx < 0:
             srow[abi.S_EXHAUSTED] += 1
+            irq_restore(irq, vrow, save)
             return -abi.ST_EXHAUSTED
+        irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)     # slot chosen, not yet marked
         vrow[nonneg(iu + idx // 64)] |= np.int64(1) << np.int64(idx % 64)
+        irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)     # marked, PTE not yet written
         store_release(pte, base + idx, mfn | tlb.PTE_PRESENT)
         if p[abi.P_LONG_HOLD] > 0:
             tlb.spin_cycles(p[abi.P_LONG_HOLD])    # --long-hold: widen the window between PTE write and use
         if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
             tlb.flush_one(tlbv, p, base + idx, srow)
+        irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)     # PTE written, bucket not yet updated
         # FAULT_FREE_HELD: free it at refcount 1, while a mapping still holds it
         if old >= 0 and vrow[nonneg(rc + old)] <= ((p[abi.P_FAULT] & FAULT_FREE_HELD) >> 1):
             vrow[nonneg(iu + old // 64)] &= ~(np.int64(1) << np.int64(old % 64))
@@ -132,8 +156,10 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
     else:
         idx = old
         srow[abi.S_HASH_HITS] += 1
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)         # slot known, refcount not yet raised
     r = (vrow[nonneg(rc + idx)] + 1) & REFCNT_MASK
     vrow[nonneg(rc + idx)] = r
+    irq_restore(irq, vrow, save)
     if r == 0 and p[abi.P_REFCOUNT_WRAP] == 0:
         srow[abi.S_REFCNT_ERR] += 1
         return -abi.ST_REFCOUNT
@@ -141,21 +167,26 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
 
 
 @inline_kernel
-def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     h, e, hm, hi, rc, iu = _layout(p)
     base = vcpu * e
     idx = va - abi.MAPCACHE_VA - base
     if idx < 0 or idx >= e:
         return abi.ST_BAD_VA
+    save = (p[abi.P_FAULT] & FAULT_NO_IRQSAVE) == 0
+    irq_save(irq, vrow, save)
     mfn = pte[nonneg(base + idx)] & tlb.PTE_MFN_MASK       # 0 <= idx < e from here on
     r = vrow[nonneg(rc + idx)]
     if r == 0 and p[abi.P_REFCOUNT_WRAP] == 0:
         srow[abi.S_REFCNT_ERR] += 1
+        irq_restore(irq, vrow, save)
         return abi.ST_REFCOUNT
     r = (r - 1) & REFCNT_MASK
     vrow[nonneg(rc + idx)] = r
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)         # refcount lowered, slot not yet freed
     if vrow[nonneg(hm + (mfn & (h - 1)))] != mfn and r == 0:
         vrow[nonneg(iu + idx // 64)] &= ~(np.int64(1) << np.int64(idx % 64))
+    irq_restore(irq, vrow, save)
     return abi.ST_OK
 
 

@@ -38,6 +38,12 @@ nor garbage has an empty PTE; an in-use slot that no live mapping, bucket or
 garbage bit explains is a leak. Between wraps, no slot is handed out twice
 without a flush in between: the TLB oracle checks that at every access.
 
+Interrupts (``--irq-rate``, testbed/irq.py): map and unmap run under
+``local_irq_save``, as in the old design (``irq_save``/``irq_restore``), so an
+interrupt at one of their arrival points (``irq_point``) is deferred to the end
+of the operation. A handler's mapping takes one of the vCPU's own slots: the
+geometry rule counts it.
+
 Simplifications: the 32-bit refcount is an int64 checked against 2**32 (a
 wrap is a refcount error); the vCPU's state is one row of the shared arena,
 written by this vCPU only, with plain stores (laid out by ownership,
@@ -57,6 +63,7 @@ from ..jit import inline_kernel
 
 from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
+from ..irq import irq_point, irq_restore, irq_save, slots
 
 NAME = "percpu"
 DESCRIPTION = "per-vCPU mapcache of the ASI series: no lock, no epoch, garbage reclaimed with one flush per wrap"
@@ -86,10 +93,12 @@ def validate(cfg):
     """Every slot may be held at once by a nested walk: E must cover PAGING_LEVELS**2."""
     from ..errors import UsageError
 
-    if cfg.entries < cfg.levels ** 2 and not cfg.unchecked:
+    need = cfg.levels ** 2 + slots(cfg)
+    irq = f" plus {slots(cfg)} for an interrupt handler" if slots(cfg) else ""
+    if cfg.entries < need and not cfg.unchecked:
         raise UsageError(
-            f"--entries {cfg.entries}: percpu needs at least levels**2 ({cfg.levels ** 2}) slots per vCPU for a "
-            f"nested walk; raise --entries to {cfg.levels ** 2}, or pass --unchecked to run it anyway"
+            f"--entries {cfg.entries}: percpu needs at least levels**2 ({cfg.levels ** 2}){irq} slots per vCPU for "
+            f"a nested walk; raise --entries to {need}, or pass --unchecked to run it anyway"
         )
 
 
@@ -120,8 +129,12 @@ def _find_zero(vrow, iu, start, e):
     return e
 
 
+# local_irq_save from entry to every return, written out at each return rather than around a
+# wrapped body: numba's IR inliner mis-compiles a helper inlined twice (_find_zero, _retire)
+# into a function that is itself inlined into another (the state then diverges from the model).
 @inline_kernel
-def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
+def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
+    irq_save(irq, vrow)
     h = p[abi.P_HASH]
     e = p[abi.P_ENTRIES]
     w = (e + 63) // 64
@@ -136,12 +149,14 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
         r = vrow[hr + b] + 1
         vrow[hr + b] = r
         srow[abi.S_HASH_HITS] += 1
+        irq_restore(irq, vrow)
         if r >= REFCNT_LIMIT:
             srow[abi.S_REFCNT_ERR] += 1
             return -abi.ST_REFCOUNT
         return abi.MAPCACHE_VA + base + vrow[hi + b]
 
     idx = _find_zero(vrow, iu, vrow[V_CURSOR], e)
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # slot chosen, not yet marked
     if idx >= e:
         freed = 0
         for k in range(w):
@@ -166,15 +181,18 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
                 i = (i + 1) & (h - 1)
         if idx >= e:
             srow[abi.S_EXHAUSTED] += 1
+            irq_restore(irq, vrow)
             return -abi.ST_EXHAUSTED
         if (p[abi.P_FAULT] & FAULT_NO_FLUSH) == 0:
             tlb.flush_all(tlbv, p, dom, vrow, srow)    # one flush makes every reclaimed slot reusable
 
     vrow[iu + idx // 64] |= np.int64(1) << np.int64(idx % 64)
     vrow[V_CURSOR] = idx + 1
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # slot marked, PTE not yet written
     store_release(pte, base + idx, mfn | tlb.PTE_PRESENT)
     if p[abi.P_LONG_HOLD] > 0:
         tlb.spin_cycles(p[abi.P_LONG_HOLD])    # --long-hold: widen the window between PTE write and use
+    irq_restore(irq, vrow)
     return abi.MAPCACHE_VA + base + idx
 
 
@@ -189,7 +207,8 @@ def _retire(vrow, pte, base, gb, iu, idx, eager):
 
 
 @inline_kernel
-def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
+def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
+    irq_save(irq, vrow)
     h = p[abi.P_HASH]
     e = p[abi.P_ENTRIES]
     w = (e + 63) // 64
@@ -201,17 +220,21 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
     base = vcpu * e
     idx = va - abi.MAPCACHE_VA - base
     if idx < 0 or idx >= e:
+        irq_restore(irq, vrow)
         return abi.ST_BAD_VA
     ent = pte[base + idx]
     if (ent & tlb.PTE_PRESENT) == 0:
+        irq_restore(irq, vrow)
         return abi.ST_BAD_VA
     mfn = ent & tlb.PTE_MFN_MASK
     b = mfn & (h - 1)
     eager = (p[abi.P_FAULT] & FAULT_EAGER_REUSE) != 0
+    irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)      # bucket not yet updated
     if vrow[hi + b] == idx:
         r = vrow[hr + b]
         if r == 0:
             srow[abi.S_REFCNT_ERR] += 1
+            irq_restore(irq, vrow)
             return abi.ST_REFCOUNT
         vrow[hr + b] = r - 1
     elif vrow[hr + b] == 0:
@@ -222,6 +245,7 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv):
         vrow[hi + b] = idx
     else:
         _retire(vrow, pte, base, gb, iu, idx, eager)
+    irq_restore(irq, vrow)
     return abi.ST_OK
 
 

@@ -1,0 +1,190 @@
+"""Simulated interrupts (``--irq-rate R``): what a variant calls, and the rules of arrival.
+
+An interrupt handler in a hypervisor may itself map a page: Xen's mapcache keeps
+interrupt-time mappings in the same slots as everything else, and both Xen
+designs run ``map_domain_page`` and ``unmap_domain_page`` under
+``local_irq_save`` so that a handler never finds them half done. With
+``--irq-rate R`` every vCPU is interrupted about R times per second; each
+interrupt's handler maps a page, accesses it through the oracle's check
+(``kernels.access``) and unmaps it, nested inside whatever the vCPU was doing.
+
+Arrival. At the start of each operation a vCPU compares the cycle counter with
+the time of its next interrupt (a timer interrupt: the host clock decides
+*which* operation is interrupted). When it is due, the interrupt becomes
+pending and arrives at the k-th *arrival point* from there, k uniform in
+1..``SPAN`` from the vCPU's own interrupt generator (seeded from seed + vcpu,
+apart from the workload's generator, so that the workload's draws are the same
+with and without interrupts). The next interrupt is due after a gap uniform
+in [0.5, 1.5) times the mean, counted from then (a vCPU that was descheduled
+gets one interrupt, not the backlog). The handler's MFN comes from the same
+generator.
+
+Arrival points are the operation loop's (``loop_point``: before each map,
+after each map, before each unmap) and the variant's own: ``irq_point(irq,
+...)`` calls that a variant's ``map_page`` and ``unmap_page`` make between
+their steps, where the real code could be interrupted. At a point where the
+variant has interrupts disabled (``vrow[abi.V_IRQ_OFF]`` non-zero, raised by
+``irq_save`` and lowered by ``irq_restore``) the interrupt is deferred,
+counted, and taken at the first point after interrupts are enabled again, as
+``local_irq_restore`` delivers a pending interrupt. A handler runs with
+interrupts disabled (no nested handlers), and its own map and unmap get no
+interrupt context: no points inside them, and a design's code is never inlined
+into itself.
+
+Cost when off: nothing. The interrupt context ``irq`` is an argument whose
+*type* decides: ``None`` (the loop every run without ``--irq-rate`` uses)
+compiles every point, save, restore and arming to no code at all; a tuple
+``(frames, erow)`` (the loop of a run with ``--irq-rate``, a separate compiled
+function, see ``variants/dispatch.py``) compiles them to one load and a branch
+each. ``p[abi.P_IRQ_INTERVAL]`` picks the loop: 0 the plain one; > 0 the
+interrupt loop with timed arrivals; < 0 the interrupt loop with no timer, where
+only a test makes interrupts pending (``tests/test_irq.py``).
+
+Slots. A handler holds one mapping while it runs, on top of whatever the
+interrupted code holds: the seed's remark that interrupt-time mappings share
+the per-vCPU slots. ``slots(cfg)`` is what a design's ``validate`` adds to the
+deepest nested walk.
+"""
+
+from __future__ import annotations
+
+from numba import types
+from numba.extending import overload
+
+from . import abi
+
+SPAN = 128                     # a pending interrupt arrives within this many arrival points (a 16-deep walk has ~100)
+HANDLER_MAPS = 1               # mappings a handler holds at once
+MIN_INTERVAL_CYCLES = 1000     # the shortest mean gap between interrupts: about one handler's work
+STREAM = 1 << 32               # the interrupt generator of vCPU v is seeded as "vCPU" v + STREAM
+NO_TIMER = -1                  # p[P_IRQ_INTERVAL] for the interrupt loop with no timed arrivals (tests)
+
+
+def slots(cfg) -> int:
+    """Slots per vCPU an interrupt can need on top of the interrupted code's."""
+    return HANDLER_MAPS if getattr(cfg, "irq_rate", 0) > 0 else 0
+
+
+def max_rate(tsc_hz: float) -> int:
+    """The highest --irq-rate this host can time: one interrupt per MIN_INTERVAL_CYCLES cycles."""
+    return int(tsc_hz // MIN_INTERVAL_CYCLES)
+
+
+def interval_cycles(rate: float, tsc_hz: float) -> int:
+    """Mean cycles between two interrupts of one vCPU at ``rate`` per second; 0 when off."""
+    return int(tsc_hz / rate) if rate > 0 else 0
+
+
+def _off(irq) -> bool:
+    return isinstance(irq, (types.NoneType, types.Omitted))
+
+
+# The overloads below are compiled as functions of their own, and LLVM inlines them (an empty one
+# disappears). Inlined at numba's IR level instead (``inline="always"``), several copies in one
+# loop were mis-compiled: a design's refcount update was lost with interrupts off, and the TLB
+# never hit with them on (tests/test_shipped_loop.py and tests/test_native.py catch both).
+
+
+# --- what a variant's map and unmap and the operation loop call ------------------------------
+# Each is a Python function (what runs with NUMBA_DISABLE_JIT) and an overload for compiled code,
+# which is no code at all when ``irq`` is None.
+
+
+def irq_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
+    """An arrival point inside a variant's map or unmap."""
+    _arrive(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv, 1)
+
+
+def loop_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
+    """An arrival point of the operation loop, between the variant's operations."""
+    _arrive(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv, 0)
+
+
+def irq_save(irq, vrow, on=True):
+    """``local_irq_save`` (when ``on``: a negative control leaves it out): interrupts disabled until
+    the matching ``irq_restore``."""
+    if irq is not None and on:
+        vrow[abi.V_IRQ_OFF] += 1
+
+
+def irq_restore(irq, vrow, on=True):
+    """``local_irq_restore`` (when ``on``)."""
+    if irq is not None and on:
+        vrow[abi.V_IRQ_OFF] -= 1
+
+
+def irq_arm(irq, p, vrow):
+    """At an operation's start: make the next interrupt pending when the clock says it is due."""
+    if irq is not None and p[abi.P_IRQ_INTERVAL] > 0:
+        from .kernels import irq_due
+        irq_due(p, vrow)
+
+
+def irq_status(irq, vrow, status):
+    """``status``, or a failed handler's status when the operation itself went well."""
+    if irq is not None and status == abi.ST_OK and vrow[abi.V_IRQ_STATUS] != abi.ST_OK:
+        return vrow[abi.V_IRQ_STATUS]
+    return status
+
+
+def _arrive(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv, inside):
+    if irq is not None and vrow[abi.V_IRQ_PENDING] != 0:
+        from .kernels import irq_take
+        irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, irq[0], irq[1], inside)
+
+
+def _arrival(inside: int):
+    """The overload of an arrival point (``inside``: within a map or unmap)."""
+    def typer(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
+        if _off(irq):
+            return lambda irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv: None
+        from .kernels import irq_take     # kernels imports the variants, which import this module
+
+        def point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
+            if vrow[abi.V_IRQ_PENDING] != 0:
+                irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, irq[0], irq[1], inside)
+        return point
+    return typer
+
+
+def _depth(delta: int):
+    """The overload of irq_save (+1) or irq_restore (-1)."""
+    def typer(irq, vrow, on=True):
+        if _off(irq):
+            return lambda irq, vrow, on=True: None
+
+        def change(irq, vrow, on=True):
+            if on:
+                vrow[abi.V_IRQ_OFF] += delta
+        return change
+    return typer
+
+
+overload(irq_point)(_arrival(1))
+overload(loop_point)(_arrival(0))
+overload(irq_save)(_depth(1))
+overload(irq_restore)(_depth(-1))
+
+
+@overload(irq_arm)
+def _irq_arm(irq, p, vrow):
+    if _off(irq):
+        return lambda irq, p, vrow: None
+    from .kernels import irq_due
+
+    def arm(irq, p, vrow):
+        if p[abi.P_IRQ_INTERVAL] > 0:
+            irq_due(p, vrow)
+    return arm
+
+
+@overload(irq_status)
+def _irq_status(irq, vrow, status):
+    if _off(irq):
+        return lambda irq, vrow, status: status
+
+    def merged(irq, vrow, status):
+        if status == abi.ST_OK and vrow[abi.V_IRQ_STATUS] != abi.ST_OK:
+            return vrow[abi.V_IRQ_STATUS]
+        return status
+    return merged
