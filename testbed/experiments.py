@@ -39,7 +39,7 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     once per lock, labelled ``variant:lock``; variants without one run once.
     """
     if not locks:
-        return [(name, {"variant": name}) for name in variants]
+        return [(name, _own_fields(name, {"variant": name})) for name in variants]
     if not any(registry.get(name).locks for name in variants):
         with_locks = [f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks]
         raise UsageError(f"--lock {','.join(locks)}: none of {', '.join(variants)} has a lock; --lock applies to "
@@ -47,10 +47,16 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     out = []
     for name in variants:
         if registry.get(name).locks:
-            out += [(f"{name}:{lock}", {"variant": name, "lock": lock}) for lock in locks]
+            out += [(f"{name}:{lock}", _own_fields(name, {"variant": name, "lock": lock})) for lock in locks]
         else:
-            out.append((name, {"variant": name}))
+            out.append((name, _own_fields(name, {"variant": name})))
     return out
+
+
+def _own_fields(name: str, fields: dict) -> dict:
+    """A series' fields, with --dom-layout dropped for a variant that has one layout only: a command
+    that runs several variants applies it to those that take it."""
+    return fields if registry.get(name).dom_layouts else dict(fields, dom_layout=None)
 
 
 
