@@ -286,5 +286,5 @@ def _ov_rdtsc():
     return lambda: _rdtsc()
 
 
-__all__ = ["cas", "cpu_relax", "exchange", "fetch_add", "fetch_and", "fetch_or", "load_acquire", "lowest_bit", "rdtsc", "store_release",
-           "store_release_lo32"]
+__all__ = ["cas", "cpu_relax", "exchange", "fetch_add", "fetch_and", "fetch_or", "load_acquire", "lowest_bit", "rdtsc",
+           "store_release", "store_release_lo32"]

@@ -112,8 +112,9 @@ def test_same_counters_as_compiled_loop(nat, variant, workload, lock, layout, fr
     assert _differences(a, b) == [], f"{variant} {workload} {lock} {layout} {frames} frames: C and numba loops disagree"
 
 
-@pytest.mark.parametrize("variant,lock,layout", [(v.name, lock, layout) for v in registry.REAL
-                                                 for lock in (v.locks or (None,)) for layout in (v.dom_layouts or (None,))])
+@pytest.mark.parametrize("variant,lock,layout", [
+    (v.name, lock, layout) for v in registry.REAL for lock in (v.locks or (None,))
+    for layout in (v.dom_layouts or (None,))])
 def test_each_variants_own_loop_does_what_the_generic_loop_does(variant, lock, layout):
     """run_ops runs the variant's own compiled loop (its id a constant, the dispatch folded away);
     the loop that dispatches on p[P_VARIANT] at run time must leave the very same state.

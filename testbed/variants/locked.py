@@ -30,10 +30,15 @@ The lock, chosen with ``--lock`` (``LOCKS``; the kernel reads its index from
 ``p[P_LOCK]``):
 
 - ``ticket`` (default, Xen's): FIFO, PAUSE in the spin, no backoff, no
-  sleeping. Xen packs head and tail into the two halves of one 32-bit word;
-  here they are two 64-bit words on the same cache line (same coherence
-  traffic, and no 16-bit carry to handle). Every waiter spins on the one line
-  the holder writes when it releases.
+  sleeping. Every waiter spins on the one line the holder writes when it
+  releases. In the xen layout (below) head and tail are the two halves of one
+  64-bit word, as Xen packs ``{u16 head, tail}`` into one 32-bit word:
+  ``spin_lock`` is one fetch-and-add of 1 to the tail half, whose old value
+  holds the ticket and the head (equal: taken, no further load; else spin on
+  the head half); ``spin_unlock`` stores ticket + 1 into the head half alone
+  (Xen's ``add_sized(&head, 1)``), so the head wraps at 2**32 without carrying
+  into the tail. Tickets compare modulo 2**32. In the padded layout head and
+  tail are two words.
 - ``mcs`` (Mellor-Crummey and Scott): a queue of per-vCPU nodes ``{next,
   locked}``. A vCPU swaps its node into the tail; if there was a predecessor it
   links itself behind it and spins on its *own* node, which only its
@@ -58,6 +63,31 @@ since that stamp to ``S_HANDOFF_CYCLES`` and clears it, or, when it is the
 releaser itself taking the lock back ahead of the waiters (tas only: the queue
 locks cannot), counts ``S_LOCK_REACQ``. Both happen under the lock. The spread
 of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
+
+Domain layout, chosen with ``--dom-layout`` (``DOM_LAYOUTS``; the kernel
+reads its index from ``p[P_DOM_LAYOUT]`` and takes the offsets from
+``domain_words``, ``lock_word`` and ``owner_words`` once per map). Word 0 is
+the global TLB clock (``tlb.D_TLBCLOCK``) in both.
+
+- ``xen`` (default), as Xen's ``struct mapcache_domain``: ``cursor``, the lock
+  word, ``epoch`` and ``tlbflush_timestamp`` on one cache line (words 8..11:
+  ``X_CURSOR``, ``X_LOCK``, ``X_EPOCH``, ``X_TLBFLUSH_TS``), so the slow path's
+  critical section touches one shared line besides the bitmaps. The lock word
+  is the ticket word, or the mcs tail, or the tas word, whichever lock runs.
+  The owner word (stall reports) and the handoff stamps are the testbed's,
+  not Xen's: they sit on the next line (``X_LOCK_OWNER``, ``X_HANDOFF_TSC``,
+  ``X_HANDOFF_FROM``), so the hot line holds what Xen's does and nothing a
+  stall report or the handoff timing needs; the owner is written on every
+  acquisition and release (a stopped holder must be named even when nobody
+  waited), which under contention costs a store to a second line.
+- ``padded``: each group on a cache line of its own: the lock words (head
+  ``D_LOCK_HEAD``, tail ``D_LOCK_TAIL``, mcs tail, tas word, owner, handoff
+  stamps) on one, ``D_CURSOR``, ``D_EPOCH`` and ``D_TLBFLUSH_TS`` on one each.
+  Kept for comparison (``scripts/bench.py`` shows both).
+
+In both, the words only a contended lock touches stay on lines of their own:
+the tas waiter count (``D_TAS_WAITERS``) and the mcs nodes (``D_MCS_NODES``,
+one line per vCPU).
 
 Simplifications: no ``local_irq_save`` until simulated interrupts exist; the
 32-bit refcount is an int64 checked against 2**32 (a wrap is a refcount error).
