@@ -71,6 +71,8 @@ BAD = [
     (("--variant", "locked", "--lock", "nosuch"), "lock", "nosuch", ("ticket, mcs, tas",)),
     (("--json", "/nonexistent/dir/x.json"), "json", "/nonexistent/dir/x.json", ()),
     (("--refcount-wrap", "saturate"), "refcount-wrap", "saturate", ("stop, wrap",)),
+    (("--variant", "lockless", "--dom-layout", "xen"), "dom-layout", "xen", ("locked: xen, padded",)),
+    (("--variant", "locked", "--dom-layout", "tight"), "dom-layout", "tight", ("xen, padded",)),
 ]
 
 
