@@ -66,8 +66,9 @@ of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
 
 Domain layout, chosen with ``--dom-layout`` (``DOM_LAYOUTS``; the kernel
 reads its index from ``p[P_DOM_LAYOUT]`` and takes the offsets from
-``domain_words``, ``lock_word`` and ``owner_words`` once per map). Word 0 is
-the global TLB clock (``tlb.D_TLBCLOCK``) in both.
+``domain_words`` once per map and from ``lock_word`` and ``owner_words`` in
+``acquire`` and ``release``; ``dom_words`` lists them by name for Python).
+Word 0 is the global TLB clock (``tlb.D_TLBCLOCK``) in both.
 
 - ``xen`` (default), as Xen's ``struct mapcache_domain``: ``cursor``, the lock
   word, ``epoch`` and ``tlbflush_timestamp`` on one cache line (words 8..11:
