@@ -65,9 +65,10 @@ locks cannot), counts ``S_LOCK_REACQ``. Both happen under the lock. The spread
 of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
 
 Domain layout, chosen with ``--dom-layout`` (``DOM_LAYOUTS``; the kernel
-reads its index from ``p[P_DOM_LAYOUT]`` and takes the offsets from
-``domain_words`` once per map and from ``lock_word`` and ``owner_words`` in
-``acquire`` and ``release``; ``dom_words`` lists them by name for Python).
+reads its index from ``p[P_DOM_LAYOUT]``; ``map_slow``, the slow path, is
+inlined once per layout with the layout a constant, so ``domain_words`` folds
+into it, and ``acquire`` and ``release`` take their words from ``lock_word``
+and ``owner_words``; ``dom_words`` lists them all by name for Python).
 Word 0 is the global TLB clock (``tlb.D_TLBCLOCK``) in both.
 
 - ``xen`` (default), as Xen's ``struct mapcache_domain``: ``cursor``, the lock
@@ -459,10 +460,25 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv):
             srow[abi.S_REFCNT_ERR] += 1
             return -abi.ST_REFCOUNT
         return abi.MAPCACHE_VA + vrow[nonneg(hi + b)]
+    # The slow path, inlined once per layout with the layout a constant, so that its offsets fold
+    # into the code: the choice costs this one branch (taken from p at run time, it cost 1.5 ns a map).
+    if p[abi.P_DOM_LAYOUT] == LAYOUT_XEN:
+        return map_slow(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, LAYOUT_XEN)
+    return map_slow(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, LAYOUT_PADDED)
 
+
+@inline_kernel
+def map_slow(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, layout):
+    """``map_page`` past a hash miss, the domain words laid out as ``layout`` (LAYOUT_*)."""
+    h = p[abi.P_HASH]
+    slots = p[abi.P_SLOTS]
+    fault = p[abi.P_FAULT]
+    hm = V_HASH
+    hi = V_HASH + h
+    hr = V_HASH + 2 * h
+    b = mfn & (h - 1)
     nolock = (fault & FAULT_NO_LOCK) != 0
     kind = p[abi.P_LOCK]
-    layout = p[abi.P_DOM_LAYOUT]
     d_cursor, d_epoch, d_tlbflush_ts = domain_words(layout)
     my = 0
     if not nolock:
