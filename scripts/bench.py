@@ -4,8 +4,12 @@
 Prints, from real runs of the harness (pinned worker processes):
 
 1. nanoseconds per operation on one vCPU for each variant, TLB cost model off,
-   uniform workload: the median of --repeat runs, and its ratio to directmap;
-2. directmap throughput on 1 vCPU and on all physical cores, and the scaling
+   uniform workload: the median of --repeat runs, and its ratio to directmap
+   (locked once per lock and layout of its domain words, ``--dom-layout``);
+2. locked on 2 vCPUs contending for its lock, each lock in both layouts of its
+   domain words: ops/s, the median of --repeat runs, layouts interleaved, and
+   the median of the per-round ratios xen / padded;
+3. directmap throughput on 1 vCPU and on all physical cores, and the scaling
    efficiency all-core / (N x one-vCPU), each the median of --repeat runs, for
    the memory-bound uniform workload and for the compute-bound guest workload
    (which shows what the harness itself allows).
@@ -14,7 +18,7 @@ All figures of one invocation come from the same machine in the same minute;
 compare ratios, not absolute times, across invocations.
 
 With ``--vs-c`` it prints instead, for every design of the registry (locked
-under each of its locks) and frame count, the compiled
+under each of its locks, in each layout) and frame count, the compiled
 loop against the same loop in C (``testbed/csrc/testbed_op.c``, built with the
 system compiler): ns per operation of both and their ratio, this process pinned
 to one CPU, cost model off, uniform workload. A round times three calls of
@@ -41,27 +45,19 @@ def ops_per_s(**kw) -> float:
     return res["totals"]["ops_per_s"]
 
 
-def kernel_ns(names, frames: int, repeat: int, n: int = 2_000_000) -> dict:
+def kernel_ns(rows, frames: int, repeat: int, n: int = 2_000_000) -> dict:
     """ns per operation of the compiled loop alone, in this process (no harness, no pinning),
-    variants interleaved; the median of ``repeat`` calls of ``n`` operations each."""
+    rows (``with_locks``) interleaved; the median of ``repeat`` calls of ``n`` operations each."""
     import time
 
-    from testbed import abi, config, kernels, tlb
+    from testbed import kernels
 
     setups = {}
-    for name in names:
-        cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
-                                        cost_walk=0, cost_refill=0))
-        p = config.params(cfg)
-        p[abi.P_CHUNK_CYCLES] = 1 << 62
-        layout = harness.build_layout(cfg)
-        views = layout.views(bytearray(layout.size))
-        harness.init_state(views, cfg)
-        args = abi.kernel_args(views, p, tlb.make_tlb(cfg.tlb_entries // cfg.tlb_ways, cfg.tlb_ways),
-                                   kernels.seed_state(1, 0))
+    for name, lock, layout in rows:
+        args = _loop_args(name, frames, lock, layout)
         kernels.run_ops(1000, 0, *args)
-        setups[name] = args
-    times = {name: [] for name in names}
+        setups[label(name, lock, layout)] = args
+    times = {name: [] for name in setups}
     for _ in range(repeat):
         for name, args in setups.items():
             t0 = time.perf_counter()
@@ -74,25 +70,54 @@ def frames_given(argv) -> bool:
     return any(a == "--frames" or a.startswith("--frames=") for a in argv)
 
 
-def _loop_args(name: str, frames: int, lock: str | None = None):
+def _loop_args(name: str, frames: int, lock: str | None = None, layout: str | None = None):
     """Fresh arrays for one vCPU of ``name``, cost model off, no time budget (kernel_args order)."""
     from testbed import abi, config
 
     cfg = config.validate(RunConfig(variant=name, vcpus=1, frames=frames, cost_flush_one=0, cost_flush_all=0,
-                                    cost_walk=0, cost_refill=0, lock=lock))
+                                    cost_walk=0, cost_refill=0, lock=lock, dom_layout=layout))
     p = config.params(cfg)
     p[abi.P_CHUNK_CYCLES] = 1 << 62
     return harness.private_state(cfg, p)[2]
 
 
 PAIRS = 3     # --vs-c: calls of each loop per round
+SECTIONS = ("kernel", "contended", "harness", "scaling")
 
 
 def with_locks(names):
-    """(variant, lock) for each name, a variant with locks once per lock (lock None for the others)."""
+    """(variant, lock, layout) for each name: a variant with locks once per lock, and with layouts of
+    its domain words once per layout (None for the others)."""
     from testbed import variants as registry
 
-    return [(name, lock) for name in names for lock in (registry.VARIANTS[name].locks or (None,))]
+    return [(name, lock, layout) for name in names for lock in (registry.VARIANTS[name].locks or (None,))
+            for layout in (registry.VARIANTS[name].dom_layouts or (None,))]
+
+
+def label(name: str, lock: str | None, layout: str | None) -> str:
+    """A row's name: ``locked/ticket/xen``, or the variant alone."""
+    return "/".join(x for x in (name, lock, layout) if x)
+
+
+def contended(repeat: int, common: dict) -> None:
+    """locked on 2 vCPUs through the harness, each lock in both layouts, interleaved per round."""
+    from testbed import variants as registry
+
+    v = registry.VARIANTS["locked"]
+    print(f"\n# locked, 2 pinned vCPUs contending for the lock, cost model off, median of {repeat} runs of "
+          f"{common['duration']} s (layouts interleaved); ratio: median of the rounds' xen / padded")
+    for lock in v.locks:
+        runs = {layout: [] for layout in v.dom_layouts}
+        for s in range(1, repeat + 1):
+            for layout in (v.dom_layouts if s % 2 else v.dom_layouts[::-1]):
+                runs[layout].append(ops_per_s(variant="locked", vcpus=2, seed=s, lock=lock, dom_layout=layout,
+                                              **common))
+        ratios = [x / p for x, p in zip(runs["xen"], runs["padded"])]
+        for layout in v.dom_layouts:
+            r = runs[layout]
+            print(f"{label('locked', lock, layout):22} {statistics.median(r):14,.0f} ops/s   "
+                  f"[{min(r):,.0f}-{max(r):,.0f}]")
+        print(f"{'':22} xen / padded {statistics.median(ratios):.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
 
 
 def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> int:
@@ -125,15 +150,15 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
           f"~{call_ms:g} ms a call;")
     print("# a round's ns/op: each loop's fastest call; figures: median over rounds; "
           "ratio = numba / C per round, median [min-max]")
-    print(f"{'frames':>6} {'variant':14} {'numba ns/op':>12} {'C ns/op':>9} {'ratio':>7}   spread")
+    print(f"{'frames':>6} {'variant':22} {'numba ns/op':>12} {'C ns/op':>9} {'ratio':>7}   spread")
     rows = []
     for frames in frame_counts:
-        for name, lock in with_locks(names):
-            label = f"{name}/{lock}" if lock else name
+        for name, lock, layout in with_locks(names):
+            row = label(name, lock, layout)
             # Both loops run on the same arrays, one after the other, each going on from the
             # state the other left (they do the same work): the same physical pages, so the
             # same cache-set conflicts for both.
-            ours = _loop_args(name, frames, lock)
+            ours = _loop_args(name, frames, lock, layout)
             c_run = nat.bind(*ours)
 
             def jit_run(n, ours=ours):
@@ -159,14 +184,14 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
                         st = f(n)
                         best[f] = min(best[f], (time.perf_counter() - t0) / n * 1e9)
                         if st != 0:
-                            print(f"bench: {label} stopped with status {st}", file=sys.stderr)
+                            print(f"bench: {row} stopped with status {st}", file=sys.stderr)
                             return 1
                 jit_ns.append(best[jit_run])
                 c_ns.append(best[c_call])
                 ratios.append(jit_ns[-1] / c_ns[-1])
             j, c, q = statistics.median(jit_ns), statistics.median(c_ns), statistics.median(ratios)
-            rows.append((frames, label, j, c, q))
-            print(f"{frames:>6} {label:14} {j:12.1f} {c:9.1f} {q:6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
+            rows.append((frames, row, j, c, q))
+            print(f"{frames:>6} {row:22} {j:12.1f} {c:9.1f} {q:6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
     nat.close()
     worst = max(rows, key=lambda r: r[4])
     print(f"# worst: {worst[1]} at {worst[0]} frames, {worst[4]:.2f}x")
@@ -183,10 +208,12 @@ def main() -> int:
                          "mapping work rather than this host's memory system)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated variants (default: directmap,locked,lockless; with --vs-c every design "
-                         "of the registry, locked under each of its locks)")
+                         "of the registry; locked under each of its locks, in each layout of its domain words)")
     ap.add_argument("--vs-c", action="store_true",
                     help="instead: the compiled loop against the same loop in C, at 256 and 4096 frames "
                          "(or --frames when given)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to print, of {','.join(SECTIONS)} (default: all)")
     ap.add_argument("--cpu", type=int, default=None, help="--vs-c: the CPU to pin to (default: the last allowed)")
     ap.add_argument("--call-ms", type=float, default=15.0, help="--vs-c: about how long one timed call runs")
     args = ap.parse_args()
@@ -204,43 +231,51 @@ def main() -> int:
             ap.error(f"--variants: unknown variant {name!r}; choose from {','.join(registry.VARIANTS)}")
     if args.repeat < 1:
         ap.error("--repeat: must be at least 1")
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if not only or any(x not in SECTIONS for x in only):
+        ap.error(f"--only {args.only!r}: name sections among {','.join(SECTIONS)}")
     if args.vs_c:
         frame_counts = (args.frames,) if frames_given(sys.argv) else (256, 4096)
         return vs_c(names, frame_counts, args.repeat, args.cpu, args.call_ms)
     common = dict(duration=args.duration, warmup=args.warmup, frames=args.frames,
                   cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0)
 
-    print(f"# compiled loop alone, in-process, cost model off, {args.frames} frames, median of {2 * args.repeat + 1} "
-          f"calls of 2M operations (variants interleaved)")
-    kn = kernel_ns(names, args.frames, 2 * args.repeat + 1)
-    for name in names:
-        ratio = f"{kn[name] / kn['directmap']:.2f}x directmap" if "directmap" in kn else ""
-        print(f"{name:12} {kn[name]:8.1f} ns/op   {ratio}")
+    if "kernel" in only:
+        print(f"# compiled loop alone, in-process, cost model off, {args.frames} frames, "
+              f"median of {2 * args.repeat + 1} calls of 2M operations (variants interleaved)")
+        kn = kernel_ns(with_locks(names), args.frames, 2 * args.repeat + 1)
+        for row, ns_op in kn.items():
+            ratio = f"{ns_op / kn['directmap']:.2f}x directmap" if "directmap" in kn else ""
+            print(f"{row:22} {ns_op:8.1f} ns/op   {ratio}")
 
-    print(f"\n# through the harness: 1 pinned vCPU, cost model off, median of {args.repeat} runs of "
-          f"{args.duration} s (variants interleaved)")
-    runs = {name: [] for name in names}
-    for s in range(1, args.repeat + 1):
-        for name in names:
-            runs[name].append(1e9 / ops_per_s(variant=name, vcpus=1, seed=s, **common))
-    ns = {name: statistics.median(r) for name, r in runs.items()}
-    for name in names:
-        spread = (max(runs[name]) - min(runs[name])) / 2 / ns[name] * 100
-        ratio = f"{ns[name] / ns['directmap']:.2f}x directmap" if "directmap" in ns else ""
-        print(f"{name:12} {ns[name]:8.1f} ns/op   +/-{spread:5.1f}%   {ratio}")
-
-    topo = host_topology()
-    n = topo.physical_in(allowed_cpus(topo, None))
-    for workload in ("uniform", "guest"):
-        print(f"\n# directmap scaling, {workload} workload, 1 and {n} vCPUs (one per physical core), "
-              f"median of {args.repeat} runs, 1 and {n} vCPUs alternating")
-        ones, alls = [], []
+    if "contended" in only and "locked" in names:
+        contended(args.repeat, common)
+    if "harness" in only:
+        print(f"\n# through the harness: 1 pinned vCPU, cost model off, median of {args.repeat} runs of "
+              f"{args.duration} s (variants interleaved)")
+        runs = {name: [] for name in names}
         for s in range(1, args.repeat + 1):
-            ones.append(ops_per_s(variant="directmap", vcpus=1, seed=s, workload=workload, **common))
-            alls.append(ops_per_s(variant="directmap", vcpus=n, seed=s, workload=workload, **common))
-        one, alln = statistics.median(ones), statistics.median(alls)
-        print(f"1 vCPU   {one:14,.0f} ops/s")
-        print(f"{n} vCPUs  {alln:14,.0f} ops/s   linear {n * one:14,.0f}   efficiency {alln / (n * one):.3f}")
+            for name in names:
+                runs[name].append(1e9 / ops_per_s(variant=name, vcpus=1, seed=s, **common))
+        ns = {name: statistics.median(r) for name, r in runs.items()}
+        for name in names:
+            spread = (max(runs[name]) - min(runs[name])) / 2 / ns[name] * 100
+            ratio = f"{ns[name] / ns['directmap']:.2f}x directmap" if "directmap" in ns else ""
+            print(f"{name:12} {ns[name]:8.1f} ns/op   +/-{spread:5.1f}%   {ratio}")
+
+    if "scaling" in only:
+        topo = host_topology()
+        n = topo.physical_in(allowed_cpus(topo, None))
+        for workload in ("uniform", "guest"):
+            print(f"\n# directmap scaling, {workload} workload, 1 and {n} vCPUs (one per physical core), "
+                  f"median of {args.repeat} runs, 1 and {n} vCPUs alternating")
+            ones, alls = [], []
+            for s in range(1, args.repeat + 1):
+                ones.append(ops_per_s(variant="directmap", vcpus=1, seed=s, workload=workload, **common))
+                alls.append(ops_per_s(variant="directmap", vcpus=n, seed=s, workload=workload, **common))
+            one, alln = statistics.median(ones), statistics.median(alls)
+            print(f"1 vCPU   {one:14,.0f} ops/s")
+            print(f"{n} vCPUs  {alln:14,.0f} ops/s   linear {n * one:14,.0f}   efficiency {alln / (n * one):.3f}")
     return 0
 
 

@@ -51,6 +51,7 @@ P_TSC_KHZ = 27         # cycle-counter ticks per millisecond
 P_CHECK_EVERY_OP = 28  # 1: read the clock after every operation (a variant with a lock under --sched host)
 P_LOCK = 29            # which of the variant's locks (its LOCKS, by index): --lock
 P_COST_REFILL = 30     # guest accesses after a full flush that each pay a walk (--cost-refill)
+P_DOM_LAYOUT = 31      # which of the variant's domain-word layouts (its DOM_LAYOUTS, by index): --dom-layout
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
 P_IRQ_INTERVAL = 34    # --irq-rate: mean cycles between simulated interrupts of one vCPU; 0: none
 # 35..39: free

@@ -101,6 +101,21 @@ def _store_release(typingctx, ary, idx, val):
 
 
 @intrinsic
+def _store_release_lo32(typingctx, ary, idx, val):
+    if not (_ok(ary, idx, val) and ary.dtype.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        lo = builder.bitcast(ptr, ir.IntType(32).as_pointer())      # x86-64 is little-endian: the low half first
+        v = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), ir.IntType(32))
+        builder.store_atomic(v, lo, "release", 4)
+        return context.get_dummy_value()
+
+    return types.void(ary, idx, val), codegen
+
+
+@intrinsic
 def _pause(typingctx):
     def codegen(context, builder, signature, args):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
@@ -195,6 +210,14 @@ def store_release(a, i, v):
     a[i] = v
 
 
+def store_release_lo32(a, i, v):
+    """Write the low 32 bits of the 64-bit word a[i] with release ordering, its high half untouched
+    (a plain 4-byte ``mov``): how the holder of a ticket lock with head and tail in one word moves
+    the head without touching the tail, as Xen's ``add_sized(&lock->tickets.head, 1)`` does."""
+    with _RMW:
+        a[i] = (int(a[i]) & ~0xFFFFFFFF) | (int(v) & 0xFFFFFFFF)
+
+
 def cpu_relax():
     """PAUSE, for the body of spin loops."""
 
@@ -241,6 +264,12 @@ def _ov_store(a, i, v):
         return lambda a, i, v: _store_release(a, i, v)
 
 
+@overload(store_release_lo32)
+def _ov_store_lo32(a, i, v):
+    if _ok(a, i, v) and a.dtype.bitwidth == 64:
+        return lambda a, i, v: _store_release_lo32(a, i, v)
+
+
 @overload(cpu_relax)
 def _ov_relax():
     return lambda: _pause()
@@ -257,4 +286,5 @@ def _ov_rdtsc():
     return lambda: _rdtsc()
 
 
-__all__ = ["cas", "cpu_relax", "exchange", "fetch_add", "fetch_and", "fetch_or", "load_acquire", "lowest_bit", "rdtsc", "store_release"]
+__all__ = ["cas", "cpu_relax", "exchange", "fetch_add", "fetch_and", "fetch_or", "load_acquire", "lowest_bit", "rdtsc",
+           "store_release", "store_release_lo32"]

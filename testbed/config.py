@@ -102,6 +102,10 @@ class RunConfig:
     lock: str | None = option(None, "--lock: one of the variant's LOCKS; default its first", cli=False)
     irq_rate: float = option(0.0, "simulated interrupts per second per vCPU, each mapping a page inside whatever "
                              "the vCPU does (0: off)")
+    dom_layout: str | None = option(
+        None, "where the domain's shared words sit, for a variant that lays them out more than one way: 'xen' as "
+        "Xen's struct mapcache_domain (cursor, lock, epoch and TLB stamp on one cache line, the ticket lock one "
+        "head/tail word) or 'padded' (each on a line of its own); default the variant's first", metavar="{xen,padded}")
     refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
                                 "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
@@ -114,6 +118,7 @@ class RunConfig:
             working_set=self.working_set if self.working_set is not None else self.frames,
             nest=self.nest if self.nest is not None else default_nest(self.workload, self.levels),
             lock=self.lock if self.lock is not None or not v.locks else v.locks[0],
+            dom_layout=self.dom_layout if self.dom_layout is not None or not v.dom_layouts else v.dom_layouts[0],
         )
 
     def as_dict(self) -> dict:
@@ -176,6 +181,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UsageError(f"--lock {cfg.lock}: variant {v.name} has no lock; --lock applies to "
                              f"{'; '.join(with_locks)}")
         raise UsageError(f"--lock {cfg.lock}: unknown lock for {v.name}; choose one of: {', '.join(v.locks)}")
+    if cfg.dom_layout is not None and cfg.dom_layout not in v.dom_layouts:
+        with_layouts = "; ".join(f"{w.name}: {', '.join(w.dom_layouts)}" for w in registry.REAL if w.dom_layouts)
+        if not v.dom_layouts:
+            raise UsageError(f"--dom-layout {cfg.dom_layout}: variant {v.name} has one layout of its domain words; "
+                             f"--dom-layout applies to {with_layouts}")
+        raise UsageError(f"--dom-layout {cfg.dom_layout}: unknown layout for {v.name}; choose one of: "
+                         f"{', '.join(v.dom_layouts)}")
     if cfg.refcount_wrap not in REFCOUNT_WRAP:
         raise UsageError(f"--refcount-wrap {cfg.refcount_wrap!r}: choose one of: {', '.join(REFCOUNT_WRAP)} "
                          "(stop: a wrapped 8-bit refcount ends the run; wrap: it wraps as the seed's uint8_t does)")
@@ -259,6 +271,7 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_VARIANT] = v.vid
     p[abi.P_FAULT] = v.fault
     p[abi.P_LOCK] = v.locks.index(cfg.lock) if v.locks else 0
+    p[abi.P_DOM_LAYOUT] = v.dom_layouts.index(cfg.dom_layout) if v.dom_layouts else 0
     p[abi.P_REFCOUNT_WRAP] = int(cfg.refcount_wrap == "wrap")
     p[abi.P_FRAME_WORDS] = abi.frame_words(cfg.vcpus)
     p[abi.P_SLOTS] = cfg.vcpus * cfg.entries

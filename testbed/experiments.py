@@ -39,7 +39,7 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     once per lock, labelled ``variant:lock``; variants without one run once.
     """
     if not locks:
-        return [(name, {"variant": name}) for name in variants]
+        return [(name, _own_fields(name, {"variant": name})) for name in variants]
     if not any(registry.get(name).locks for name in variants):
         with_locks = [f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks]
         raise UsageError(f"--lock {','.join(locks)}: none of {', '.join(variants)} has a lock; --lock applies to "
@@ -47,10 +47,16 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     out = []
     for name in variants:
         if registry.get(name).locks:
-            out += [(f"{name}:{lock}", {"variant": name, "lock": lock}) for lock in locks]
+            out += [(f"{name}:{lock}", _own_fields(name, {"variant": name, "lock": lock})) for lock in locks]
         else:
-            out.append((name, {"variant": name}))
+            out.append((name, _own_fields(name, {"variant": name})))
     return out
+
+
+def _own_fields(name: str, fields: dict) -> dict:
+    """A series' fields, with --dom-layout dropped for a variant that has one layout only: a command
+    that runs several variants applies it to those that take it."""
+    return fields if registry.get(name).dom_layouts else dict(fields, dom_layout=None)
 
 
 
@@ -206,27 +212,59 @@ def compare_sweep(base: RunConfig, option: str, values: list[int], **kw) -> dict
     return results.envelope("compare", dataclasses.replace(base, **{field: values[0]}), body)
 
 
+def _apart(r1: dict, r2: dict, scope: str) -> bool:
+    """Two designs' drops differ by more than the sum of their spreads (``compare``'s MAD over the
+    repetitions): an ordering of the two that this cell can vouch for."""
+    key, skey = f"{scope}_drop_pct", f"{scope}_spread_pct"
+    d1, d2, s1, s2 = r1.get(key), r2.get(key), r1.get(skey), r2.get(skey)
+    if d1 is None or d2 is None or s1 is None or s2 is None:
+        return False
+    return abs(d1 - d2) > s1 + s2
+
+
 def sweep_verdict(option: str, values: list[int], tables: list[list[dict]]) -> list[str]:
-    """Per scope, where the ordering of the designs (least drop first) changes along the sweep, if it does."""
+    """Per scope, where the ordering of the designs (least drop first) changes along the sweep, if it does.
+
+    A change of order between two designs from one value to the next counts as a flip only when
+    at both values their drops differ by more than the sum of their spreads; a change inside the
+    spreads at either value is reported as such, not as a flip.
+    """
     out = []
     for scope in ("single", "multi"):
         key = f"{scope}_drop_pct"
         orders = [[r["variant"] for r in sorted(rows, key=lambda r: r[key])] for rows in tables]
-        drops = [{r["variant"]: r[key] for r in rows} for rows in tables]
-        flips = []
+        by_name = [{r["variant"]: r for r in rows} for rows in tables]
+        flips, within = [], []
         for i in range(1, len(values)):
             before, after = orders[i - 1], orders[i]
             pairs = [(a, b) for j, a in enumerate(before) for b in before[j + 1:] if after.index(a) > after.index(b)]
             for a, b in pairs:
-                flips.append(f"between {option}={values[i - 1]} and {values[i]}: {a} ahead of {b} "
-                             f"({drops[i - 1][a]:+.2f}% vs {drops[i - 1][b]:+.2f}%), then {b} ahead of {a} "
-                             f"({drops[i][b]:+.2f}% vs {drops[i][a]:+.2f}%)")
+                r0, r1 = by_name[i - 1], by_name[i]
+                text = (f"between {option}={values[i - 1]} and {values[i]}: {a} ahead of {b} "
+                        f"({_pm(r0[a], scope)} vs {_pm(r0[b], scope)}), then {b} ahead of {a} "
+                        f"({_pm(r1[b], scope)} vs {_pm(r1[a], scope)})")
+                if _apart(r0[a], r0[b], scope) and _apart(r1[a], r1[b], scope):
+                    flips.append(text)
+                else:
+                    within.append(text)
         if flips:
-            out.append(f"{scope}-core: the ordering flips " + "; ".join(flips))
+            line = f"{scope}-core: the ordering flips " + "; ".join(flips)
+            if within:
+                line += "; and, within the spreads there (not a flip), " + "; ".join(within)
+            out.append(line)
+        elif within:
+            out.append(f"{scope}-core: no flip beyond the spreads: the ordering changes only within the spreads, "
+                       + "; ".join(within))
         else:
             out.append(f"{scope}-core: no flip: the same ordering at every {option} "
                        f"({', '.join(orders[0])}, least drop first)")
     return out
+
+
+def _pm(row: dict, scope: str) -> str:
+    """A row's drop and its spread, e.g. ``+6.00% +/- 0.40``."""
+    spread = row.get(f"{scope}_spread_pct")
+    return f"{row[f'{scope}_drop_pct']:+.2f}%" + (f" +/- {spread:.2f}" if spread is not None else "")
 
 
 def allowed_cpu_count(base: RunConfig) -> int:

@@ -5,10 +5,10 @@ numba, on the same arrays. ``load()`` compiles it with the system C compiler
 into a private temporary directory (nothing is written into the source tree)
 and returns a callable with ``run_ops``'s signature. ``scripts/bench.py
 --vs-c`` times the two side by side; ``tests/test_native.py`` checks that they
-leave the same counters. The port names its variant ids and locked's lock
-indices; ``Native`` refuses to load one whose names disagree with the
-registry's (``variants.MODULES`` order, ``locked.LOCKS``), so that an id never
-runs another design in C.
+leave the same counters. The port names its variant ids and locked's lock and
+domain-layout indices; ``Native`` refuses to load one whose names disagree with
+the registry's (``variants.MODULES`` order, ``locked.LOCKS``,
+``locked.DOM_LAYOUTS``), so that an id never runs another design in C.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class Native:
             self._dir.cleanup()
             raise NoCompiler(f"{cc} could not build {SOURCE.name}: {res.stderr.strip().splitlines()[-1:]}")
         self._lib = ctypes.CDLL(lib)
-        for symbol, want in (("testbed_variants", variant_names()), ("testbed_locks", lock_names())):
+        for symbol, want in (("testbed_variants", variant_names()), ("testbed_locks", lock_names()),
+                             ("testbed_dom_layouts", dom_layout_names())):
             have = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(self._lib, symbol))).decode()
             if have != want:
                 self._dir.cleanup()
@@ -121,6 +122,13 @@ def lock_names() -> str:
     from .variants import locked
 
     return ",".join(locked.LOCKS)
+
+
+def dom_layout_names() -> str:
+    """locked's domain-word layouts by index (the C port's ``testbed_dom_layouts``)."""
+    from .variants import locked
+
+    return ",".join(locked.DOM_LAYOUTS)
 
 
 def _check(name: str, a: np.ndarray, ndim: int) -> None:

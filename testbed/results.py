@@ -28,7 +28,8 @@ Schema history (bump SCHEMA on any change a reader must know about):
   null); the scale CSV ends each row with "partial".
   Also in 2, added keys only (what the checks are is ``testbed/oracle.py``):
   checks held_stale_translations and reused_held_slots, the same in totals
-  with held_rechecks, config refcount_wrap.
+  with held_rechecks, config refcount_wrap, config dom_layout (the layout of
+  a variant's domain words, --dom-layout; null for a variant with one).
   Also in 2, added keys only: "irq" in a run (simulated interrupts taken,
   inside a map or unmap, deferred, and the handlers' nested maps; null without
   --irq-rate), config irq_rate, totals and per vCPU irq_taken, irq_inside,

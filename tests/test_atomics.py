@@ -18,7 +18,7 @@ from testbed.shared import Arena, Field, Layout
 from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
 from testbed import abi
 from testbed.variants import locked
-from testbed.variants.locked import D_LOCK_HEAD, D_LOCK_TAIL, lock, unlock
+from testbed.variants.locked import X_LOCK, lock, ticket_halves, unlock
 
 from conftest import REPO, cli_env, segments_owned_by
 
@@ -146,7 +146,7 @@ def test_fallback_mode_runs_a_kernel_without_the_jit():
         from numba.core import config
         assert config.DISABLE_JIT
         from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
-        from testbed.variants.locked import D_LOCK_HEAD, D_LOCK_TAIL, lock, unlock
+        from testbed.variants.locked import X_LOCK, lock, ticket_halves, unlock
         from testbed import abi
         three = len(inspect.signature(getattr(lock, "py_func", lock)).parameters) >= 3
 
@@ -170,7 +170,8 @@ def test_fallback_mode_runs_a_kernel_without_the_jit():
         a = np.zeros(8, np.int64); a[3] = 7
         dom = np.zeros(64, np.int64); srow = np.zeros(abi.N_STATS, np.int64)
         t = k(a, dom, srow, 10)
-        print(a.tolist(), int(dom[D_LOCK_HEAD]), int(dom[D_LOCK_TAIL]), int(srow[abi.S_LOCK_ACQ]), t > 0)
+        head, tail = ticket_halves(dom[X_LOCK])
+        print(a.tolist(), int(head), int(tail), int(srow[abi.S_LOCK_ACQ]), t > 0)
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=cli_env({"NUMBA_DISABLE_JIT": "1"}))
@@ -233,7 +234,7 @@ def test_fallback_fetch_add_is_atomic_across_forked_processes():
 LAYOUT = Layout((
     Field("ctr", "int64", (8,)),          # the shared counter, alone on its line
     Field("sync", "int64", (8,)),         # start barrier
-    Field("dom", "int64", (DOM_WORDS,)),        # ticket lock words (D_LOCK_HEAD, D_LOCK_TAIL)
+    Field("dom", "int64", (DOM_WORDS,)),        # the ticket lock's word (X_LOCK: head and tail)
     Field("times", "int64", (2, 2), per_vcpu=True),    # per process: loop start, loop end (TSC)
     Field("srow", "int64", (2, N_STATS), per_vcpu=True),
 ))
@@ -320,7 +321,7 @@ def run_pair(kind: int, n: int) -> dict:
         overlap = min(t[1] for t in times) - max(t[0] for t in times)
         shortest = min(t[1] - t[0] for t in times)
         return {"count": int(v["ctr"][0]), "times": times, "overlap": overlap, "shortest": max(shortest, 1),
-                "head": int(v["dom"][D_LOCK_HEAD]), "tail": int(v["dom"][D_LOCK_TAIL]),
+                "head": int(ticket_halves(v["dom"][X_LOCK])[0]), "tail": int(ticket_halves(v["dom"][X_LOCK])[1]),
                 "contended": int(v["srow"][:, abi.S_LOCK_CONTENDED].sum())}
     finally:
         for p in procs:

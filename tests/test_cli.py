@@ -75,6 +75,8 @@ BAD = [
     (("--variant", "kmap-local", "--irq-rate", "1000"), "entries", "16", ("interrupt handler", "17")),
     (("--json", "/nonexistent/dir/x.json"), "json", "/nonexistent/dir/x.json", ()),
     (("--refcount-wrap", "saturate"), "refcount-wrap", "saturate", ("stop, wrap",)),
+    (("--variant", "lockless", "--dom-layout", "xen"), "dom-layout", "xen", ("locked: xen, padded",)),
+    (("--variant", "locked", "--dom-layout", "tight"), "dom-layout", "tight", ("xen, padded",)),
 ]
 
 

@@ -82,8 +82,9 @@ def test_bad_sweep_is_refused_in_one_line(text, words):
     assert "--sweep" in r.stderr and words in r.stderr, r.stderr
 
 
-def _rows(**drops):
-    return [{"variant": v, "single_drop_pct": s, "multi_drop_pct": m} for v, (s, m) in drops.items()]
+def _rows(spread=0.5, **drops):
+    return [{"variant": v, "single_drop_pct": s, "multi_drop_pct": m, "single_spread_pct": spread,
+             "multi_spread_pct": spread} for v, (s, m) in drops.items()]
 
 
 def test_sweep_verdict_names_the_flip():
@@ -91,9 +92,33 @@ def test_sweep_verdict_names_the_flip():
     tables = [_rows(locked=(5.0, 30.0), lockless=(10.0, 20.0)), _rows(locked=(6.0, 31.0), lockless=(9.0, 20.0)),
               _rows(locked=(8.0, 30.0), lockless=(4.0, 21.0))]
     single, multi = experiments.sweep_verdict("cost-flush-one", [50, 200, 800], tables)
-    assert single.startswith("single-core: the ordering flips between cost-flush-one=200 and 800: "
-                             "locked ahead of lockless (+6.00% vs +9.00%), then lockless ahead of locked")
+    assert single == ("single-core: the ordering flips between cost-flush-one=200 and 800: locked ahead of lockless "
+                      "(+6.00% +/- 0.50 vs +9.00% +/- 0.50), then lockless ahead of locked "
+                      "(+4.00% +/- 0.50 vs +8.00% +/- 0.50)")
     assert multi == "multi-core: no flip: the same ordering at every cost-flush-one (lockless, locked, least drop first)"
+
+
+def test_sweep_verdict_weighs_the_spreads():
+    """The same medians as above with spreads larger than the gaps: no flip, the change said to be within
+    the spreads. A flip counts only when the gap beats the spreads at both values: with small spreads at
+    200 and big ones at 800, still no flip.
+
+    Mutation tried: ``return abs(d1 - d2) > 0`` in ``_apart`` (spreads ignored): the flip is reported again.
+    """
+    medians = [dict(locked=(5.0, 30.0), lockless=(10.0, 20.0)), dict(locked=(6.0, 31.0), lockless=(9.0, 20.0)),
+               dict(locked=(8.0, 30.0), lockless=(4.0, 21.0))]
+    tables = [_rows(spread=3.0, **m) for m in medians]
+    single, multi = experiments.sweep_verdict("cost-flush-one", [50, 200, 800], tables)
+    assert single.startswith("single-core: no flip beyond the spreads: the ordering changes only within the "
+                             "spreads, between cost-flush-one=200 and 800: locked ahead of lockless "
+                             "(+6.00% +/- 3.00 vs +9.00% +/- 3.00)"), single
+    assert "flips" not in single
+    assert multi.startswith("multi-core: no flip: the same ordering")
+    mixed = [_rows(spread=0.5, **medians[0]), _rows(spread=0.5, **medians[1]), _rows(spread=2.5, **medians[2])]
+    assert "flips" not in experiments.sweep_verdict("cost-flush-one", [50, 200, 800], mixed)[0]
+    # interrupted cells carry no spread: they cannot vouch for an ordering
+    gone = [_rows(spread=None, **m) for m in medians]
+    assert "flips" not in experiments.sweep_verdict("cost-flush-one", [50, 200, 800], gone)[0]
 
 
 def test_compare_sweep_end_to_end(tmp_path, exclusive, no_leftovers):

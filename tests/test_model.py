@@ -184,10 +184,11 @@ def locked_compiled_state(c: Compiled) -> dict:
     dom, pte, dbits, vst = c.views["dom"], c.views["pte"], c.views["dbits"], c.views["vst"]
     gb = int(locked.garbage_base(S))
     hm, hi, hr = locked.V_HASH, locked.V_HASH + H, locked.V_HASH + 2 * H
+    w = locked.dom_words(cfg.dom_layout, cfg.lock)
     return {
-        "cursor": int(dom[locked.D_CURSOR]),
-        "epoch": int(dom[locked.D_EPOCH]),
-        "tlbflush_timestamp": int(dom[locked.D_TLBFLUSH_TS]),
+        "cursor": int(dom[w["cursor"]]),
+        "epoch": int(dom[w["epoch"]]),
+        "tlbflush_timestamp": int(dom[w["tlbflush_ts"]]),
         "tlbflush_clock": int(dom[tlb.D_TLBCLOCK]),
         "lock_free": locked.lock_free(c.views, cfg),
         "pte": [int(x) for x in pte[:S]],
@@ -417,9 +418,13 @@ def corruptions(variant, model, c: Compiled, live: dict, rng: random.Random):
             i = rng.choice(garbage)
             out.append((f"clear the garbage bit of slot {i}",
                         lambda w, i=i: _set_bit(w["dbits"], gb, i, False), "slot_leaks"))
+        # a ticket taken and never served: the tail one past the head (xen: the high half of the
+        # one word; padded: the word after the head), or the mcs tail / tas word set
+        lw = locked.dom_words(cfg.dom_layout, cfg.lock)["lock"]
+        taken = {"xen": (lw, locked.TICKET_ONE), "padded": (lw + 1, 1)}[cfg.dom_layout] if cfg.lock == "ticket" \
+            else (lw, 1)
         out.append(("leave the lock taken",
-                    lambda w: w["dom"].__setitem__(locked.D_LOCK_TAIL, w["dom"][locked.D_LOCK_TAIL] + 1),
-                    "invariant_violations"))
+                    lambda w, at=taken: w["dom"].__setitem__(at[0], w["dom"][at[0]] + at[1]), "invariant_violations"))
     elif family(variant) == "percpu":
         E, H = cfg.entries, cfg.hash_entries
         hm, hi, hr, iu, gb, _ = percpu._offsets(H, E)

@@ -108,7 +108,7 @@ def test_a_switch_inside_an_operation_is_counted_and_fails_the_run():
     s.check_boundary()
     views["stats"][0, abi.S_LIVE] = 0
     from testbed.variants import locked
-    views["dom"][locked.D_LOCK_OWNER] = 1                    # vCPU 0 holds the lock
+    views["dom"][locked.dom_words(cfg.dom_layout)["owner"]] = 1      # vCPU 0 holds the lock
     s.check_boundary()
     assert views["stats"][0, abi.S_BAD_SWITCH] == 2
     res = results.build(cfg=cfg, cores=[0, 1], stats=views["stats"], hist=np.zeros((n, abi.LAT_BINS), np.int64),
@@ -237,8 +237,9 @@ def test_checks_excuse_what_a_killed_vcpu_left_half_done():
     # locked: the victim died holding the lock, with slot 5 taken
     cfg, views = _fresh("locked")
     views["dbits"][0] |= 1 << 5
-    views["dom"][locked.D_LOCK_TAIL] = 1
-    views["dom"][locked.D_LOCK_OWNER] = 1
+    words = locked.dom_words(cfg.dom_layout)
+    views["dom"][words["lock"]] = locked.TICKET_ONE          # ticket 0 taken (tail 1), head 0: held
+    views["dom"][words["owner"]] = 1
     assert oracle.variant_checks(views, cfg) == {"slot_leaks": 1, "invariant_violations": 1}
     assert oracle.variant_checks(views, cfg, victims={0}) == {"slot_leaks": 0, "invariant_violations": 0}
 

@@ -34,8 +34,8 @@ enum {
   P_LEVELS = 7, P_SLOTS = 8, P_WORKLOAD = 9, P_NEST = 10, P_TLB_SETS = 11, P_TLB_WAYS = 12,
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
-  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_REFCOUNT_WRAP = 32,
-  P_IRQ_INTERVAL = 34,
+  P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_DOM_LAYOUT = 31,
+  P_REFCOUNT_WRAP = 32, P_IRQ_INTERVAL = 34,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -76,6 +76,17 @@ const char testbed_variants[] = "directmap,locked,lockless,percpu,kmap-local";
 enum { LOCK_TICKET = 0, LOCK_MCS = 1, LOCK_TAS = 2 };
 const char testbed_locks[] = "ticket,mcs,tas";
 #define TAS_BACKOFF_MAX 256
+enum { LAYOUT_XEN = 0, LAYOUT_PADDED = 1 };
+const char testbed_dom_layouts[] = "xen,padded";
+#define X_CURSOR 8
+#define X_LOCK 9
+#define X_EPOCH 10
+#define X_TLBFLUSH_TS 11
+#define X_LOCK_OWNER 16
+#define X_HANDOFF_TSC 17
+#define X_HANDOFF_FROM 18
+#define TICKET_ONE ((i64)1 << 32)
+#define TICKET_MASK 0xFFFFFFFFLL
 #define D_LOCK_HEAD 8
 #define D_LOCK_TAIL 9
 #define D_LOCK_OWNER 10
@@ -133,6 +144,10 @@ INLINE i64 cas(i64 *a, i64 i, i64 expected, i64 nv) {
 }
 INLINE i64 load_acquire(i64 *a, i64 i) { return __atomic_load_n(&a[i], __ATOMIC_ACQUIRE); }
 INLINE void store_release(i64 *a, i64 i, i64 v) { __atomic_store_n(&a[i], v, __ATOMIC_RELEASE); }
+/* atomics.store_release_lo32: the low half of a[i] (x86-64 is little-endian), the high half untouched */
+INLINE void store_release_lo32(i64 *a, i64 i, i64 v) {
+  __atomic_store_n((uint32_t *)&a[i], (uint32_t)v, __ATOMIC_RELEASE);
+}
 INLINE void cpu_relax(void) { _mm_pause(); }
 INLINE i64 rdtsc(void) { return (i64)__rdtsc(); }
 INLINE i64 lowest_bit(i64 x) { return __builtin_ctzll((u64)x); }
@@ -260,14 +275,36 @@ static int need_flush(i64 cpu_stamp, i64 lastuse, i64 now) {
 static i64 bitmap_words(i64 slots) { return (slots + 63) / 64; }
 static i64 garbage_base(i64 slots) { return (bitmap_words(slots) + 7) / 8 * 8; }
 
+/* locked.domain_words, lock_word, owner_words: the domain words of a layout */
+INLINE void domain_words(i64 layout, i64 *cursor, i64 *epoch, i64 *ts) {
+  int xen = layout == LAYOUT_XEN;
+  *cursor = xen ? X_CURSOR : D_CURSOR;
+  *epoch = xen ? X_EPOCH : D_EPOCH;
+  *ts = xen ? X_TLBFLUSH_TS : D_TLBFLUSH_TS;
+}
+
+INLINE i64 lock_word(i64 layout, i64 kind) {
+  if (layout == LAYOUT_XEN) return X_LOCK;
+  if (kind == LOCK_MCS) return D_MCS_TAIL;
+  if (kind == LOCK_TAS) return D_TAS;
+  return D_LOCK_HEAD;
+}
+
+INLINE void owner_words(i64 layout, i64 *own, i64 *hts, i64 *hfrom) {
+  int xen = layout == LAYOUT_XEN;
+  *own = xen ? X_LOCK_OWNER : D_LOCK_OWNER;
+  *hts = xen ? X_HANDOFF_TSC : D_HANDOFF_TSC;
+  *hfrom = xen ? X_HANDOFF_FROM : D_HANDOFF_FROM;
+}
+
 static i64 mcs_node(i64 vcpu) { return D_MCS_NODES + 8 * vcpu; }
 
-static void mcs_lock(i64 *dom, i64 *srow, i64 vcpu) {
+static void mcs_lock(i64 *dom, i64 *srow, i64 vcpu, i64 lw, i64 own) {
   i64 node = mcs_node(vcpu);
   srow[S_LOCK_ACQ] += 1;
   dom[node + N_NEXT] = 0;
   dom[node + N_LOCKED] = 1;
-  i64 pred = exchange(dom, D_MCS_TAIL, vcpu + 1);
+  i64 pred = exchange(dom, lw, vcpu + 1);
   if (pred != 0) {
     srow[S_LOCK_CONTENDED] += 1;
     i64 t0 = rdtsc();
@@ -280,14 +317,14 @@ static void mcs_lock(i64 *dom, i64 *srow, i64 vcpu) {
   } else {
     dom[node + N_LOCKED] = 0;
   }
-  dom[D_LOCK_OWNER] = vcpu + 1;
+  dom[own] = vcpu + 1;
 }
 
-static i64 mcs_successor(i64 *dom, i64 *srow, i64 vcpu) {
+static i64 mcs_successor(i64 *dom, i64 *srow, i64 vcpu, i64 lw) {
   i64 node = mcs_node(vcpu);
   i64 nxt = load_acquire(dom, node + N_NEXT);
   if (nxt == 0) {
-    if (cas(dom, D_MCS_TAIL, vcpu + 1, 0) == vcpu + 1) return 0;
+    if (cas(dom, lw, vcpu + 1, 0) == vcpu + 1) return 0;
     while (nxt == 0) {
       cpu_relax();
       srow[S_PROGRESS] += 1;
@@ -297,11 +334,11 @@ static i64 mcs_successor(i64 *dom, i64 *srow, i64 vcpu) {
   return nxt;
 }
 
-static int tas_try(i64 *dom) { return load_acquire(dom, D_TAS) == 0 && exchange(dom, D_TAS, 1) == 0; }
+static int tas_try(i64 *dom, i64 lw) { return load_acquire(dom, lw) == 0 && exchange(dom, lw, 1) == 0; }
 
-static void tas_lock(i64 *dom, i64 *srow, i64 vcpu) {
+static void tas_lock(i64 *dom, i64 *srow, i64 vcpu, i64 lw, i64 own) {
   srow[S_LOCK_ACQ] += 1;
-  if (!tas_try(dom)) {
+  if (!tas_try(dom, lw)) {
     srow[S_LOCK_CONTENDED] += 1;
     i64 t0 = rdtsc();
     fetch_add(dom, D_TAS_WAITERS, 1);
@@ -309,40 +346,56 @@ static void tas_lock(i64 *dom, i64 *srow, i64 vcpu) {
     for (;;) {
       for (i64 k = 0; k < delay; k++) cpu_relax();
       srow[S_PROGRESS] += 1;
-      if (tas_try(dom)) break;
+      if (tas_try(dom, lw)) break;
       delay = 2 * delay < TAS_BACKOFF_MAX ? 2 * delay : TAS_BACKOFF_MAX;
     }
     fetch_add(dom, D_TAS_WAITERS, -1);
     srow[S_LOCK_SPIN] += rdtsc() - t0;
   }
-  dom[D_LOCK_OWNER] = vcpu + 1;
+  dom[own] = vcpu + 1;
 }
 
-/* locked.acquire: the lock of kind `kind`; a token for lk_release (the ticket). */
-static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind) {
+/* locked.acquire: the lock of kind `kind` in layout `layout`; a token for lk_release (the ticket). */
+static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind, i64 layout) {
+  i64 lw = lock_word(layout, kind), own, hts, hfrom;
+  owner_words(layout, &own, &hts, &hfrom);
   i64 my = 0;
   if (kind == LOCK_MCS) {
-    mcs_lock(dom, srow, vcpu);
+    mcs_lock(dom, srow, vcpu, lw, own);
   } else if (kind == LOCK_TAS) {
-    tas_lock(dom, srow, vcpu);
-  } else {
-    my = fetch_add(dom, D_LOCK_TAIL, 1);
+    tas_lock(dom, srow, vcpu, lw, own);
+  } else if (layout == LAYOUT_XEN) {
+    i64 t = fetch_add(dom, lw, TICKET_ONE);
+    my = (t >> 32) & TICKET_MASK;
     srow[S_LOCK_ACQ] += 1;
-    if (load_acquire(dom, D_LOCK_HEAD) != my) {
+    if ((t & TICKET_MASK) != my) {
       srow[S_LOCK_CONTENDED] += 1;
       i64 t0 = rdtsc();
-      while (load_acquire(dom, D_LOCK_HEAD) != my) {
+      while ((load_acquire(dom, lw) & TICKET_MASK) != my) {
         cpu_relax();
         srow[S_PROGRESS] += 1;
       }
       srow[S_LOCK_SPIN] += rdtsc() - t0;
     }
-    dom[D_LOCK_OWNER] = vcpu + 1;
+    dom[own] = vcpu + 1;
+  } else {
+    my = fetch_add(dom, lw + 1, 1);
+    srow[S_LOCK_ACQ] += 1;
+    if (load_acquire(dom, lw) != my) {
+      srow[S_LOCK_CONTENDED] += 1;
+      i64 t0 = rdtsc();
+      while (load_acquire(dom, lw) != my) {
+        cpu_relax();
+        srow[S_PROGRESS] += 1;
+      }
+      srow[S_LOCK_SPIN] += rdtsc() - t0;
+    }
+    dom[own] = vcpu + 1;
   }
-  i64 t_rel = dom[D_HANDOFF_TSC];
+  i64 t_rel = dom[hts];
   if (t_rel != 0) {
-    dom[D_HANDOFF_TSC] = 0;
-    if (dom[D_HANDOFF_FROM] == vcpu + 1) {
+    dom[hts] = 0;
+    if (dom[hfrom] == vcpu + 1) {
       srow[S_LOCK_REACQ] += 1;
     } else {
       i64 dt = rdtsc() - t_rel;
@@ -356,33 +409,42 @@ static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind) {
 }
 
 /* locked.release */
-static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold, i64 vcpu, i64 kind) {
+static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold, i64 vcpu, i64 kind, i64 layout) {
+  i64 lw = lock_word(layout, kind), own, hts, hfrom;
+  owner_words(layout, &own, &hts, &hfrom);
   if (t_hold != 0) {
     srow[S_LOCK_HOLD] += rdtsc() - t_hold;
     srow[S_LOCK_HOLD_SAMPLES] += 1;
   }
   if (kind == LOCK_MCS) {
-    dom[D_LOCK_OWNER] = 0;
-    i64 nxt = mcs_successor(dom, srow, vcpu);
+    dom[own] = 0;
+    i64 nxt = mcs_successor(dom, srow, vcpu, lw);
     if (nxt != 0) {
-      dom[D_HANDOFF_FROM] = vcpu + 1;
-      dom[D_HANDOFF_TSC] = rdtsc();
+      dom[hfrom] = vcpu + 1;
+      dom[hts] = rdtsc();
       store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0);
     }
   } else if (kind == LOCK_TAS) {
-    dom[D_LOCK_OWNER] = 0;
+    dom[own] = 0;
     if (load_acquire(dom, D_TAS_WAITERS) > 0) {
-      dom[D_HANDOFF_FROM] = vcpu + 1;
-      dom[D_HANDOFF_TSC] = rdtsc();
+      dom[hfrom] = vcpu + 1;
+      dom[hts] = rdtsc();
     }
-    store_release(dom, D_TAS, 0);
+    store_release(dom, lw, 0);
+  } else if (layout == LAYOUT_XEN) {
+    if (((load_acquire(dom, lw) >> 32) & TICKET_MASK) != ((my + 1) & TICKET_MASK)) {
+      dom[hfrom] = vcpu + 1;
+      dom[hts] = rdtsc();
+    }
+    dom[own] = 0;
+    store_release_lo32(dom, lw, my + 1);
   } else {
-    if (load_acquire(dom, D_LOCK_TAIL) != my + 1) {
-      dom[D_HANDOFF_FROM] = vcpu + 1;
-      dom[D_HANDOFF_TSC] = rdtsc();
+    if (load_acquire(dom, lw + 1) != my + 1) {
+      dom[hfrom] = vcpu + 1;
+      dom[hts] = rdtsc();
     }
-    dom[D_LOCK_OWNER] = 0;
-    store_release(dom, D_LOCK_HEAD, my + 1);
+    dom[own] = 0;
+    store_release(dom, lw, my + 1);
   }
 }
 
@@ -436,20 +498,22 @@ INLINE i64 locked_map_(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   }
   int nolock = (fault & LK_FAULT_NO_LOCK) != 0;
   i64 kind = p[P_LOCK];
+  i64 layout = p[P_DOM_LAYOUT], d_cursor, d_epoch, d_tlbflush_ts;
+  domain_words(layout, &d_cursor, &d_epoch, &d_tlbflush_ts);
   i64 my = 0;
-  if (!nolock) my = lk_acquire(dom, srow, vcpu, kind);
+  if (!nolock) my = lk_acquire(dom, srow, vcpu, kind, layout);
   i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
   irq_point(a, vcpu, irq);                                         /* lock held */
-  i64 epoch = dom[D_EPOCH];
+  i64 epoch = dom[d_epoch];
   if (epoch != vrow[V_SHADOW_EPOCH]) {
     vrow[V_SHADOW_EPOCH] = epoch;
     if ((fault & LK_FAULT_NO_EPOCH_FLUSH) == 0 &&
-        need_flush(vrow[V_TLBFLUSH_TIME], dom[D_TLBFLUSH_TS], clock_now(dom))) {
+        need_flush(vrow[V_TLBFLUSH_TIME], dom[d_tlbflush_ts], clock_now(dom))) {
       flush_all(a);
       srow[S_EPOCH_FLUSH] += 1;
     }
   }
-  i64 idx = find_zero(dbits, dom[D_CURSOR], slots);
+  i64 idx = find_zero(dbits, dom[d_cursor], slots);
   if (idx >= slots) {
     i64 gb = garbage_base(slots), nw = bitmap_words(slots), freed = 0;
     for (i64 i = 0; i < nw; i++) {
@@ -477,19 +541,19 @@ INLINE i64 locked_map_(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
     }
     if (idx >= slots) {
       srow[S_EXHAUSTED] += 1;
-      if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind);
+      if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind, layout);
       return -ST_EXHAUSTED;
     }
     flush_all(a);
-    epoch = dom[D_EPOCH] + 1;
-    dom[D_EPOCH] = epoch;
+    epoch = dom[d_epoch] + 1;
+    dom[d_epoch] = epoch;
     vrow[V_SHADOW_EPOCH] = epoch;
-    dom[D_TLBFLUSH_TS] = clock_now(dom);
+    dom[d_tlbflush_ts] = clock_now(dom);
   }
   set_bit(dbits, 0, idx);
-  dom[D_CURSOR] = idx + 1;
+  dom[d_cursor] = idx + 1;
   if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
-  if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind);
+  if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind, layout);
   irq_point(a, vcpu, irq);                                         /* slot taken, PTE not yet written */
   store_release(pte, idx, mfn | PTE_PRESENT);
   return MAPCACHE_VA + idx;

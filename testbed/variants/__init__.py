@@ -51,6 +51,10 @@ class Variant:
     def locks(self) -> tuple[str, ...]:
         return self.module.LOCKS
 
+    @property
+    def dom_layouts(self) -> tuple[str, ...]:
+        return self.module.DOM_LAYOUTS
+
 
 def _module(name: str) -> ModuleType:
     return complete(importlib.import_module(f"{__name__}.{name}"))

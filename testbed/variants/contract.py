@@ -43,6 +43,9 @@ Optional names (default in brackets):
 - ``LOCKS`` [``()``]: the lock implementations the variant can run under, by
   ``--lock`` name, the default first; the kernel reads the chosen one's index
   from ``p[abi.P_LOCK]``. A variant without a lock refuses ``--lock``.
+- ``DOM_LAYOUTS`` [``()``]: the layouts of its domain words it can run with, by
+  ``--dom-layout`` name, the default first; the kernel reads the chosen one's
+  index from ``p[abi.P_DOM_LAYOUT]``. A variant without them refuses ``--dom-layout``.
 - ``IRQS_OFF`` [``()``]: the operations (``"map"``, ``"unmap"``) that run with
   interrupts disabled from start to end, as the real code does with
   ``local_irq_save``. The compiled hooks do the disabling themselves
@@ -92,6 +95,7 @@ OPTIONAL = {
     "lock_holder": lock_holder,
     "lock_waiters": lock_waiters,
     "LOCKS": (),
+    "DOM_LAYOUTS": (),
     "IRQS_OFF": (),
 }
 OPERATIONS = ("map", "unmap")
@@ -115,6 +119,8 @@ def complete(module: ModuleType) -> ModuleType:
             setattr(module, name, default)
     if not isinstance(module.LOCKS, tuple) or not all(isinstance(x, str) for x in module.LOCKS):
         raise ContractError(f"{where}.LOCKS must be a tuple of lock names")
+    if not isinstance(module.DOM_LAYOUTS, tuple) or not all(isinstance(x, str) for x in module.DOM_LAYOUTS):
+        raise ContractError(f"{where}.DOM_LAYOUTS must be a tuple of layout names")
     bad = [x for x in module.IRQS_OFF if x not in OPERATIONS]
     if bad:
         raise ContractError(f"{where}.IRQS_OFF names {bad}; the operations are {OPERATIONS}")
