@@ -122,6 +122,18 @@ def test_waiters_never_exceed_vcpus_minus_one_on_a_live_lock(exclusive, no_lefto
         pytest.skip(f"needs 2 CPUs, this process may use {cpus}")
     cfg, views0 = _views(vcpus=2)
     _take_and_give(views0["dom"], views0["stats"][0], 1, 0, views0["ctl"])    # compiled before the fork
+    tries = []
+    for _ in range(3):              # on a loaded host the two may not overlap: try again, fail if never
+        samples, most, contended = _sample_waiters(cfg, cpus)
+        assert most <= cfg.vcpus - 1, f"{most} waiters read with {cfg.vcpus} vCPUs ({samples} samples)"
+        tries.append((samples, contended))
+        if samples > 1000 and contended > 0:
+            return
+    pytest.fail(f"the two processes never contended while sampled (samples, contended acquisitions): {tries}")
+
+
+def _sample_waiters(cfg, cpus):
+    """Two processes hammer the lock while this one reads lock_waiters: (samples, most seen, contended)."""
     lay = harness.build_layout(cfg)
     arena = Arena.create(lay)
     procs = []
@@ -134,7 +146,7 @@ def test_waiters_never_exceed_vcpus_minus_one_on_a_live_lock(exclusive, no_lefto
             procs.append(p)
         # Sample for two seconds (or until both are done), then tell them to stop: on a loaded host
         # a preempted holder makes the other spin for a whole host time slice.
-        seen, samples = [], 0
+        seen, samples = [0], 0
         deadline = time.monotonic() + 2.0
         while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
             seen.append(locked.lock_waiters(arena.views, cfg))
@@ -143,9 +155,8 @@ def test_waiters_never_exceed_vcpus_minus_one_on_a_live_lock(exclusive, no_lefto
         for p in procs:
             p.join(60)
         assert [p.exitcode for p in procs] == [0, 0]
-        assert samples > 1000 and max(seen) <= cfg.vcpus - 1, (samples, max(seen))
         assert locked.lock_free(arena.views, cfg)
-        assert int(arena.views["stats"][:, abi.S_LOCK_CONTENDED].sum()) > 0     # they did contend
+        return samples, max(seen), int(arena.views["stats"][:, abi.S_LOCK_CONTENDED].sum())
     finally:
         for p in procs:
             if p.exitcode is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 
 from testbed import abi, irq, kernels

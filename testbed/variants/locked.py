@@ -457,8 +457,6 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     # wrapped body: one level less of numba's IR inlining, which has mis-compiled before)
     irq_save(irq, vrow)
     h = p[abi.P_HASH]
-    slots = p[abi.P_SLOTS]
-    fault = p[abi.P_FAULT]
     hm = V_HASH
     hi = V_HASH + h
     hr = V_HASH + 2 * h
