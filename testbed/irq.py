@@ -65,6 +65,14 @@ def slots(cfg) -> int:
     return HANDLER_MAPS if getattr(cfg, "irq_rate", 0) > 0 else 0
 
 
+def walk_slots(cfg) -> tuple[int, str]:
+    """The slots one vCPU needs for the deepest nested walk (PAGING_LEVELS**2), an interrupt
+    handler's on top when interrupts are on, and the words that say so, for a design's ``validate``."""
+    extra = slots(cfg)
+    words = f"levels**2 ({cfg.levels ** 2})" + (f" plus {extra} for an interrupt handler" if extra else "")
+    return cfg.levels ** 2 + extra, words
+
+
 def max_rate(tsc_hz: float) -> int:
     """The highest --irq-rate this host can time: one interrupt per MIN_INTERVAL_CYCLES cycles."""
     return int(tsc_hz // MIN_INTERVAL_CYCLES)

@@ -51,7 +51,7 @@ from ..jit import inline_kernel
 
 from .. import abi, tlb
 from ..atomics import store_release
-from ..irq import irq_point, slots
+from ..irq import irq_point, walk_slots
 
 NAME = "kmap-local"
 DESCRIPTION = "Linux's kmap_local_page: per-vCPU stack of 16 slots, PTE cleared and invlpg at LIFO unmap, no hash"
@@ -67,12 +67,11 @@ def validate(cfg):
     """The stack must hold the deepest nested walk: E >= PAGING_LEVELS**2 (Linux: 16 = 4**2)."""
     from ..errors import UsageError
 
-    need = cfg.levels ** 2 + slots(cfg)
-    irq = f" plus {slots(cfg)} for an interrupt handler" if slots(cfg) else ""
+    need, words = walk_slots(cfg)
     if cfg.entries < need and not cfg.unchecked:
         raise UsageError(
-            f"--entries {cfg.entries}: kmap-local needs at least levels**2 ({cfg.levels ** 2}){irq} slots per vCPU "
-            f"for a nested walk; raise --entries to {need}, or pass --unchecked to run it anyway"
+            f"--entries {cfg.entries}: kmap-local needs at least {words} slots per vCPU for a nested walk; raise "
+            f"--entries to {need}, or pass --unchecked to run it anyway"
         )
 
 

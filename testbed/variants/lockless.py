@@ -58,7 +58,7 @@ from ..jit import inline_kernel, nonneg
 
 from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
-from ..irq import irq_point, irq_restore, irq_save, slots
+from ..irq import irq_point, irq_restore, irq_save, walk_slots
 
 NAME = "lockless"
 DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
@@ -83,12 +83,11 @@ def validate(cfg):
     """The seed's geometry rule, stated the right way round: room for a nested walk beside the hash."""
     from ..errors import UsageError
 
-    need = cfg.levels ** 2 + slots(cfg)
-    irq = f" plus {slots(cfg)} for an interrupt handler" if slots(cfg) else ""
+    need, words = walk_slots(cfg)
     if cfg.entries - cfg.hash_entries < need and not cfg.unchecked:
         raise UsageError(
             f"--entries {cfg.entries} with --hash {cfg.hash_entries}: lockless needs entries - hash >= "
-            f"levels**2 ({cfg.levels ** 2}){irq} slots beside the hash for a nested walk; raise --entries to "
+            f"{words} slots beside the hash for a nested walk; raise --entries to "
             f"{cfg.hash_entries + need} (the seed's BUILD_BUG_ON states this check inverted), or "
             "pass --unchecked to run it anyway and watch it exhaust"
         )

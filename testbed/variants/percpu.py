@@ -63,7 +63,7 @@ from ..jit import inline_kernel
 
 from .. import abi, tlb
 from ..atomics import lowest_bit, store_release
-from ..irq import irq_point, irq_restore, irq_save, slots
+from ..irq import irq_point, irq_restore, irq_save, walk_slots
 
 NAME = "percpu"
 DESCRIPTION = "per-vCPU mapcache of the ASI series: no lock, no epoch, garbage reclaimed with one flush per wrap"
@@ -93,12 +93,11 @@ def validate(cfg):
     """Every slot may be held at once by a nested walk: E must cover PAGING_LEVELS**2."""
     from ..errors import UsageError
 
-    need = cfg.levels ** 2 + slots(cfg)
-    irq = f" plus {slots(cfg)} for an interrupt handler" if slots(cfg) else ""
+    need, words = walk_slots(cfg)
     if cfg.entries < need and not cfg.unchecked:
         raise UsageError(
-            f"--entries {cfg.entries}: percpu needs at least levels**2 ({cfg.levels ** 2}){irq} slots per vCPU for "
-            f"a nested walk; raise --entries to {need}, or pass --unchecked to run it anyway"
+            f"--entries {cfg.entries}: percpu needs at least {words} slots per vCPU for a nested walk; raise "
+            f"--entries to {need}, or pass --unchecked to run it anyway"
         )
 
 
