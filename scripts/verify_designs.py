@@ -27,6 +27,7 @@ to end FAILURE with slot leaks, unless --strict.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -110,13 +111,10 @@ def main() -> int:
     for v in registry.CONTROLS:
         if only and v.name not in only:
             continue
-        options = dict(v.options)
-        if a.irq_rate and "irq_rate" in options:
-            options["irq_rate"] = a.irq_rate
-        flags = [x for k, val in options.items() if f"--{k.replace('_', '-')}" not in common
-                 for x in (f"--{k.replace('_', '-')}", f"{val:g}" if isinstance(val, float) else str(val))]
-        flags += slots_with_irq(v.name, options.get("irq_rate", a.irq_rate))
-        rc, res = run(["--variant", v.name, *common, *flags])
+        if a.irq_rate:       # --irq-rate is in common already, at the rate asked for
+            v = dataclasses.replace(v, options=tuple((k, x) for k, x in v.options if k != "irq_rate"))
+        rate = dict(v.options).get("irq_rate", a.irq_rate)
+        rc, res = run(["--variant", v.name, *common, *v.cli_options, *slots_with_irq(v.name, rate)])
         caught = [k for k in v.catches if res and res["checks"].get(k, 0) > 0]
         ok = rc == 1 and bool(caught)
         bad += not ok
