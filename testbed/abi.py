@@ -55,7 +55,10 @@ P_DOM_LAYOUT = 31      # which of the variant's domain-word layouts (its DOM_LAY
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
 P_IRQ_INTERVAL = 34    # --irq-rate: mean cycles between simulated interrupts of one vCPU; 0: none
 # 35..39: free
-N_PARAMS = 40
+# Reserved ranges, one per area of work, so that parallel changes never collide:
+# 40..47 fidelity (domain, timers), 48..55 cost model, NMIs, recursive walks, exposure,
+# 56..59 Xen's own code, 60..63 command line and hosts.
+N_PARAMS = 64
 
 # --- per-vCPU counters (stats[vcpu, ...]) -------------------------------------------
 S_OPS = 0              # operations completed
@@ -124,7 +127,10 @@ S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was take
 S_RECHECKS = 61        # held mappings checked again before their unmap
 S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
 S_REFILLS = 63         # refill walks paid (--cost-refill)
-N_STATS = 64
+# Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
+# NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
+# 112..119 hosts and prediction, 120..127 free.
+N_STATS = 128
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 
 COUNTER_NAMES = {
