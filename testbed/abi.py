@@ -28,7 +28,7 @@ P_FRAME_WORDS = 4      # int64 words per frame
 P_ENTRIES = 5          # MAPCACHE_VCPU_ENTRIES
 P_HASH = 6             # MAPHASH_ENTRIES
 P_LEVELS = 7           # PAGING_LEVELS
-P_SLOTS = 8            # slots in the domain (vcpus * entries)
+P_SLOTS = 8            # slots in the domain (domain vCPUs * entries)
 P_WORKLOAD = 9
 P_NEST = 10            # mappings held at once by the nested workload
 P_TLB_SETS = 11
@@ -55,6 +55,9 @@ P_DOM_LAYOUT = 31      # which of the variant's domain-word layouts (its DOM_LAY
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
 P_IRQ_INTERVAL = 34    # --irq-rate: mean cycles between simulated interrupts of one vCPU; 0: none
 # 35..39: free
+# 40..47 fidelity (domain, timers, TLB clock):
+P_DOMAIN_VCPUS = 40    # vCPUs of the domain (--domain-vcpus, Xen's max_vcpus); the first P_VCPUS of them run
+P_SSHOT_FUTURE = 41    # timers workload: 1 if Xen honours VCPU_SSHOTTMR_future (-ETIME; Xen <= 4.17), 0 if not
 # Reserved ranges, one per area of work, so that parallel changes never collide:
 # 40..47 fidelity (domain, timers), 48..55 cost model, NMIs, recursive walks, exposure,
 # 56..59 Xen's own code, 60..63 command line and hosts.
@@ -127,6 +130,7 @@ S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was take
 S_RECHECKS = 61        # held mappings checked again before their unmap
 S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
 S_REFILLS = 63         # refill walks paid (--cost-refill)
+S_TIMER_LATE = 64      # timers workload: single-shot timers armed after their deadline (counted however Xen answers)
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.
@@ -146,6 +150,7 @@ COUNTER_NAMES = {
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
     S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
     S_IRQ_TAKEN: "irq_taken", S_IRQ_DEFERRED: "irq_deferred", S_IRQ_MAPS: "irq_maps", S_IRQ_INSIDE: "irq_inside",
+    S_TIMER_LATE: "timer_late",
 }
 
 # --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----

@@ -115,7 +115,8 @@ def cmd_compare(args) -> int:
     cfg = _experiment_base(args)
     names = _variants(args, registry.DESIGNS)
     print(f"testbed compare: variants {','.join(names)} against {registry.BASELINE}, workload {cfg.workload}, "
-          f"1 and {cfg.vcpus} vCPUs, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
+          f"1 and {cfg.vcpus} active vCPUs in a {experiments.compare_columns(cfg, cfg.vcpus)['multi']['domain_vcpus']}"
+          f"-vCPU domain, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
           f"seed {cfg.seed}", flush=True)
     if args.sweep is None:
         res = experiments.compare(cfg, variants=names, vcpus_multi=cfg.vcpus, repeat=args.repeat, locks=args.locks)
@@ -148,6 +149,10 @@ def cmd_timers(args) -> int:
     print(f"testbed timers: {cfg.vcpus} vCPUs{' (oversubscribed)' if cfg.oversubscribe else ''}, slack "
           f"{cfg.slack_us:g} us, burst {cfg.burst}, panic after {cfg.panic_streak} consecutive -ETIME, "
           f"{cfg.duration:g} s, seed {cfg.seed}", flush=True)
+    from .config import SSHOT_FUTURE
+
+    print(f"modelled: FreeBSD 10.4's Xen timer (sys/dev/xen/timer/timer.c, xentimer_et_start), VCPU_SSHOTTMR_future "
+          f"{cfg.sshot_future}: {SSHOT_FUTURE.get(cfg.sshot_future, '?')}", flush=True)
     res = experiments.timers(cfg, locks=args.locks)
     textreport.print_timers(res)
     return _finish(res, args)
@@ -211,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     cmp_ = sub.add_parser("compare", help="the seed's table: drop of every design against the baseline")
-    add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False)
+    add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False,
+                    shown={"domain_vcpus": "32, the seed's guest, or the multi-core column's --vcpus if more; "
+                                           "the single-core column is 1 active vCPU in it"})
     cmp_.add_argument("--vcpus", dest="vcpus_multi", type=_int, default=None,
                       help="vCPUs of the multi-core column (default: all physical cores)")
     cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
@@ -223,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=cmd_compare)
 
     sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")
-    add_run_options(sc, duration=2.0, vcpus=None, variant=False)
+    add_run_options(sc, duration=2.0, vcpus=None, variant=False, shown={"domain_vcpus": "the largest --vcpus"})
     sc.add_argument("--variants", default=None, help="comma-separated variants (default: every real one)")
     sc.add_argument("--vcpus", dest="vcpu_list", type=_counts, default=None,
                     help="vCPU counts, e.g. 1,2,4 (default 1, 2, 4, ... physical cores)")

@@ -55,15 +55,19 @@ def design(cfg: cfgmod.RunConfig):
 
 
 def build_layout(cfg: cfgmod.RunConfig, module=None) -> Layout:
+    """The arena: the domain's state (``dom``, ``pte``, ``dbits``, ``vst``) sized for its
+    ``domain_vcpus`` (Xen's max_vcpus), and what belongs to the running vCPU processes (their
+    counters, mailboxes, histograms, live mappings, expectations, frame counter lines) for the
+    ``vcpus`` of them that run. Idle vCPUs are state only: blocked in Xen, they never run."""
     dom_words, bit_words, row_words = (module or design(cfg)).state_shape(cfg)
-    V = cfg.vcpus
+    V, D = cfg.vcpus, cfgmod.domain_vcpus(cfg)
     return Layout((
         Field("ctl", "int64", (abi.N_CTL,)),
         Field("runq", "int64", (abi.RQ_RING + V,)),
         Field("dom", "int64", (max(dom_words, 8),)),
-        Field("pte", "int64", (max(V * cfg.entries, 1),)),
+        Field("pte", "int64", (max(D * cfg.entries, 1),)),
         Field("dbits", "int64", (max(bit_words, 1),)),
-        Field("vst", "int64", (V, max(row_words, abi.V_RESERVED)), per_vcpu=True),
+        Field("vst", "int64", (D, max(row_words, abi.V_RESERVED)), per_vcpu=True),
         Field("stats", "int64", (V, abi.N_STATS), per_vcpu=True),
         Field("mail", "int64", (V, abi.N_MAIL), per_vcpu=True),
         Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),

@@ -316,11 +316,16 @@ def held_mfn(lrow, k, mfn):
 
 @kernel
 def arm_timer(p, srow, deadline):
-    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed."""
+    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed and
+    Xen honours the flag (4.17 and older, ``P_SSHOT_FUTURE``); Xen 4.18 and later arm it anyway
+    (it fires at once). A late timer is counted either way (``S_TIMER_LATE``). The streak is
+    FreeBSD's: ``P_PANIC_STREAK`` -ETIME in a row panic (10.4's retry loop: 59)."""
     now = rdtsc()
     srow[abi.S_TIMER_SETS] += 1
     srow[abi.S_TIMER_CYCLES] += now - (deadline - p[abi.P_SLACK])
-    if now <= deadline:
+    if now > deadline:
+        srow[abi.S_TIMER_LATE] += 1
+    if now <= deadline or p[abi.P_SSHOT_FUTURE] == 0:
         srow[abi.S_STREAK] = 0
         return
     srow[abi.S_ETIME] += 1

@@ -36,6 +36,7 @@ enum {
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
   P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_DOM_LAYOUT = 31,
   P_REFCOUNT_WRAP = 32, P_IRQ_INTERVAL = 34,
+  P_SSHOT_FUTURE = 41,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -46,6 +47,7 @@ enum {
   S_LOCK_REACQ = 30, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
   S_SAMPLING = 44, S_IRQ_TAKEN = 54, S_IRQ_DEFERRED = 55, S_IRQ_MAPS = 56, S_IRQ_INSIDE = 57,
   S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
+  S_TIMER_LATE = 64,
 };
 enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5 };
 #define LAT_BINS 64
@@ -1005,7 +1007,8 @@ static void arm_timer(const i64 *p, i64 *srow, i64 deadline) {
   i64 now = rdtsc();
   srow[S_TIMER_SETS] += 1;
   srow[S_TIMER_CYCLES] += now - (deadline - p[P_SLACK]);
-  if (now <= deadline) {
+  if (now > deadline) srow[S_TIMER_LATE] += 1;
+  if (now <= deadline || p[P_SSHOT_FUTURE] == 0) {  /* Xen >= 4.18 ignores VCPU_SSHOTTMR_future */
     srow[S_STREAK] = 0;
     return;
   }

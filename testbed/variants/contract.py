@@ -12,7 +12,13 @@ Required names:
 - ``DESCRIPTION`` (str): one line for ``testbed variants``.
 - ``DEFAULT_ENTRIES`` (int): MAPCACHE_VCPU_ENTRIES when ``--entries`` is not given.
 - ``MAX_ENTRIES`` (int): the most slots per vCPU its state can hold.
-- ``state_shape(cfg)``: words of shared state, ``(domain words, domain bitmap
+- ``GEOMETRY`` (dict): where its default geometry comes from, in words naming
+  the real code: ``entries`` (``DEFAULT_ENTRIES``), ``hash`` (MAPHASH_ENTRIES)
+  and ``pool`` (how many slots, shared or per vCPU). ``testbed variants``
+  prints it; docs/fidelity.md is the table of them.
+- ``state_shape(cfg)``: words of shared state, sized for the domain's
+  ``domain_vcpus(cfg)`` (below; the harness gives ``vst`` that many rows and
+  ``pte`` that many times ``cfg.entries`` slots), ``(domain words, domain bitmap
   words, per-vCPU row words)``; the row starts with ``abi.V_RESERVED`` words
   that belong to the harness and the TLB.
 - ``init_state(views, cfg)``: fill a fresh arena's variant state.
@@ -65,9 +71,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-REQUIRED = ("NAME", "DESCRIPTION", "DEFAULT_ENTRIES", "MAX_ENTRIES", "state_shape", "init_state", "map_page",
+REQUIRED = ("NAME", "DESCRIPTION", "DEFAULT_ENTRIES", "MAX_ENTRIES", "GEOMETRY", "state_shape", "init_state", "map_page",
             "unmap_page", "check")
 COMPILED = ("map_page", "unmap_page")
+
+
+def domain_vcpus(cfg) -> int:
+    """The vCPUs a design sizes its state for: the domain's (``--domain-vcpus``, Xen's
+    ``max_vcpus``), of which the first ``cfg.vcpus`` run and the others are blocked idle vCPUs."""
+    d = getattr(cfg, "domain_vcpus", None)
+    return cfg.vcpus if d is None else d
 
 
 def validate(cfg) -> None:
@@ -117,6 +130,9 @@ def complete(module: ModuleType) -> ModuleType:
     for name, default in OPTIONAL.items():
         if not hasattr(module, name):
             setattr(module, name, default)
+    if set(module.GEOMETRY) != {"entries", "hash", "pool"} or not all(isinstance(x, str) and x
+                                                                    for x in module.GEOMETRY.values()):
+        raise ContractError(f"{where}.GEOMETRY must name the source of entries, hash and pool")
     if not isinstance(module.LOCKS, tuple) or not all(isinstance(x, str) for x in module.LOCKS):
         raise ContractError(f"{where}.LOCKS must be a tuple of lock names")
     if not isinstance(module.DOM_LAYOUTS, tuple) or not all(isinstance(x, str) for x in module.DOM_LAYOUTS):
