@@ -61,8 +61,8 @@ def _shapes(cfg) -> dict:
 def test_locked_geometry_is_xens(tree, include):
     """locked's defaults are what Xen's headers say, read from them: MAPCACHE_VCPU_ENTRIES
     (CONFIG_PAGING_LEVELS squared), MAPHASH_ENTRIES, PAGING_LEVELS, and a pool of max_vcpus *
-    MAPCACHE_VCPU_ENTRIES (mapcache_domain_init). Mutation tried: percpu's old DEFAULT_ENTRIES = 32
-    put into locked.py: fails on MAPCACHE_VCPU_ENTRIES."""
+    MAPCACHE_VCPU_ENTRIES (mapcache_domain_init). Mutation tried (the module attribute patched):
+    locked.DEFAULT_ENTRIES = 32: fails on MAPCACHE_VCPU_ENTRIES."""
     base = REF / "xen" / tree
     cfg_h = (base / include / "config.h").read_text()
     dom_h = (base / include / "domain.h").read_text()
@@ -81,8 +81,8 @@ def test_locked_geometry_is_xens(tree, include):
 @needs_ref
 def test_lockless_geometry_is_the_seeds():
     """lockless's MAPCACHE_VCPU_ENTRIES is the seed patch's #define, read from the patch, and the
-    patch keeps MAPHASH_ENTRIES (it touches no #define of it). Mutation tried: lockless
-    DEFAULT_ENTRIES = 16: fails."""
+    patch keeps MAPHASH_ENTRIES (it touches no #define of it). Mutation tried (patched):
+    lockless.DEFAULT_ENTRIES = 16: fails."""
     patch = (REF / "seed" / "per-vcpu-mapcache-patch.txt").read_text()
     added = [line[1:] for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
     assert lockless.DEFAULT_ENTRIES == int(_define("\n".join(added), "MAPCACHE_VCPU_ENTRIES"))
@@ -92,8 +92,8 @@ def test_lockless_geometry_is_the_seeds():
 def test_every_design_names_its_geometry_source():
     """Each design's GEOMETRY names where entries, hash and pool come from, and the entries source
     states the default the module uses (percpu's and kmap-local's sources are not in the
-    reference tree: the ASI series and Linux's kmap_size.h). Mutation tried: percpu back to
-    DEFAULT_ENTRIES = 32: fails (its source says 16)."""
+    reference tree: the ASI series and Linux's kmap_size.h). Mutation tried (patched): percpu
+    back to DEFAULT_ENTRIES = 32: fails (its source says 16)."""
     for v in registry.REAL:
         g = v.module.GEOMETRY
         assert set(g) == {"entries", "hash", "pool"}
@@ -155,8 +155,9 @@ def _flushes(domain_vcpus: int, n: int = 4000) -> tuple[int, int]:
 
 def test_one_active_vcpu_in_a_32_vcpu_domain_flushes_tenfold_less():
     """locked's pool is the domain's: one active vCPU in a 32-vCPU domain has 512 slots and wraps
-    (and flushes) about every 500 maps, not every 8 as in a one-vCPU domain. Mutation tried:
-    state_shape and P_SLOTS sized by cfg.vcpus again: the two flush counts are equal, fails."""
+    (and flushes) about every 500 maps, not every 8 as in a one-vCPU domain. Mutation tried
+    (``domain_vcpus`` patched to ``cfg.vcpus`` in locked and config: state_shape and P_SLOTS sized
+    by the active vCPUs again): the two flush counts are equal, fails."""
     alone, maps1 = _flushes(1)
     in_domain, maps32 = _flushes(32)
     assert maps1 == maps32
@@ -165,8 +166,8 @@ def test_one_active_vcpu_in_a_32_vcpu_domain_flushes_tenfold_less():
 
 def test_idle_vcpus_rows_are_checked():
     """An idle vCPU's row must stay empty: a slot marked in use there is a leak the variant's
-    check() finds. Mutation tried: lockless.check looping over cfg.vcpus: passes the dirty
-    idle row, fails."""
+    check() finds. Mutation tried (``domain_vcpus`` patched to ``cfg.vcpus`` in lockless, so
+    that check() loops over the active vCPUs only): the dirty idle row passes, fails."""
     cfg = config.validate(RunConfig(variant="lockless", vcpus=1, domain_vcpus=4))
     views, _, _ = harness.private_state(cfg, config.params(cfg))
     assert oracle.variant_checks(views, cfg)["slot_leaks"] == 0
@@ -210,8 +211,7 @@ def _arm(p, srow, late: bool):
 
 def test_panic_streak_counts_as_freebsd_does():
     """The default panic streak is FreeBSD's: the kernel panics on the -ETIME after which FreeBSD's
-    loop panics (59, not 60). Mutation tried: PANIC_STREAK = 60: fails; ``streak > P_PANIC_STREAK``
-    in arm_timer: fails."""
+    loop panics (59, not 60). Mutation tried (the config's panic streak patched to 60): fails."""
     cfg = config.validate(RunConfig(workload="timers", vcpus=1))
     assert cfg.slack_us == 100.0          # et_min_period: XENTIMER_MIN_PERIOD_IN_NSEC, 100 us
     p = config.params(cfg)
@@ -226,7 +226,8 @@ def test_panic_streak_counts_as_freebsd_does():
 
 def test_sshot_future_ignored_gives_no_etime():
     """Xen 4.18+ (--sshot-future ignored) arms a late timer with no -ETIME: no streak, no panic,
-    the late timers still counted. Mutation tried: arm_timer ignoring P_SSHOT_FUTURE: fails."""
+    the late timers still counted. Mutation tried (``P_SSHOT_FUTURE`` forced to 1 in params, as
+    if arm_timer ignored it): fails."""
     for mode, etime in (("honoured", 100), ("ignored", 0)):
         cfg = config.validate(RunConfig(workload="timers", vcpus=1, sshot_future=mode))
         p = config.params(cfg)
@@ -376,9 +377,8 @@ def test_each_check_fails_the_verdict_through_its_input(check):
     """Each check the verdict counts, fed through the input a run gives it (the variant's check()
     on a state with a leaked slot or a bad refcount, the frames' write counts, a counter in the
     stats row, a failure, the stress block), turns the verdict to FAILURE and counts under its own
-    name. Mutation tried: ``"slot_leaks"`` dropped from oracle.CHECK_KEYS (the verdict ignores
-    leaks): the slot_leaks case fails; ``checks()`` reading ``variant_checks.get("slot_leak")``:
-    fails likewise."""
+    name. Mutation tried (patched): ``"slot_leaks"`` dropped from oracle.CHECK_KEYS, so that the
+    verdict ignores leaks: the slot_leaks case fails."""
     cfg, views = _state()
     kw = FEEDS[check](cfg, views)
     verdict, checks = _verdict(cfg, views, **kw)
@@ -386,3 +386,54 @@ def test_each_check_fails_the_verdict_through_its_input(check):
     assert verdict == "FAILURE", checks
     others = {k: v for k, v in checks.items() if k not in (check, "violations") and v}
     assert not others, f"{check}'s input also counted as {others}"
+
+
+# --- the run queue: FIFO against credit2's order -----------------------------------------------------
+
+
+def _fifo_order(n: int, cpus: int, slices: int) -> list[int]:
+    """The vCPUs given a pCPU, slice after slice, by workers/sched.py's FIFO queue: the first
+    ``cpus`` run, the others queue; a vCPU whose slice is up queues at the tail."""
+    from collections import deque
+
+    queue, running, out = deque(range(cpus, n)), list(range(cpus)), []
+    for _ in range(slices):
+        for c in range(cpus):
+            if queue:
+                queue.append(running[c])
+                running[c] = queue.popleft()
+            out.append(running[c])
+    return out
+
+
+def _credit2_order(n: int, cpus: int, slices: int, slice_credit: int = 1000) -> list[int]:
+    """credit2's choice (xen/common/sched/credit2.c: runq_candidate takes the runnable vCPU of most
+    credit, burn_credits charges the time run, reset_credit adds CSCHED2_CREDIT_INIT to all when
+    the best goes negative), for equal-weight vCPUs that never block, as the testbed's active
+    vCPUs are; ties go to the one queued first (the runq is kept sorted, stable)."""
+    init = 10 * slice_credit
+    credit = [init] * n
+    queued = list(range(cpus, n))              # in arrival order
+    running, out = list(range(cpus)), []
+    for _ in range(slices):
+        for c in range(cpus):
+            credit[running[c]] -= slice_credit
+            if queued:
+                best = max(queued, key=lambda v: (credit[v], -queued.index(v)))
+                if credit[best] >= credit[running[c]]:
+                    queued.remove(best)
+                    queued.append(running[c])
+                    running[c] = best
+            if max(credit) < 0:
+                credit = [x + init for x in credit]
+            out.append(running[c])
+    return out
+
+
+@pytest.mark.parametrize("n,cpus", [(4, 2), (16, 2), (5, 1), (64, 2)])
+def test_fifo_run_queue_gives_credit2s_order(n, cpus):
+    """For equal-weight vCPUs that never block (every active vCPU of the testbed: a vCPU only
+    leaves its pCPU when its slice is up, idle vCPUs never wake), credit2's order by credit is the
+    FIFO queue's round robin, so keeping FIFO changes no figure. Mutation tried: credit2 taking the
+    least credit (``min``): the orders differ, fails."""
+    assert _credit2_order(n, cpus, 8 * n) == _fifo_order(n, cpus, 8 * n)
