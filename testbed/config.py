@@ -126,8 +126,21 @@ class RunConfig:
         "guest spinlocks). No effect with vCPUs <= CPUs", metavar="{hypervisor,host}")
     timeslice_us: float = option(TIMESLICE_US, "--sched hypervisor: time slice (Xen credit2's rate limit)")
     lock: str | None = option(None, "--lock: one of the variant's LOCKS; default its first", cli=False)
-    irq_rate: float = option(0.0, "simulated interrupts per second per vCPU, each mapping a page inside whatever "
-                             "the vCPU does (0: off)")
+    irq_rate: float = option(0.0, "a stress Xen forbids: simulated interrupts per second per vCPU whose handler "
+                             "maps a page inside whatever the vCPU does (Xen's handlers do not map: traps.c, "
+                             "\"map_domain_page() is not IRQ-safe\"; --nmi-rate is what can); 0: off")
+    nmi_rate: float = option(0.0, "simulated NMIs per second per vCPU: arrivals local_irq_save does not defer, at "
+                             "the same points inside map and unmap, whose handler maps, accesses and unmaps a page "
+                             "as Xen's NMI paths can (0: off)")
+    recursive: float = option(0.0, "ptwalk: chance that a level's entry maps a table an earlier level of the walk "
+                              "mapped, as a PV guest's linear (recursive) page table does (the testbed's choice: 0, "
+                              "off)")
+    guest_pages: int = option(tlb.GUEST_PAGES, "guest/timers: the guest's own pages, touched through the TLB before "
+                              "each hypercall, so that a full flush costs the walks of what it dropped (0: off, and "
+                              "--cost-refill charges instead)", slot=abi.P_GUEST_PAGES)
+    pcid: str = option("off", "a one-slot flush as Xen's flush_area_local does it: 'off' one invlpg, 'on' two "
+                       "INVPCIDs (CR4.PCIDE), 'xpti' four", metavar="{off,on,xpti}")
+    cost_invpcid: int = option(tlb.COST_INVPCID, "cycles per INVPCID (--pcid on/xpti; 0: off)")
     dom_layout: str | None = option(
         None, "where the domain's shared words sit, for a variant that lays them out more than one way: 'xen' as "
         "Xen's struct mapcache_domain (cursor, lock, epoch and TLB stamp on one cache line, the ticket lock one "
@@ -269,7 +282,18 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--tlb-entries {cfg.tlb_entries} --tlb-ways {cfg.tlb_ways}: entries must be ways times a power of two "
             "(the number of sets), e.g. 64 and 4"
         )
-    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill", "guest_work", "long_hold"):
+    if cfg.pcid not in tlb.PCID_MODES:
+        raise UsageError(f"--pcid {cfg.pcid!r}: choose one of: {', '.join(tlb.PCID_MODES)} (off: invlpg; on: two "
+                         "INVPCIDs per one-slot flush; xpti: four)")
+    if not 0 <= cfg.recursive <= 1:        # also refuses nan
+        raise UsageError(f"--recursive {cfg.recursive:g}: a probability, between 0 (off) and 1")
+    if cfg.recursive > 0 and cfg.workload != "ptwalk":
+        raise UsageError(f"--recursive {cfg.recursive:g}: recursive page-table walks are the ptwalk workload's; "
+                         "add --workload ptwalk or drop --recursive")
+    if not 0 <= cfg.guest_pages <= 1 << 20:
+        raise UsageError(f"--guest-pages {cfg.guest_pages}: must be between 0 (off) and {1 << 20}")
+    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill", "cost_invpcid", "guest_work",
+                 "long_hold"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be 0 or more")
     if not 1 <= cfg.burst <= 1 << 20:
@@ -295,6 +319,14 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--irq-rate {cfg.irq_rate:g}: interrupts per second per vCPU; must be between 0 (off) and {top:,} "
             f"(one every {irq.MIN_INTERVAL_CYCLES} cycles of this host's cycle counter)"
         )
+    if not 0 <= cfg.nmi_rate <= top:       # also refuses nan
+        raise UsageError(
+            f"--nmi-rate {cfg.nmi_rate:g}: NMIs per second per vCPU; must be between 0 (off) and {top:,} "
+            f"(one every {irq.MIN_INTERVAL_CYCLES} cycles of this host's cycle counter)"
+        )
+    if cfg.nmi_rate > 0 and cfg.irq_rate > 0:
+        raise UsageError(f"--nmi-rate {cfg.nmi_rate:g} with --irq-rate {cfg.irq_rate:g}: a run simulates one kind "
+                         "of interrupt; drop one of them")
     v.module.validate(cfg)             # the design's own rules (contract.py)
     _VALIDATED.add(cfg)
     return cfg
@@ -333,7 +365,15 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_CHUNK_CYCLES] = int(cfg.chunk_ms * 1e-3 * hz)
     p[abi.P_TSC_KHZ] = int(hz / 1000)
     p[abi.P_TIMESLICE_NS] = int(cfg.timeslice_us * 1000)
-    p[abi.P_IRQ_INTERVAL] = irq.interval_cycles(cfg.irq_rate, hz)
+    p[abi.P_IRQ_INTERVAL] = irq.interval_cycles(cfg.irq_rate or cfg.nmi_rate, hz)
+    p[abi.P_NMI] = int(cfg.nmi_rate > 0)
+    p[abi.P_RECURSIVE] = round(cfg.recursive * (1 << 16))
+    if cfg.pcid != "off":              # flush_area_local: 2 or 4 INVPCIDs for one page (tlb.py)
+        p[abi.P_COST_FLUSH_ONE] = tlb.PCID_MODES[cfg.pcid] * cfg.cost_invpcid
+    hypercall = cfg.workload in ("guest", "timers")
+    p[abi.P_GUEST_PAGES] = cfg.guest_pages if hypercall else 0
+    if p[abi.P_GUEST_PAGES] > 0:
+        p[abi.P_COST_REFILL] = 0       # the TLB charges what a full flush dropped (tlb.py)
     if cfg.workload == "timers":
         p[abi.P_SLACK] = int(cfg.slack_us * 1e-6 * hz)
     return p

@@ -127,7 +127,7 @@ def config_from(args):
         args.seed = int(time.time_ns() % 1_000_000_007)   # the same for the whole command
     fields = {f.name: getattr(args, f.name) for f in _declared()}
     if args.no_cost:
-        fields.update(cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0)
+        fields.update(cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0, cost_invpcid=0)
     return RunConfig(variant=getattr(args, "variant", None) or registry.BASELINE, lock=getattr(args, "lock", None),
                      vcpus=vcpus, seed=args.seed, **fields)
 

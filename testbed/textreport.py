@@ -59,6 +59,14 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if irq:
         w(f"interrupts at {irq['rate']:g}/s per vCPU: {irq['taken']:,} taken ({irq['inside']:,} inside a map or "
           f"unmap), {irq['deferred']:,} deferred (arrived with interrupts disabled), {irq['maps']:,} nested maps\n")
+    nmi = res.get("nmi")
+    if nmi:
+        w(f"NMIs at {nmi['rate']:g}/s per vCPU: {nmi['taken']:,} taken ({nmi['inside']:,} inside a map or unmap, "
+          f"{nmi['inside_irqs_off']:,} of them with interrupts off), {nmi['maps']:,} nested maps, "
+          f"{nmi['deadlocks']:,} deadlocks\n")
+    exp = res.get("exposure")
+    if exp:
+        w(f"exposure: {describe_exposure(exp)}\n")
     checks = ", ".join(f"{k}={v}" for k, v in res["checks"].items())
     w(f"checks: {checks}\n")
     if res["failure"]:
@@ -70,6 +78,20 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if res["verdict"] != "SUCCESS":
         w(f"replay: {replay_command(res['config'])}\n")
     w(f"verdict: {res['verdict']}\n")
+
+
+def describe_exposure(exp: dict) -> str:
+    """How long an unmapped frame stays reachable (results.exposure_summary), in one line."""
+    if exp["always"]:
+        return f"the direct map reaches every frame ({exp['frames_reachable_mean']:,}), always"
+    if not exp["samples"]:
+        return "no unmapped frame sampled"
+    reach = exp["frames_reachable_mean"]
+    line = (f"an unmapped frame stays reachable {exp['mean_cycles']:,.0f} cycles / {exp['mean_ops']:.1f} ops on "
+            f"average, at most {exp['max_cycles']:,} cycles / {exp['max_ops']:,} ops ({exp['samples']:,} sampled)")
+    if reach is not None:
+        line += f"; {reach:.1f} frames reachable at the sampled instants"
+    return line
 
 
 def describe_lock(lock: dict) -> str:

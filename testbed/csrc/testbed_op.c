@@ -36,7 +36,7 @@ enum {
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
   P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_DOM_LAYOUT = 31,
   P_REFCOUNT_WRAP = 32, P_IRQ_INTERVAL = 34,
-  P_SSHOT_FUTURE = 41,
+  P_SSHOT_FUTURE = 41, P_NMI = 48, P_RECURSIVE = 49, P_GUEST_PAGES = 50,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -48,8 +48,11 @@ enum {
   S_SAMPLING = 44, S_IRQ_TAKEN = 54, S_IRQ_DEFERRED = 55, S_IRQ_MAPS = 56, S_IRQ_INSIDE = 57,
   S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
   S_TIMER_LATE = 64,
+  S_NMI_IRQS_OFF = 72, S_GUEST_TOUCHES = 73, S_GUEST_WALKS = 74, S_DEADLOCKS = 75, S_EXP_SAMPLES = 76,
+  S_EXP_CYCLES = 77, S_EXP_OPS = 78, S_EXP_MAX_CYCLES = 79, S_EXP_MAX_OPS = 80, S_EXP_INSTANTS = 81,
+  S_EXP_REACHABLE = 82, S_EXP_SLOT = 83, S_EXP_MFN = 84, S_EXP_T0 = 85, S_EXP_OP0 = 86,
 };
-enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5 };
+enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5, ST_DEADLOCK = 6 };
 #define LAT_BINS 64
 #define MAPCACHE_VA ((i64)1 << 40)
 #define V_TLBFLUSH_TIME 0
@@ -69,6 +72,7 @@ enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
 #define PTE_MFN_MASK (PTE_PRESENT - 1)
 #define D_TLBCLOCK 0
 #define CLOCK_MASK 0xFFFFFFFFLL
+#define GUEST_TAG ((i64)1 << 32)
 
 /* --- variants ------------------------------------------------------------------------------- */
 /* Variant ids, in the registry's order (variants/__init__.py TABLE). */
@@ -259,6 +263,38 @@ static void flush_all(struct arrays *a) {
   a->srow[S_FLUSH_ALL] += 1;
   a->srow[S_REFILL_LEFT] = a->p[P_COST_REFILL];
   if (a->p[P_COST_FLUSH_ALL] > 0) spin_cycles(a->p[P_COST_FLUSH_ALL]);
+}
+
+/* tlb.touch_guest: the guest touching its own page through the TLB (tag GUEST_TAG + page). */
+INLINE void touch_guest(struct arrays *a, i64 page) {
+  i64 *tlb = a->tlb, *srow = a->srow;
+  const i64 *p = a->p;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (page & (p[P_TLB_SETS] - 1)) * ways;
+  i64 tag = GUEST_TAG + page;
+  i64 meta = a->tlb_rows - 1;
+  i64 tick = tlb[meta * T_COLS] + 1;
+  tlb[meta * T_COLS] = tick;
+  i64 victim = base;
+  i64 oldest = (i64)1 << 62;
+  srow[S_GUEST_TOUCHES] += 1;
+  for (i64 w = base; w < base + ways; w++) {
+    i64 t = tlb[w * T_COLS + T_TAG];
+    if (t == tag) {
+      tlb[w * T_COLS + T_AGE] = tick;
+      return;
+    }
+    i64 age = t == 0 ? -1 : tlb[w * T_COLS + T_AGE];
+    if (age < oldest) {
+      oldest = age;
+      victim = w;
+    }
+  }
+  srow[S_GUEST_WALKS] += 1;
+  if (p[P_COST_WALK] > 0) spin_cycles(p[P_COST_WALK]);
+  tlb[victim * T_COLS + T_TAG] = tag;
+  tlb[victim * T_COLS + T_PFN] = page;
+  tlb[victim * T_COLS + T_AGE] = tick;
 }
 
 /* tlb.refill */
@@ -503,6 +539,13 @@ INLINE i64 locked_map_(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   i64 layout = p[P_DOM_LAYOUT], d_cursor, d_epoch, d_tlbflush_ts;
   domain_words(layout, &d_cursor, &d_epoch, &d_tlbflush_ts);
   i64 my = 0;
+  /* an NMI handler inside this CPU's own critical section: named, not spun on for ever */
+  i64 own, hts, hfrom;
+  owner_words(layout, &own, &hts, &hfrom);
+  if (vrow[V_IRQ_OFF] != 0 && !nolock && dom[own] == vcpu + 1) {
+    srow[S_DEADLOCKS] += 1;
+    return -ST_DEADLOCK;
+  }
   if (!nolock) my = lk_acquire(dom, srow, vcpu, kind, layout);
   i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
   irq_point(a, vcpu, irq);                                         /* lock held */
@@ -965,7 +1008,8 @@ static void irq_take(struct arrays *a, i64 vcpu, i64 inside) {
     vrow[V_IRQ_PENDING] = n - 1;
     return;
   }
-  if (vrow[V_IRQ_OFF] != 0) {
+  int off = vrow[V_IRQ_OFF] != 0;
+  if (off && a->p[P_NMI] == 0) {
     if (n == 1) {
       srow[S_IRQ_DEFERRED] += 1;
       vrow[V_IRQ_PENDING] = -1;
@@ -974,7 +1018,10 @@ static void irq_take(struct arrays *a, i64 vcpu, i64 inside) {
   }
   vrow[V_IRQ_PENDING] = 0;
   srow[S_IRQ_TAKEN] += 1;
-  if (inside) srow[S_IRQ_INSIDE] += 1;
+  if (inside) {
+    srow[S_IRQ_INSIDE] += 1;
+    if (off) srow[S_NMI_IRQS_OFF] += 1;
+  }
   vrow[V_IRQ_OFF] += 1;
   i64 vid = a->p[P_VARIANT];
   i64 mfn = irq_rand(vrow, a->p[P_WORKING_SET]);
@@ -995,6 +1042,68 @@ static void irq_take(struct arrays *a, i64 vcpu, i64 inside) {
 
 INLINE void loop_point(struct arrays *a, i64 vcpu, int irq) {
   if (irq && a->vrow[V_IRQ_PENDING] != 0) irq_take(a, vcpu, 0);
+}
+
+/* --- kernels.py: exposure ------------------------------------------------------------------ */
+INLINE int reachable(struct arrays *a, i64 slot, i64 mfn) {
+  const i64 *tlb = a->tlb, *p = a->p;
+  if (load_acquire(a->pte, slot) == (mfn | PTE_PRESENT)) return 1;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (slot & (p[P_TLB_SETS] - 1)) * ways;
+  for (i64 w = base; w < base + ways; w++)
+    if (tlb[w * T_COLS + T_TAG] == slot + 1 && tlb[w * T_COLS + T_PFN] == mfn) return 1;
+  return 0;
+}
+
+static i64 reachable_frames(struct arrays *a) {
+  i64 n = 0, slots = a->p[P_SLOTS];
+  for (i64 s = 0; s < slots; s++)
+    if ((load_acquire(a->pte, s) & PTE_PRESENT) != 0) n += 1;
+  for (i64 w = 0; w < a->tlb_rows - 1; w++) {
+    i64 tag = a->tlb[w * T_COLS + T_TAG];
+    if (0 < tag && tag <= slots && load_acquire(a->pte, tag - 1) != (a->tlb[w * T_COLS + T_PFN] | PTE_PRESENT)) n += 1;
+  }
+  return n;
+}
+
+static void exposed(i64 *srow, i64 cycles, i64 ops) {
+  srow[S_EXP_SAMPLES] += 1;
+  srow[S_EXP_CYCLES] += cycles;
+  srow[S_EXP_OPS] += ops;
+  if (cycles > srow[S_EXP_MAX_CYCLES]) srow[S_EXP_MAX_CYCLES] = cycles;
+  if (ops > srow[S_EXP_MAX_OPS]) srow[S_EXP_MAX_OPS] = ops;
+}
+
+/* kernels.expose: at a look, follow one unmapped frame until it is unreachable. */
+static void expose(struct arrays *a, i64 now, i64 ops) {
+  i64 *srow = a->srow, *lrow = a->lrow;
+  i64 s = srow[S_EXP_SLOT];
+  if (s != 0) {
+    if (reachable(a, s - 1, srow[S_EXP_MFN])) return;
+    srow[S_EXP_SLOT] = 0;
+    exposed(srow, now - srow[S_EXP_T0], ops - srow[S_EXP_OP0]);
+    return;
+  }
+  i64 va = lrow[0];
+  if (va < MAPCACHE_VA) return;
+  i64 slot = va - MAPCACHE_VA;
+  if ((srow[S_EXP_SAMPLES] & (((i64)1 << a->p[P_LAT_EVERY]) - 1)) == 0) {
+    srow[S_EXP_INSTANTS] += 1;
+    srow[S_EXP_REACHABLE] += reachable_frames(a);
+  }
+  if (reachable(a, slot, lrow[1])) {
+    srow[S_EXP_SLOT] = slot + 1;
+    srow[S_EXP_MFN] = lrow[1];
+    srow[S_EXP_T0] = now;
+    srow[S_EXP_OP0] = ops;
+  } else {
+    exposed(srow, 0, 0);
+  }
+}
+
+/* kernels.guest_pages */
+static void guest_pages(struct arrays *a) {
+  for (i64 g = 0; g < a->p[P_GUEST_PAGES]; g++) touch_guest(a, g);
 }
 
 static int held_mfn(const i64 *lrow, i64 k, i64 mfn) {
@@ -1047,6 +1156,7 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
   i64 below = same ? p[P_LEVELS] : 0;
   int others = same && p[P_WORKING_SET] > below;
   int distinct = wl == WL_PTWALK && p[P_WORKING_SET] >= nest;
+  int recursive = wl == WL_PTWALK && p[P_RECURSIVE] > 0;
   int hypercall = wl == WL_GUEST || wl == WL_TIMERS;
   i64 burst = hypercall ? p[P_BURST] : 1;
   i64 done = 0, status = ST_OK;
@@ -1054,8 +1164,15 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
   i64 check_mask = hypercall || p[P_CHECK_EVERY_OP] != 0 ? 0 : 15;
   i64 t_chunk = rdtsc();
   for (i64 it = 0; it < n; it++) {
-    if ((done & check_mask) == check_mask && rdtsc() - t_chunk > budget) break;
-    if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
+    if ((done & check_mask) == check_mask) {
+      i64 now = rdtsc();
+      if (now - t_chunk > budget) break;
+      expose(a, now, srow[S_OPS] + done);
+    }
+    if (hypercall && srow[S_STREAK] == 0) {
+      guest_work(p, rng, srow);
+      guest_pages(a);
+    }
     if (irq && p[P_IRQ_INTERVAL] > 0) irq_due(p, a->vrow);
     i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
     for (i64 bi = 0; bi < burst; bi++) {
@@ -1063,11 +1180,14 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
       i64 held = 0;
       for (i64 k = 0; k < depth; k++) {
         i64 mfn;
-        if (same && 0 < k && k < nest)
+        int again = recursive && k > 0 && draw(rng, 1 << 16) < p[P_RECURSIVE];
+        if (again)
+          mfn = lrow[2 * draw(rng, k) + 1];         /* the table an earlier level mapped, again */
+        else if (same && 0 < k && k < nest)
           mfn = lrow[1];
         else
           mfn = draw_mfn(rng, p);
-        if (distinct || (others && k >= nest))
+        if (!again && (distinct || (others && k >= nest)))
           while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
         loop_point(a, vcpu, irq);
         i64 va = timed_map(a, vid, vcpu, mfn, irq);

@@ -97,6 +97,10 @@ points (``irq_point``: with the lock held, after it is dropped, in unmap
 between reading the bucket and updating it) therefore only defer an interrupt;
 a handler that ran with the lock held would spin on the lock forever. An
 interrupt handler's mapping takes a slot from the domain's pool like any other.
+An NMI (``--nmi-rate``) is not deferred: its handler's map, reaching the lock
+its own CPU holds (the owner word says so), stops with ``ST_DEADLOCK``
+(counted in ``S_DEADLOCKS``) instead of spinning for ever: the run fails by
+the check named ``deadlock``.
 
 Simplifications: the 32-bit refcount is an int64 checked against 2**32 (a wrap
 is a refcount error).
@@ -503,6 +507,11 @@ def map_slow(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, layout, irq):
     kind = p[abi.P_LOCK]
     d_cursor, d_epoch, d_tlbflush_ts = domain_words(layout)
     my = 0
+    # A handler (an NMI: irq_save does not hold it back) inside this CPU's own critical section
+    # would spin for ever on the lock its CPU holds: named, and the run ends (no ticket taken).
+    if vrow[abi.V_IRQ_OFF] != 0 and not nolock and dom[owner_words(layout)[0]] == vcpu + 1:
+        srow[abi.S_DEADLOCKS] += 1
+        return -abi.ST_DEADLOCK
     if not nolock:
         my = acquire(dom, srow, vcpu, kind, layout)
     # A cycle-counter read costs about 11 ns here, as much as the rest of the critical
