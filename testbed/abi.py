@@ -130,6 +130,15 @@ S_REFILLS = 63         # refill walks paid (--cost-refill)
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.
+# 88..103: a Xen tree's own domain_page.c (variants/xen.py; written by csrc/xen/shim.h, same ids)
+S_XEN_MAPS = 88        # perfc map_domain_page_count: must equal the maps (no directmap shortcut)
+S_XEN_TLB_FLUSH = 89   # perfc domain_page_tlb_flush
+S_XEN_BUGS = 90        # ASSERT / BUG_ON / BUG / BUILD_BUG_ON of the Xen file that failed
+S_XEN_BUG_LINE = 91    # ... the Xen file's line of the first (not a counter)
+S_XEN_BUG_KIND = 92    # ... which macro: 1 ASSERT, 2 BUG_ON, 3 BUG, 4 BUILD_BUG_ON (not a counter)
+S_XEN_DIRECT = 93      # maps the Xen file answered from the directmap: must stay 0
+S_XEN_PTE_WRITES = 94  # l1e_write calls of the Xen file
+# 95..103: free (Xen's own code)
 N_STATS = 128
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 
@@ -146,6 +155,8 @@ COUNTER_NAMES = {
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
     S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
     S_IRQ_TAKEN: "irq_taken", S_IRQ_DEFERRED: "irq_deferred", S_IRQ_MAPS: "irq_maps", S_IRQ_INSIDE: "irq_inside",
+    S_XEN_MAPS: "map_domain_page_count", S_XEN_TLB_FLUSH: "domain_page_tlb_flush", S_XEN_BUGS: "xen_assertions",
+    S_XEN_DIRECT: "xen_directmap_maps", S_XEN_PTE_WRITES: "xen_pte_writes",
 }
 
 # --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----
@@ -224,9 +235,11 @@ ST_REFCOUNT = 2        # a refcount wrapped or went negative
 ST_BAD_VA = 3          # unmap of an address that is not mapped
 ST_BAD_VARIANT = 4     # p[P_VARIANT] names no registered variant: the dispatch runs nothing
 ST_ORDER = 5           # unmap out of the order the variant requires (kmap-local: last mapped, first unmapped)
+ST_XEN_BUG = 6         # a Xen file's ASSERT / BUG_ON failed (csrc/xen/shim.h): Xen would panic
 
 STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap",
-                ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order"}
+                ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order",
+                ST_XEN_BUG: "xen_assertion"}
 
 # Virtual addresses handed out by map: mapcache slots sit above this bit, the direct map below.
 MAPCACHE_VA = 1 << 40

@@ -44,6 +44,7 @@ import math
 import numpy as np
 
 from . import abi, hostinfo, oracle
+from . import variants as registry
 
 SCHEMA = 2
 KIND = "testbed.run"
@@ -162,6 +163,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "schema": SCHEMA,
         "kind": KIND,
         "variant": cfg.variant,
+        "label": registry.get(cfg.variant).module.label(cfg),
+        "xen": registry.get(cfg.variant).module.describe(cfg),
         "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
         "irq": irq_summary(getattr(cfg, "irq_rate", 0.0), totals),
         "vcpus": n,

@@ -222,8 +222,10 @@ def variants_table() -> list[dict]:
 
     out = []
     for v in variants.VARIANTS.values():
-        d = {"name": v.name, "kind": "control" if v.control else "real", "description": v.description}
-        if v.control:
+        d = {"name": v.name, "kind": "real" if v.kind == "design" else v.kind, "description": v.description}
+        if v.kind == "xen":
+            d.update(usage="--variant xen --xen-tree DIR [--xen-patch FILE]..., or xen:DIR[+PATCH]... in a list")
+        elif v.control:
             d.update(caught_by=list(v.catches), options=v.cli_options)
         else:
             d.update(default_entries=v.module.DEFAULT_ENTRIES, locks=list(v.locks), baseline=v.baseline)
