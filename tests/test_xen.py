@@ -5,7 +5,7 @@ the seed patch was written against, and ``head``) and the seed patch (``../share
 without them every test here is skipped, saying so.
 
 The differential test runs the real code and its transcription (the C port of ``locked`` for
-the old design, of ``lockless`` for the seed: tests/test_native.py holds the port to the
+the old design, in seed-base and in head, of ``lockless`` for the seed: tests/test_native.py holds the port to the
 numba kernels word for word) from the same seed, one operation at a time, on one vCPU and on
 four interleaved in a fixed order in one process, and compares after every operation the
 status, the slots returned (the live row), the whole PTE array and the full / one-slot flush
@@ -82,14 +82,15 @@ def port():
 
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("vcpus", (1, 4))
-@pytest.mark.parametrize("design,patches", (("locked", ()), ("lockless", ("seed",))), ids=("old", "seed"))
-def test_differential(port, design, patches, vcpus, workload):
+@pytest.mark.parametrize("tree,design,patches", (("seed-base", "locked", ()), ("head", "locked", ()),
+                                                 ("seed-base", "lockless", ("seed",))), ids=("old", "head", "seed"))
+def test_differential(port, tree, design, patches, vcpus, workload):
     """The real old design against ``locked``, the real seed against ``lockless``: the same slots,
     PTEs, flushes, statuses and final state, operation by operation (see the module docstring)."""
     from testbed.variants import xen as xv
 
     patches = tuple(SEED if p == "seed" else p for p in patches)
-    xcfg = _cfg("xen", vcpus, workload, xen_tree=SEED_BASE, xen_patches=patches)
+    xcfg = _cfg("xen", vcpus, workload, xen_tree=HEAD if tree == "head" else SEED_BASE, xen_patches=patches)
     tcfg = _cfg(design, vcpus, workload, entries=xcfg.entries, hash_entries=xcfg.hash_entries,
                 **({"lock": "ticket", "dom_layout": "xen"} if design == "locked" else {}))
     xviews, xargs = _state(xcfg, None)
