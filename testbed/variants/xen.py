@@ -125,9 +125,9 @@ def init_state(views, cfg):
     rc = int(b.lib.testbed_xen_init(_addr(heap), heap.nbytes, cfg.vcpus, cfg.entries, None, _addr(dom),
                                     _addr(views["pte"]), _addr(views["vst"][0]), _addr(views["stats"][0])))
     srow = views["stats"][0]
-    if rc == ST_XEN_BUG:
+    if rc in (ST_XEN_BUG, abi.ST_EXHAUSTED):
         raise UsageError(f"{b.label}: {bug_message(b, srow)} while the mapcache was set up (init)")
-    srow[S_XEN_BUGS] = srow[S_XEN_BUG_LINE] = srow[S_XEN_BUG_KIND] = 0
+    srow[S_XEN_BUGS] = srow[S_XEN_BUG_LINE] = srow[S_XEN_BUG_KIND] = srow[abi.S_EXHAUSTED] = 0
     lines = (ctypes.c_int64 * 16)()
     n = int(b.lib.testbed_xen_build_bugs(lines, 16))
     b.build_bugs = [f"xen/arch/x86/domain_page.c:{lines[k]}: {b.source_line(lines[k])}" for k in range(min(n, 16))]
@@ -151,13 +151,14 @@ def runner(cfg):
 
 def failure_detail(cfg, row) -> str:
     """What a vCPU's failed ASSERT / BUG_ON was, for the failure message."""
-    return bug_message(build_of(cfg), row) if row[S_XEN_BUGS] else ""
+    return bug_message(build_of(cfg), row) if row[S_XEN_BUG_LINE] else ""
 
 
 def bug_message(b, srow) -> str:
     line = int(srow[S_XEN_BUG_LINE])
     kind = BUG_KINDS.get(int(srow[S_XEN_BUG_KIND]), "assertion")
-    return f"{kind} failed at xen/arch/x86/domain_page.c:{line}: {b.source_line(line)}"
+    why = " (the bitmap search before it found no free slot: exhaustion)" if srow[abi.S_EXHAUSTED] else ""
+    return f"{kind} failed at xen/arch/x86/domain_page.c:{line}: {b.source_line(line)}{why}"
 
 
 # --- reading the Xen state ---------------------------------------------------------------------

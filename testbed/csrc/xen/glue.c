@@ -58,7 +58,7 @@ static i64 shim_recover(i64 irq_off) {
     shim_lock_held = NULL;
   }
   shim_a->vrow[V_IRQ_OFF] = irq_off;
-  return ST_XEN_BUG;
+  return shim_status;
 }
 
 INLINE void shim_enter(struct arrays *a, i64 vcpu, int irq) {
@@ -66,6 +66,7 @@ INLINE void shim_enter(struct arrays *a, i64 vcpu, int irq) {
   shim_current = &shim_vcpus[vcpu];
   shim_vcpu_id = vcpu;
   shim_irq = irq;
+  shim_found_none = 0;
 }
 
 static __attribute__((noinline)) i64 xen_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {

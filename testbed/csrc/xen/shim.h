@@ -152,13 +152,25 @@ static struct vcpu *shim_idle_vcpu[1024];   /* config.MAX_VCPUS: NULL, never the
 #define system_state SYS_STATE_active
 
 /* --- failures: counted, with the line, then back to the glue ------------------------------- */
+/* A BUG_ON right after a bitmap search of this operation found no clear bit is the mapcache
+ * out of slots: the transcriptions' exhaustion (ST_EXHAUSTED, the `exhaustion` check), as both
+ * designs tried state it (BUG_ON(idx >= dcache->entries), BUG_ON(idx >= MAPCACHE_VCPU_ENTRIES)).
+ * Any other failure is an assertion of the file (ST_XEN_BUG, `xen_assertions`). */
+static int shim_found_none;
+static i64 shim_status;
 static __attribute__((noinline, cold, noreturn)) void shim_bug(int line, int kind) {
   i64 *srow = shim_a->srow;
-  if (srow[S_XEN_BUGS] == 0) {
+  if (srow[S_XEN_BUG_LINE] == 0) {
     srow[S_XEN_BUG_LINE] = line;
     srow[S_XEN_BUG_KIND] = kind;
   }
-  srow[S_XEN_BUGS] += 1;
+  if (kind == SHIM_BUG_ON && shim_found_none) {
+    srow[S_EXHAUSTED] += 1;
+    shim_status = ST_EXHAUSTED;
+  } else {
+    srow[S_XEN_BUGS] += 1;
+    shim_status = ST_XEN_BUG;
+  }
   __builtin_longjmp(shim_jmp, 1);
 }
 #define ASSERT(p) do { if (unlikely(!(p))) shim_bug(__LINE__, SHIM_ASSERT); } while (0)
@@ -228,15 +240,18 @@ INLINE void shim_spin_unlock(spinlock_t *l) {
 
 /* Xen's generic find_next_zero_bit: the first clear bit at or after `off`, or `size`. */
 INLINE unsigned int shim_find_next_zero_bit(const unsigned long *addr, unsigned long size, unsigned long off) {
+  unsigned long i = size;
   while (off < size) {
     unsigned long w = ~addr[off / BITS_PER_LONG] >> (off % BITS_PER_LONG);
     if (w != 0) {
-      unsigned long i = off + (unsigned long)__builtin_ctzl(w);
-      return i < size ? (unsigned int)i : (unsigned int)size;
+      i = off + (unsigned long)__builtin_ctzl(w);
+      break;
     }
     off = (off / BITS_PER_LONG + 1) * BITS_PER_LONG;
   }
-  return (unsigned int)size;
+  if (i > size) i = size;
+  shim_found_none = i == size;
+  return (unsigned int)i;
 }
 INLINE unsigned int shim_find_next_bit(const unsigned long *addr, unsigned long size, unsigned long off) {
   while (off < size) {
