@@ -34,6 +34,11 @@ Schema history (bump SCHEMA on any change a reader must know about):
   inside a map or unmap, deferred, and the handlers' nested maps; null without
   --irq-rate), config irq_rate, totals and per vCPU irq_taken, irq_inside,
   irq_deferred, irq_maps.
+  Also in 2, added keys only: "label" in a run (the variant's name, or for a Xen tree's own code
+  its build's, e.g. xen(af01d33+seed)), "xen" (the tree, commit, file and patch hashes, skipped
+  hunks and failed BUILD_BUG_ONs of the code a xen run ran; null otherwise), config xen_tree and
+  xen_patches, totals and per vCPU map_domain_page_count, domain_page_tlb_flush, xen_assertions,
+  xen_directmap_maps, xen_pte_writes, checks xen_assertions.
 """
 
 from __future__ import annotations

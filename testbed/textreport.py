@@ -243,7 +243,9 @@ def print_variants(out=sys.stdout, as_json: bool = False) -> None:
         return
     for v in variants.VARIANTS.values():
         m = v.module
-        if v.control:
+        if v.kind == "xen":
+            extra = "entries and hash from the tree; --xen-tree DIR [--xen-patch FILE]..., or xen:DIR+PATCH in lists"
+        elif v.control:
             extra = f"caught by: {', '.join(v.catches)}" + (f"; needs {' '.join(v.cli_options)}" if v.options else "")
         else:
             extra = f"entries {m.DEFAULT_ENTRIES}" + (f", --lock {'|'.join(v.locks)}" if v.locks else "") + (
