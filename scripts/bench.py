@@ -17,6 +17,10 @@ Prints, from real runs of the harness (pinned worker processes):
 All figures of one invocation come from the same machine in the same minute;
 compare ratios, not absolute times, across invocations.
 
+With ``--vs-xen xen:TREE[+PATCH],...`` it prints instead, for each Xen tree (and patches), its own
+``domain_page.c`` built against the shim (``testbed/xen.py``) against the C port of the design it
+has the shape of (the old design: ``locked``; the seed: ``lockless``), timed the same way.
+
 With ``--vs-c`` it prints instead, for every design of the registry (locked
 under each of its locks, in each layout) and frame count, the compiled
 loop against the same loop in C (``testbed/csrc/testbed_op.c``, built with the
@@ -198,6 +202,72 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
     return 0
 
 
+def vs_xen(specs, frames: int, repeat: int, cpu: int | None, call_ms: float) -> int:
+    """A Xen tree's own code against the C port of its transcription (the old design: locked,
+    ticket lock, Xen's layout; the seed: lockless), the same loop in the same process: ns/op of
+    both and their ratio, measured as --vs-c does. 0 if every row ran."""
+    import dataclasses
+    import os
+    import time
+
+    from testbed import abi, config, native
+    from testbed import variants as registry
+    from testbed.errors import UsageError
+    from testbed.variants import xen as xen_design
+
+    nat = native.Native()
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1] if cpu is None else cpu})
+    print(f"# Xen's own domain_page.c vs the C port of its transcription ({native.compiler_version(nat.cc)} -O2), "
+          f"uniform workload, 1 vCPU, {frames} frames, cost model off; ratio = Xen / port per round, median")
+    print(f"{'variant':28} {'port of':9} {'Xen ns/op':>10} {'port ns/op':>10} {'ratio':>7}   spread")
+    for text in specs:
+        tree, patches = xen_design.spec(text)
+        try:
+            xcfg = config.validate(RunConfig(variant="xen", xen_tree=tree, xen_patches=patches, vcpus=1,
+                                             frames=frames, cost_flush_one=0, cost_flush_all=0, cost_walk=0,
+                                             cost_refill=0))
+        except UsageError as e:
+            print(f"bench: {text}: {e}", file=sys.stderr)
+            return 2
+        kind = xen_design.shape(xen_design.build_of(xcfg))
+        if kind is None:
+            print(f"bench: {text}: its structs have the shape of no transcribed design", file=sys.stderr)
+            return 2
+        tcfg = config.validate(dataclasses.replace(xcfg, variant=kind, xen_tree=None, xen_patches=(),
+                                                   **({"lock": "ticket", "dom_layout": "xen"} if kind == "locked"
+                                                      else {})))
+        runs = []
+        for cfg, loop in ((xcfg, xen_design.runner(xcfg).native), (tcfg, nat)):
+            p = config.params(cfg)
+            p[abi.P_CHUNK_CYCLES] = 1 << 62
+            bound = loop.bind(*harness.private_state(cfg, p)[2])
+            runs.append(lambda n, bound=bound: bound(n, 0))
+        for f in runs:
+            f(20_000)
+        t0 = time.perf_counter()
+        runs[0](200_000)
+        n = max(20_000, int(200_000 * call_ms * 1e-3 / (time.perf_counter() - t0)))
+        xs, ts, ratios = [], [], []
+        for r in range(repeat):
+            best = [float("inf"), float("inf")]
+            for k in range(PAIRS):
+                for i in ((0, 1) if (r + k) % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    st = runs[i](n)
+                    best[i] = min(best[i], (time.perf_counter() - t0) / n * 1e9)
+                    if st != 0:
+                        print(f"bench: {text} stopped with status {st}", file=sys.stderr)
+                        return 1
+            xs.append(best[0])
+            ts.append(best[1])
+            ratios.append(best[0] / best[1])
+        name = xen_design.label(xcfg)
+        print(f"{name:28} {kind:9} {statistics.median(xs):10.1f} {statistics.median(ts):10.1f} "
+              f"{statistics.median(ratios):6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
+    nat.close()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -214,11 +284,17 @@ def main() -> int:
                          "(or --frames when given)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to print, of {','.join(SECTIONS)} (default: all)")
+    ap.add_argument("--vs-xen", default=None, metavar="SPECS",
+                    help="instead: Xen's own code against the C port of its transcription, for each comma-separated "
+                         "xen:TREE[+PATCH] (at --frames, default 256)")
     ap.add_argument("--cpu", type=int, default=None, help="--vs-c: the CPU to pin to (default: the last allowed)")
     ap.add_argument("--call-ms", type=float, default=15.0, help="--vs-c: about how long one timed call runs")
     args = ap.parse_args()
     from testbed import variants as registry
 
+    if args.vs_xen:
+        return vs_xen([x.strip() for x in args.vs_xen.split(",") if x.strip()], args.frames, args.repeat, args.cpu,
+                      args.call_ms)
     if args.variants is not None:
         names = [x.strip() for x in args.variants.split(",") if x.strip()]
     elif args.vs_c:

@@ -153,6 +153,15 @@ S_EXP_OP0 = 86         # ... this vCPU's operation count then
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.
+# 88..103: a Xen tree's own domain_page.c (variants/xen.py; written by csrc/xen/shim.h, same ids)
+S_XEN_MAPS = 88        # perfc map_domain_page_count: must equal the maps (no directmap shortcut)
+S_XEN_TLB_FLUSH = 89   # perfc domain_page_tlb_flush
+S_XEN_BUGS = 90        # ASSERT / BUG_ON / BUG / BUILD_BUG_ON of the Xen file that failed
+S_XEN_BUG_LINE = 91    # ... the Xen file's line of the first (not a counter)
+S_XEN_BUG_KIND = 92    # ... which macro: 1 ASSERT, 2 BUG_ON, 3 BUG, 4 BUILD_BUG_ON (not a counter)
+S_XEN_DIRECT = 93      # maps the Xen file answered from the directmap: must stay 0
+S_XEN_PTE_WRITES = 94  # l1e_write calls of the Xen file
+# 95..103: free (Xen's own code)
 N_STATS = 128
 MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX, S_EXP_MAX_CYCLES, S_EXP_MAX_OPS)   # maxima, not sums
 LAT_BINS = 64          # log2 histogram of map latency in cycles
@@ -175,6 +184,8 @@ COUNTER_NAMES = {
     S_DEADLOCKS: "deadlocks", S_EXP_SAMPLES: "exposure_samples", S_EXP_CYCLES: "exposure_cycles",
     S_EXP_OPS: "exposure_ops", S_EXP_MAX_CYCLES: "exposure_max_cycles", S_EXP_MAX_OPS: "exposure_max_ops",
     S_EXP_INSTANTS: "exposure_instants", S_EXP_REACHABLE: "exposure_reachable",
+    S_XEN_MAPS: "map_domain_page_count", S_XEN_TLB_FLUSH: "domain_page_tlb_flush", S_XEN_BUGS: "xen_assertions",
+    S_XEN_DIRECT: "xen_directmap_maps", S_XEN_PTE_WRITES: "xen_pte_writes",
 }
 
 # --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----
@@ -254,10 +265,11 @@ ST_BAD_VA = 3          # unmap of an address that is not mapped
 ST_BAD_VARIANT = 4     # p[P_VARIANT] names no registered variant: the dispatch runs nothing
 ST_ORDER = 5           # unmap out of the order the variant requires (kmap-local: last mapped, first unmapped)
 ST_DEADLOCK = 6        # a lock taken by the CPU that holds it (an NMI handler inside the critical section)
+ST_XEN_BUG = 7         # a Xen file's ASSERT / BUG_ON failed (csrc/xen/shim.h): Xen would panic
 
 STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap",
                 ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order",
-                ST_DEADLOCK: "deadlock"}
+                ST_DEADLOCK: "deadlock", ST_XEN_BUG: "xen_assertion"}
 
 # Virtual addresses handed out by map: mapcache slots sit above this bit, the direct map below.
 MAPCACHE_VA = 1 << 40

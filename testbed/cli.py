@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_run(args) -> int:
     from . import harness, results, stats
+    from . import variants as registry
     from .config import validate
     from .textreport import print_result, print_sample
 
@@ -38,7 +39,7 @@ def cmd_run(args) -> int:
     _check_outputs(args)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
-    print(f"testbed run: variant {cfg.variant}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, "
+    print(f"testbed run: variant {registry.get(cfg.variant).module.label(cfg)}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, "
           f"workload {cfg.workload}, seed {cfg.seed}" + (f", {args.repeat} repetitions (seeds {cfg.seed}.."
                                                           f"{cfg.seed + args.repeat - 1})" if args.repeat > 1 else ""),
           flush=True)

@@ -145,13 +145,17 @@ class RunConfig:
         None, "where the domain's shared words sit, for a variant that lays them out more than one way: 'xen' as "
         "Xen's struct mapcache_domain (cursor, lock, epoch and TLB stamp on one cache line, the ticket lock one "
         "head/tail word) or 'padded' (each on a line of its own); default the variant's first", metavar="{xen,padded}")
+    xen_tree: str | None = option(None, "--variant xen: the Xen tree whose xen/arch/x86/domain_page.c runs",
+                                  metavar="DIR")
+    xen_patches: tuple = option((), "--variant xen: patches applied to the tree first (--xen-patch FILE, repeatable)",
+                                cli=False)
     refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
                                 "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on other fields."""
         v = registry.get(self.variant)
-        return dataclasses.replace(
+        return v.module.resolve(dataclasses.replace(
             self,
             domain_vcpus=self.domain_vcpus if self.domain_vcpus is not None else self.vcpus,
             entries=self.entries if self.entries is not None else v.module.DEFAULT_ENTRIES,
@@ -159,7 +163,7 @@ class RunConfig:
             nest=self.nest if self.nest is not None else default_nest(self.workload, self.levels),
             lock=self.lock if self.lock is not None or not v.locks else v.locks[0],
             dom_layout=self.dom_layout if self.dom_layout is not None or not v.dom_layouts else v.dom_layouts[0],
-        )
+        ))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -252,6 +256,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.sshot_future not in SSHOT_FUTURE:
         raise UsageError(f"--sshot-future {cfg.sshot_future!r}: choose one of: {', '.join(SSHOT_FUTURE)} "
                          "(honoured: Xen 4.17 and older; ignored: Xen 4.18 and later)")
+    if (cfg.xen_tree or cfg.xen_patches) and v.kind != "xen":
+        raise UsageError(f"--xen-tree / --xen-patch apply to --variant xen, not {cfg.variant}")
     if cfg.refcount_wrap not in REFCOUNT_WRAP:
         raise UsageError(f"--refcount-wrap {cfg.refcount_wrap!r}: choose one of: {', '.join(REFCOUNT_WRAP)} "
                          "(stop: a wrapped 8-bit refcount ends the run; wrap: it wraps as the seed's uint8_t does)")

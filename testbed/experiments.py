@@ -39,7 +39,7 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     once per lock, labelled ``variant:lock``; variants without one run once.
     """
     if not locks:
-        return [(name, _own_fields(name, {"variant": name})) for name in variants]
+        return [(_label(name), _own_fields(name, registry.spec_fields(name))) for name in variants]
     if not any(registry.get(name).locks for name in variants):
         with_locks = [f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks]
         raise UsageError(f"--lock {','.join(locks)}: none of {', '.join(variants)} has a lock; --lock applies to "
@@ -49,8 +49,16 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
         if registry.get(name).locks:
             out += [(f"{name}:{lock}", _own_fields(name, {"variant": name, "lock": lock})) for lock in locks]
         else:
-            out.append((name, _own_fields(name, {"variant": name})))
+            out.append((_label(name), _own_fields(name, registry.spec_fields(name))))
     return out
+
+
+def _label(name: str) -> str:
+    """A series' label: the variant's name, or for ``xen:TREE+PATCH`` its build's (``xen(af01d33+seed)``)."""
+    fields = registry.spec_fields(name)
+    if fields["variant"] == name:
+        return name
+    return registry.get(name).module.label(RunConfig(**fields))
 
 
 def _own_fields(name: str, fields: dict) -> dict:

@@ -101,7 +101,7 @@ def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> None:
     Done in the parent before forking, so that every worker inherits the code.
     """
     views, tlbv, args = private_state(cfg, p, module)
-    kernels.run_ops(1, 0, *args)
+    (module or design(cfg)).runner(cfg)(1, 0, *args)
     # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
     # would compile (or load) it on its first switch, seconds of CPU each.
     tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])
@@ -303,8 +303,10 @@ def _death(v: int, proc, views, when: str, cfg) -> dict:
                     f"{cfg.hash_entries}, PAGING_LEVELS {cfg.levels}, workload {cfg.workload}, seed {cfg.seed}")
         name = abi.STATUS_NAMES.get(status, str(status))
         live = oracle.live(views, v)
+        detail = registry.get(cfg.variant).module.failure_detail(cfg, row)
         return {"kind": name, "vcpu": v, "status": status, "live": live,
-                "message": f"vCPU {v} stopped: {name} with {len(live)} live mappings ({geometry})"}
+                "message": f"vCPU {v} stopped: {name}{': ' + detail if detail else ''} with {len(live)} live "
+                           f"mappings ({geometry})"}
     return {"kind": "exited", "vcpu": v, "exitcode": code, "message": f"vCPU {v} exited with status {code} {when}"}
 
 

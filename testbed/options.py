@@ -104,6 +104,8 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
         said = (f" (default {words[f.name]})" if f.name in words else "" if default is None
                 else f" (default {default:g})" if isinstance(default, float) else f" (default {default})")
         ap.add_argument(flag, dest=f.name, type=kind, default=default, metavar=m["metavar"], help=m["help"] + said)
+    ap.add_argument("--xen-patch", dest="xen_patch", action="append", default=None, metavar="FILE",
+                    help="--variant xen: a patch to apply to --xen-tree first, as mailed (repeatable)")
     ap.add_argument("--no-cost", action="store_true", help="turn the TLB cost model off")
 
 
@@ -128,8 +130,13 @@ def config_from(args):
     fields = {f.name: getattr(args, f.name) for f in _declared()}
     if args.no_cost:
         fields.update(cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0, cost_invpcid=0)
-    return RunConfig(variant=getattr(args, "variant", None) or registry.BASELINE, lock=getattr(args, "lock", None),
-                     vcpus=vcpus, seed=args.seed, **fields)
+    fields["xen_patches"] = tuple(getattr(args, "xen_patch", None) or ())
+    variant = getattr(args, "variant", None) or registry.BASELINE
+    if variant.startswith("xen:"):            # the short spelling: xen:TREE+PATCH
+        spelled = registry.spec_fields(variant)
+        variant = spelled.pop("variant")
+        fields.update(xen_tree=spelled["xen_tree"], xen_patches=spelled["xen_patches"] + fields["xen_patches"])
+    return RunConfig(variant=variant, lock=getattr(args, "lock", None), vcpus=vcpus, seed=args.seed, **fields)
 
 
 def checked_config(args):

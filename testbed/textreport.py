@@ -254,8 +254,10 @@ def variants_table() -> list[dict]:
 
     out = []
     for v in variants.VARIANTS.values():
-        d = {"name": v.name, "kind": "control" if v.control else "real", "description": v.description}
-        if v.control:
+        d = {"name": v.name, "kind": "real" if v.kind == "design" else v.kind, "description": v.description}
+        if v.kind == "xen":
+            d.update(usage="--variant xen --xen-tree DIR [--xen-patch FILE]..., or xen:DIR[+PATCH]... in a list")
+        elif v.control:
             d.update(caught_by=list(v.catches), options=v.cli_options)
         else:
             d.update(default_entries=v.module.DEFAULT_ENTRIES, default_entries_source=v.module.GEOMETRY["entries"],
@@ -274,7 +276,9 @@ def print_variants(out=sys.stdout, as_json: bool = False) -> None:
         return
     for v in variants.VARIANTS.values():
         m = v.module
-        if v.control:
+        if v.kind == "xen":
+            extra = "entries and hash from the tree; --xen-tree DIR [--xen-patch FILE]..., or xen:DIR+PATCH in lists"
+        elif v.control:
             extra = f"caught by: {', '.join(v.catches)}" + (f"; needs {' '.join(v.cli_options)}" if v.options else "")
         else:
             extra = f"entries {m.DEFAULT_ENTRIES}" + (f", --lock {'|'.join(v.locks)}" if v.locks else "") + (

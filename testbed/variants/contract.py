@@ -59,6 +59,11 @@ Optional names (default in brackets):
   ``vrow[abi.V_IRQ_OFF]``), so that a negative control can leave it out; an
   interrupt arriving inside an operation named here is deferred to its end.
   ``tests/test_irq.py`` checks the declaration against the compiled code.
+- ``resolve(cfg)`` [the config as it is]: a config with the fields the design decides itself
+  (the xen design: ``entries`` and ``hash_entries`` from the tree's headers).
+- ``NATIVE`` [False] and ``runner(cfg)`` [``kernels.run_ops``]: a native design (``xen``) has
+  no compiled ``map_page`` / ``unmap_page``; its ``runner`` is a function of ``run_ops``'s
+  signature that runs its C loop, which the harness and the vCPU worker call instead.
 - ``FAULT_*`` (int bits): the faults its negative controls switch on, read
   from ``p[abi.P_FAULT]``; the controls themselves are registry lines.
 
@@ -102,11 +107,44 @@ def lock_waiters(views, cfg) -> int:
     return 0
 
 
+def resolve(cfg):
+    """Default: the design takes its geometry from the command line."""
+    return cfg
+
+
+def failure_detail(cfg, row) -> str:
+    """Default: a kernel status says it all."""
+    return ""
+
+
+def label(cfg) -> str:
+    """Default: the variant's name is its label in tables."""
+    return cfg.variant
+
+
+def describe(cfg):
+    """Default: a transcription's code is the testbed's own; nothing to record."""
+    return None
+
+
+def runner(cfg):
+    """Default: the compiled loop, ``kernels.run_ops`` (a native design gives its C loop instead)."""
+    from .. import kernels
+
+    return kernels.run_ops
+
+
 OPTIONAL = {
     "validate": validate,
     "describe_stall": describe_stall,
     "lock_holder": lock_holder,
     "lock_waiters": lock_waiters,
+    "resolve": resolve,
+    "runner": runner,
+    "failure_detail": failure_detail,
+    "label": label,
+    "describe": describe,
+    "NATIVE": False,
     "LOCKS": (),
     "DOM_LAYOUTS": (),
     "IRQS_OFF": (),
@@ -121,10 +159,11 @@ class ContractError(TypeError):
 def complete(module: ModuleType) -> ModuleType:
     """Check ``module`` against the contract and fill in the optional defaults; the module."""
     where = module.__name__
-    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    required = REQUIRED if not getattr(module, "NATIVE", False) else tuple(n for n in REQUIRED if n not in COMPILED)
+    missing = [name for name in required if not hasattr(module, name)]
     if missing:
         raise ContractError(f"variant module {where} lacks {', '.join(missing)} (see docs/variants.md)")
-    for name in COMPILED:
+    for name in COMPILED if not getattr(module, "NATIVE", False) else ():
         if not callable(getattr(module, name)):
             raise ContractError(f"{where}.{name} must be a function compiled with testbed.jit.inline_kernel")
     for name, default in OPTIONAL.items():
