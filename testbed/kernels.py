@@ -355,13 +355,18 @@ def guest_work(p, rng, srow):
 _LOOPS = dispatch.loops()      # imports this module, partly initialised: ops_loop exists by now
 
 
-def loop(p):
-    """The compiled operation loop for ``p[P_VARIANT]``: the variant's own, or the generic one for an
-    unknown id; with interrupts (``p[P_IRQ_INTERVAL]`` non-zero, testbed/irq.py) its interrupt loop."""
-    vid = int(p[abi.P_VARIANT])
-    if p[abi.P_IRQ_INTERVAL] != 0:
+def loop_of(vid: int, irq: bool):
+    """The compiled operation loop of variant id ``vid``, with interrupts or not: the variant's own,
+    or the generic one for an id the registry does not know (it reports ``abi.ST_BAD_VARIANT``)."""
+    if irq:
         return _LOOPS.LOOPS_IRQ[vid] if 0 <= vid < len(_LOOPS.LOOPS_IRQ) else _LOOPS.run_ops_any_irq
     return _LOOPS.LOOPS[vid] if 0 <= vid < len(_LOOPS.LOOPS) else _LOOPS.run_ops_any
+
+
+def loop(p):
+    """The compiled operation loop for ``p[P_VARIANT]``; with interrupts (``p[P_IRQ_INTERVAL]``
+    non-zero, testbed/irq.py) its interrupt loop."""
+    return loop_of(int(p[abi.P_VARIANT]), p[abi.P_IRQ_INTERVAL] != 0)
 
 
 def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):

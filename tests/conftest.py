@@ -26,6 +26,14 @@ import pytest
 from testbed.shared import arena as arena_mod
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Tests that stop a command with SIGINT need it to reach the child as Ctrl-C would. A shell
+# without job control starts a background job with SIGINT ignored, and an ignored signal
+# stays ignored across fork and exec: the command would never see it. A handler does not
+# survive exec, so with one installed here every child starts with SIGINT's default
+# disposition (Python then turns it into KeyboardInterrupt), however the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SHM_DIR = "/dev/shm"
 LOCK_PATH = os.path.join(tempfile.gettempdir(), f"testbed-tests-{os.getuid()}.lock")
 LOCK_WAIT_S = 600.0
