@@ -18,6 +18,7 @@ what there is to raise, where it would have without this step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -63,6 +64,22 @@ def missing(cfgs) -> list[tuple[str, object]]:
     if out or cached(tlb.flush_all):
         return out
     return [("context-switch flush", cfgs[0])] if cfgs else []
+
+
+def every_loop() -> list:
+    """A validated run config for each loop of the registry: every design's, with and without
+    interrupts (what the test suite compiles before its workers start)."""
+    from . import config as cfgmod
+    from . import irq
+    from . import variants as registry
+
+    out = []
+    for v in registry.REAL:
+        base = cfgmod.RunConfig(variant=v.name, vcpus=1, frames=64, duration=0.5, warmup=0.0)
+        out.append(cfgmod.validate(base))
+        out.append(cfgmod.validate(dataclasses.replace(
+            base, irq_rate=1000.0, entries=v.module.DEFAULT_ENTRIES + irq.HANDLER_MAPS)))
+    return out
 
 
 def _weight(cfg) -> int:

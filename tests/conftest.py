@@ -39,6 +39,28 @@ LOCK_PATH = os.path.join(tempfile.gettempdir(), f"testbed-tests-{os.getuid()}.lo
 LOCK_WAIT_S = 600.0
 
 
+# --- the compiled loops -----------------------------------------------------------------
+
+
+def pytest_sessionstart(session):
+    """Under ``-n``, the controller compiles every loop the suite runs before the workers start.
+
+    Each worker would otherwise compile the loops its tests meet, inside those tests, the
+    same loops in both workers at once and one CPU each (``jitcache.prepare`` runs one
+    compiling process per CPU, and the workers then load the loops from the disk cache). A
+    warm cache costs a look at a few index files. Without ``-n`` (one test file while
+    working on it) each test compiles what it needs, as before.
+    """
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    from testbed import jitcache
+
+    t0 = time.perf_counter()
+    if jitcache.prepare(jitcache.every_loop()):
+        sys.stderr.write(f"compiled the suite's loops in {time.perf_counter() - t0:.0f} s\n")
+
+
 # --- segments and processes ------------------------------------------------------------
 
 
