@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 import time
@@ -45,22 +46,27 @@ def cached(dispatcher) -> bool:
     return any(key[1] == magic for key in index._load_index())
 
 
-def missing(cfgs) -> list[tuple[str, object]]:
-    """(label, config) of each loop that ``cfgs`` (validated run configs) need and the cache lacks,
-    in the order first needed; label as in "the locked loop"."""
+def needed(cfgs) -> list[tuple[str, tuple[int, bool], object]]:
+    """(label, loop key, config) of each loop that ``cfgs`` (validated run configs) run, in the order
+    first needed; the label as in "the locked loop" (a design's module name, "interrupt" added)."""
     from . import config as cfgmod
-    from . import kernels, tlb
     from . import variants as registry
 
     out, seen = [], set()
     for cfg in cfgs:
         key = loop_key(cfgmod.params(cfg))
-        if key in seen:
-            continue
-        seen.add(key)
-        if not cached(kernels.loop_of(*key)):
+        if key not in seen:
+            seen.add(key)
             module = registry.get(cfg.variant).module.__name__.rsplit(".", 1)[-1].replace("_", "-")
-            out.append((f"{module}{' interrupt' if key[1] else ''}", cfg))
+            out.append((f"{module}{' interrupt' if key[1] else ''}", key, cfg))
+    return out
+
+
+def missing(cfgs) -> list[tuple[str, object]]:
+    """(label, config) of each loop that ``cfgs`` need and the disk cache lacks (``needed``)."""
+    from . import kernels, tlb
+
+    out = [(label, cfg) for label, key, cfg in needed(cfgs) if not cached(kernels.loop_of(*key))]
     if out or cached(tlb.flush_all):
         return out
     return [("context-switch flush", cfgs[0])] if cfgs else []
@@ -131,8 +137,14 @@ class _Line:
         self.tty = stream.isatty()
         self.said = False
 
-    def say(self, text: str) -> None:
+    def say(self, *texts: str) -> None:
+        """The first of ``texts`` that fits the terminal (each shorter than the one before)."""
+        text = texts[0]
         if self.tty:
+            # A line wider than the terminal wraps, and erasing the line erases only its last
+            # part: the rest would stay on the screen. So it is shortened to fit.
+            width = shutil.get_terminal_size().columns - 1
+            text = next((t for t in texts if len(t) <= width), texts[-1])[:width]
             self.stream.write("\r\x1b[2K" + text)
             self.stream.flush()
         elif not self.said:
@@ -171,8 +183,11 @@ def prepare(cfgs, stream=None, processes: int | None = None) -> float:
     if n <= 1:
         try:
             for i, (label, cfg) in enumerate(todo):
-                line.say(f"compiling {_names([label])} ({WHY}) {i + 1}/{len(todo)}"
-                         if line.tty else f"compiling {_names(labels)} ({WHY})")
+                if line.tty:
+                    line.say(f"compiling {_names([label])} ({WHY}) {i + 1}/{len(todo)}",
+                             f"compiling {_names([label])} {i + 1}/{len(todo)}")
+                else:
+                    line.say(f"compiling {_names(labels)} ({WHY})")
                 _compile_one(cfg)
         finally:
             line.close()
@@ -192,7 +207,7 @@ def prepare(cfgs, stream=None, processes: int | None = None) -> float:
         for proc in procs:
             proc.start()
         line.say(f"compiling {_names(labels)} ({WHY}) in {n} processes" if not line.tty
-                 else f"compiling {_names(labels[:n])} ({WHY}) 1/{len(todo)}")
+                 else f"compiling {_names(labels[:1])} ({WHY}) 1/{len(todo)}")
         while finished < len(todo):
             if results.empty():
                 if not any(p.is_alive() for p in procs):
@@ -207,8 +222,10 @@ def prepare(cfgs, stream=None, processes: int | None = None) -> float:
                 with contextlib.suppress(ValueError):
                     running.remove(i)
             if running:
-                line.say(f"compiling {_names(labels[j] for j in running)} ({WHY}) "
-                         f"{min(finished + 1, len(todo))}/{len(todo)}")
+                count = f"{min(finished + 1, len(todo))}/{len(todo)}"
+                line.say(f"compiling {_names(labels[j] for j in running)} ({WHY}) {count}",
+                         f"compiling {_names(labels[j] for j in running[:1])} ({WHY}) {count}",
+                         f"compiling {_names(labels[j] for j in running[:1])} {count}")
         for proc in procs:
             proc.join()
     finally:
