@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 
-from . import harness, results, stats
+from . import harness, jitcache, results, stats
 from . import variants as registry
 from .config import SCHED_MODELS, RunConfig, checked
 from .errors import UsageError
@@ -71,8 +71,11 @@ def _own_fields(name: str, fields: dict) -> dict:
 
 def plan(configs) -> list[RunConfig]:
     """The plan step: every run of an experiment's grid validated, its vCPUs placed, before the
-    first starts (the first bad one raises UsageError); the runs then use these configs as they are."""
-    return [checked(c) for c in configs]
+    first starts (the first bad one raises UsageError); the runs then use these configs as they are.
+    The loops they will run are compiled then, all CPUs at once, where the disk cache lacks them."""
+    cfgs = [checked(c) for c in configs]
+    jitcache.prepare(cfgs)
+    return cfgs
 
 
 def _until_interrupted(loop) -> str | None:

@@ -23,7 +23,7 @@ import numpy as np
 from testbed.shared import Arena, Field, Layout, futex, remove_stale
 from testbed.workers import vcpu as vcpu_worker
 
-from . import abi, irq, kernels, limits, oracle, tlb
+from . import abi, irq, jitcache, kernels, limits, oracle, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place
@@ -171,6 +171,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
 
     state = RunState(cfg, cores, sched=model, module=module)
     t_compile = time.perf_counter()
+    jitcache.prepare([cfg])         # a cold cache: says so on stderr (a command's plan step did it for all its runs)
     compile_kernels(cfg, p, module)
     state.startup["compile_s"] = time.perf_counter() - t_compile
 
