@@ -127,6 +127,12 @@ S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was take
 S_RECHECKS = 61        # held mappings checked again before their unmap
 S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
 S_REFILLS = 63         # refill walks paid (--cost-refill)
+# 104..111 command line: the worst sampled map latency per second, kept outside the kernel
+# (testbed/latwatch.py): between chunks the worker folds S_LAT_MAX into these and resets it.
+S_LAT_RUN_MAX = 104    # the run's largest sampled map latency, cycles (a maximum)
+S_LAT_SEC = 105        # the second since the start that the worker is filling in
+S_LAT_RING = 106       # 106..111: largest sampled map latency of each of the last LAT_RING seconds, slot sec % 6
+LAT_RING = 6
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.

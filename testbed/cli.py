@@ -81,6 +81,8 @@ def cmd_run(args) -> int:
         res["figures"] = findings.run_figures(res)
         runs.append(res)
         print_result(res, closing=False)
+        if args.repeat > 1:
+            print(f"repetition {i + 1} of {args.repeat} (seed {c.seed}): {res['verdict']}")
         if res["interrupted"] or res["verdict"] != "SUCCESS":
             break
     out = runs[0] if len(runs) == 1 else results.repeated(runs)

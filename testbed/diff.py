@@ -134,7 +134,7 @@ def main(args) -> int:
         print(f"(too few: not enough repetitions to tell; {stats.MIN_REPEAT} on both sides give an interval)")
     for k in ("verdict",):
         if k in a and k in b and isinstance(a[k], str):
-            print(f"{k}: A {a[k]}, B {b[k]}")
+            print(f"checks: A {a[k]}, B {b[k]}")
     return _verdict(table, args.max_slowdown)
 
 

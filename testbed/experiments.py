@@ -337,6 +337,8 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
                 "spread": stats.spread(_rate(r) for r in runs),
                 "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
                 "p99_cycles": stats.median(p99) if p99 else None,
+                "max_cycles": max(r["latency"]["max"] for r in runs),
+                "worst_per_s": [max(col) for col in zip(*(r["latency"].get("worst_per_s") or [] for r in runs))],
                 "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
                 "lock_handoff_cycles": _median_or_none(r["lock"]["handoff_mean_cycles"] for r in runs
                                                        if r.get("lock")),

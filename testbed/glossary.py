@@ -27,8 +27,9 @@ TERMS = {
     "starved": "longest time in seconds the watchdog saw the vCPU make no progress",
     "starved s": "scale: the longest time any vCPU of the point made no progress (the run's 'starved', maximum)",
     # run: the summary lines
-    "worst map latency per second": "the slowest single map in each second of the run, in cycles, from every map "
-                                    "(not sampled): a collapse shows here even when the sampled histogram misses it",
+    "worst map latency per second": "the slowest sampled map in each second of the run (warm-up included), in "
+                                    "cycles: a collapse that lasts a second shows here even when the histogram's p99 "
+                                    "and the run's max hide it",
     "map latency": "cycles from the start to the end of a map call, sampled 1 in 2**--lat-every maps into a log2 "
                    "histogram; p50<=X is the upper bound of the bin holding the median",
     "checks": "the oracle's counters; any non-zero one makes the run FAILURE (docs/variants.md lists them)",
@@ -94,10 +95,10 @@ def lookup(name: str) -> tuple[str, str]:
 def main(args) -> int:
     if args.name is None:
         for k, v in TERMS.items():
-            print(f"{k}: {v}")
+            print(f"- {k}: {v}")
         print(f"verdict: SUCCESS (nothing to check); figures: {len(TERMS)} columns and figures defined")
         return 0
     name, text = lookup(args.name)
-    print(f"{name}: {text}")
+    print(f"- {name}: {text}")
     print("verdict: SUCCESS (nothing to check); figures: defined above")
     return 0

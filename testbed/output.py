@@ -120,7 +120,10 @@ class Terminal(io.TextIOBase):
         return True
 
     def isatty(self) -> bool:
-        return self.stream.isatty()
+        try:
+            return self.stream.isatty()
+        except (ValueError, OSError):         # closed underneath (a test's capture, a reader gone)
+            return False
 
     def fileno(self) -> int:
         return self.stream.fileno()

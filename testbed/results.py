@@ -52,7 +52,7 @@ import math
 
 import numpy as np
 
-from . import abi, hostinfo, oracle
+from . import abi, hostinfo, latwatch, oracle
 
 SCHEMA = 2
 KIND = "testbed.run"
@@ -101,6 +101,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         window_ops = np.asarray(ops_at[1]) - np.asarray(ops_at[0])
     else:
         window_ops = np.zeros(n, dtype=np.int64)
+    # the worker folds the kernel's running maximum into the run's between chunks (testbed/latwatch.py)
+    totals["lat_max_cycles"] = max((latwatch.run_max(stats[v]) for v in range(n)), default=0)
     totals["all_ops"] = totals.pop("ops")
     totals["ops"] = int(window_ops.sum())
     totals["ops_per_s"] = float(window_ops.sum() / measured_s) if measured_s > 0 else 0.0
@@ -116,6 +118,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         row = stats[v]
         d = {name: int(row[col]) for col, name in abi.COUNTER_NAMES.items()}
         d["all_ops"] = d.pop("ops")
+        d["lat_max_cycles"] = latwatch.run_max(row)
         d.update(
             vcpu=v, core=int(cores[v]), ops=int(window_ops[v]),
             ops_per_s=float(window_ops[v] / measured_s) if measured_s > 0 else 0.0,
@@ -191,7 +194,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "totals": totals,
         "fairness": fairness,
         "per_vcpu": per_vcpu,
-        "latency": latency(hist, max((d["lat_max_cycles"] for d in per_vcpu), default=0), cfg.lat_every),
+        "latency": dict(latency(hist, max((d["lat_max_cycles"] for d in per_vcpu), default=0), cfg.lat_every),
+                        worst_per_s=list(runtime.get("lat_worst_per_s") or [])),
         "checks": checks,
         "failure": failure,
         "partial": partial,

@@ -68,7 +68,7 @@ def print_result(res: dict, out=None, closing: bool = True) -> None:
           f"p99<={lat['p99']} p99.9<={lat['p99_9']} max={lat['max']}\n")
     worst = lat.get("worst_per_s")
     if worst:
-        w(f"worst map latency per second (cycles, every map): {' '.join(f'{x:,}' for x in worst[:12])}"
+        w(f"worst map latency per second (cycles, sampled maps): {' '.join(f'{x:,}' for x in worst[:12])}"
           + (f" ... ({len(worst)} s)" if len(worst) > 12 else "") + "\n")
     lock = res.get("lock")
     if lock:
@@ -91,7 +91,8 @@ def print_result(res: dict, out=None, closing: bool = True) -> None:
         w(f"interrupted by {res['interrupted']}: results are partial\n")
     if res["verdict"] != "SUCCESS":
         w(f"replay: {replay_command(res['config'])}\n")
-    w(f"verdict: {res['verdict']}\n" if closing else f"run verdict: {res['verdict']}\n")
+    if closing:
+        w(f"verdict: {res['verdict']}\n")
 
 
 def describe_lock(lock: dict) -> str:
