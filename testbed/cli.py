@@ -414,9 +414,10 @@ def main(argv=None) -> int:
     from .harness import Interrupted
 
     args = build_parser().parse_args(argv)
-    # JSON on stdout is never wrapped; everything else fits 100 columns unless --wide
-    raw = getattr(args, "wide", False) or (args.command == "variants" and args.json)
-    term = output.install(None if raw else output.WIDTH)
+    # JSON on stdout is never wrapped; everything else fits 100 columns on a terminal unless --wide
+    wide = getattr(args, "wide", False)
+    raw = wide or (args.command == "variants" and args.json)
+    term = output.install(output.width_for(sys.stdout, raw), wide)
     try:
         return args.func(args)
     except (UsageError, ResultsError) as e:

@@ -18,7 +18,7 @@ import time
 from .errors import UsageError
 
 EXIT_OUTPUT = 3
-WIDTH = 100           # the testbed's own choice: a terminal of 100 columns; --wide lifts it
+WIDTH = 100           # the testbed's own choice: a terminal of 100 columns; --wide lifts it (``width_for``)
 
 
 # --- output paths ----------------------------------------------------------------------
@@ -115,6 +115,7 @@ class Terminal(io.TextIOBase):
 
     def __init__(self, stream, width: int | None = WIDTH):
         self.stream, self.width, self.closed_pipe, self._line = stream, width, False, ""
+        self.wide = False
 
     def writable(self) -> bool:
         return True
@@ -187,12 +188,29 @@ def wrap(line: str, width: int | None) -> str:
                                    break_long_words=False, break_on_hyphens=False)) or line
 
 
-def install(width: int | None) -> Terminal:
-    """Put a Terminal in front of the real stdout for the rest of the command."""
-    if isinstance(sys.stdout, Terminal):
-        sys.stdout.width = width
-        return sys.stdout
-    term = Terminal(sys.stdout, width)
+def width_for(stream, wide: bool) -> int | None:
+    """The width to wrap at: 100 columns on a terminal, COLUMNS when the environment sets it (a
+    test, a pager), none with --wide or into a pipe or file, where whole lines serve grep and
+    tools best. The tables fit 100 columns whatever this says; --wide widens them."""
+    if wide:
+        return None
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return WIDTH if stream.isatty() else None
+    except (ValueError, OSError):
+        return None
+
+
+def install(width: int | None, wide: bool = False) -> Terminal:
+    """Put a Terminal in front of the real stdout for the rest of the command; ``wide``: --wide, the
+    tables show every column."""
+    term = sys.stdout if isinstance(sys.stdout, Terminal) else Terminal(sys.stdout, width)
+    term.width, term.wide = width, wide
     sys.stdout = term
     return term
 

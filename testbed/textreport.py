@@ -18,8 +18,8 @@ def print_sample(sample, cfg) -> None:
 
 
 def wide() -> bool:
-    """--wide: stdout is not fitted to 100 columns (``output.Terminal``)."""
-    return getattr(sys.stdout, "width", 100) is None
+    """--wide: the tables show every column (``output.Terminal``)."""
+    return bool(getattr(sys.stdout, "wide", False))
 
 
 def print_result(res: dict, out=None, closing: bool = True) -> None:

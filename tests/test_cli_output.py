@@ -71,6 +71,7 @@ def fake_runs(monkeypatch, tmp_path):
 
     monkeypatch.setattr(harness, "run", run)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", str(output.WIDTH))     # as on a 100-column terminal
     return state
 
 
@@ -137,6 +138,18 @@ def test_a_write_that_fails_after_the_run_keeps_the_result(capsys, fake_runs, tm
     assert json.loads(saved[0].read_text())["variant"] == "locked"
     assert last(out).startswith("verdict: SUCCESS")
     assert "Traceback" not in err
+
+
+def test_width_is_100_on_a_terminal_and_whole_lines_into_a_pipe(monkeypatch):
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert output.width_for(Tty(), wide=False) == 100 and output.width_for(Tty(), wide=True) is None
+    assert output.width_for(open(os.devnull, "w"), wide=False) is None
+    monkeypatch.setenv("COLUMNS", "80")
+    assert output.width_for(open(os.devnull, "w"), wide=False) == 80
 
 
 def test_a_closed_pipe_ends_quietly():
