@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import textwrap
 import time
 
 from .errors import ResultsError, UsageError, did_you_mean, signal_exit
@@ -297,8 +298,8 @@ def _command(sub, name: str, summary: str, example: str, func, description: str 
     """A subcommand, declared once: ``summary`` is its line in ``testbed --help`` and opens its own
     ``--help``, which ends with ``example``. New commands register here the same way."""
     text = summary[0].upper() + summary[1:] + "." + (f" {description}" if description else "")
-    p = sub.add_parser(name, help=summary, description=text + f" Every figure and column is defined in {GLOSSARY} "
-                       "and by 'testbed explain NAME'.",
+    text += f" Every figure and column is defined in {GLOSSARY} and by 'testbed explain NAME'."
+    p = sub.add_parser(name, help=summary, description=textwrap.fill(text, 79),
                        epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wide", action="store_true", help="do not fit the output to 100 columns: wider tables, "
                    "unwrapped lines")
@@ -309,9 +310,10 @@ def _command(sub, name: str, summary: str, example: str, func, description: str 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    ap = _Parser(prog="testbed", description="Multiprocess concurrency testbed for hypervisor mapcache designs. "
-                 f"Exit status: 0 SUCCESS, 1 FAILURE, 2 bad input, {EXIT_OUTPUT} output failed (result in a "
-                 "fallback file), 128+N stopped by signal N.",
+    ap = _Parser(prog="testbed", description=textwrap.fill(
+                 "Multiprocess concurrency testbed for hypervisor mapcache designs. Exit status: 0 SUCCESS, "
+                 f"1 FAILURE, 2 bad input, {EXIT_OUTPUT} output failed (the result is in a fallback file), 128+N "
+                 f"stopped by signal N. Every figure and column: {GLOSSARY}, 'testbed explain NAME'.", 79),
                  epilog="example:\n  testbed compare", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"testbed {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -143,7 +143,9 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
         interrupted = _until_interrupted(loop)
     rows = []
     for label, fields_ in todo[1:]:
-        row = {"variant": label, "lock": fields_.get("lock")}
+        ran = cells.get(("single", label)) or cells.get(("multi", label)) or []
+        # the lock the runs used (the variant's default when --lock named none), not null
+        row = {"variant": label, "lock": fields_.get("lock") or (ran[0]["config"].get("lock") if ran else None)}
         for scope in ("single", "multi"):
             # repetition i of a design pairs with the baseline's repetition i (same seed);
             # an interrupted compare pairs the repetitions both finished, or none
@@ -333,7 +335,8 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
                 one = rate
             p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
             rows.append({
-                "variant": name, "lock": fields.get("lock"), "vcpus": n, "sched": model, "ops_per_s": rate,
+                "variant": name, "lock": fields.get("lock") or runs[0]["config"].get("lock"), "vcpus": n,
+                "sched": model, "ops_per_s": rate,
                 "spread": stats.spread(_rate(r) for r in runs),
                 "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
                 "p99_cycles": stats.median(p99) if p99 else None,

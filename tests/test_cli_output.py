@@ -295,6 +295,7 @@ def test_compare_defaults_give_one_findings_line_per_scope_with_intervals(capsys
     assert f"[{lo:+.2f}, {hi:+.2f}]" in out
     assert last(out).startswith("verdict: SUCCESS") and "locked drops most" in last(out)
     assert list(res)[:3] == ["verdict", "figures", "findings"]
+    assert locked["lock"] == "ticket"          # before: null, for a locked that ran with its ticket lock
 
 
 def test_bootstrap_interval_needs_min_repeat_and_is_seeded():
