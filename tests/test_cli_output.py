@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO, cli_env
 
-from testbed import abi, cli, harness, latwatch, output, stats
+from testbed import abi, cli, harness, latwatch, output, plots, stats
 
 TEMPLATE = json.loads((Path(__file__).parent / "data" / "run-locked.json").read_text())
 
@@ -70,6 +70,8 @@ def fake_runs(monkeypatch, tmp_path):
         return res
 
     monkeypatch.setattr(harness, "run", run)
+    # report's plots are matplotlib's work, seconds each, and none of these tests reads them
+    monkeypatch.setattr(plots, "scale_plot", lambda res, path, note=None: Path(path).write_bytes(b"\x89PNG"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", str(output.WIDTH))     # as on a 100-column terminal
     return state
@@ -509,8 +511,6 @@ def test_plot_lines_that_coincide_stay_visible(monkeypatch, tmp_path):
     """Two designs with the very same figures: each line has its own marker and its own x offset, so
     neither hides the other. Before: the p99 panel drew one line over the other."""
     import matplotlib.figure
-
-    from testbed import plots
 
     seen = {}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: seen.setdefault("fig", self))
