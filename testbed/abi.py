@@ -150,6 +150,12 @@ S_EXP_SLOT = 83        # exposure state: the followed slot + 1 (0: none)
 S_EXP_MFN = 84         # ... the frame it mapped at the unmap
 S_EXP_T0 = 85          # ... cycle counter at the first look after the unmap
 S_EXP_OP0 = 86         # ... this vCPU's operation count then
+# 104..111 command line: the worst sampled map latency per second, kept outside the kernel
+# (testbed/latwatch.py): between chunks the worker folds S_LAT_MAX into these and resets it.
+S_LAT_RUN_MAX = 104    # the run's largest sampled map latency, cycles (a maximum)
+S_LAT_SEC = 105        # the second since the start that the worker is filling in
+S_LAT_RING = 106       # 106..111: largest sampled map latency of each of the last LAT_RING seconds, slot sec % 6
+LAT_RING = 6
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.

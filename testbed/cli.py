@@ -1,36 +1,67 @@
 """The ``testbed`` command line: parsing and dispatch.
 
 Bad input gets one line on stderr naming the problem and the fix, exit status
-2, and nothing started. A run exits 0 on SUCCESS, 1 on FAILURE, 128 + signal
-when interrupted (its partial results are still written). The run options are
-declared once, on ``config.RunConfig``; what the commands print is in
-``textreport``, the stress loop in ``stress``, the experiments in ``experiments``.
+2, and nothing started (output paths included). A command exits 0 on SUCCESS, 1
+on FAILURE, 3 when its run finished but an output could not be written (the
+result is then in a fallback file whose name is printed), 128 + signal when
+interrupted (its partial results are still written). Every command ends with
+one ``verdict:`` line (``findings.closing``).
+
+The run options are declared once, on ``config.RunConfig``; a command's own
+options once, with ``_opt``; a command once, with ``_command`` (its summary,
+description and example). What the commands print is in ``textreport``, the
+stress loop in ``stress``, the experiments in ``experiments``, diffs in ``diff``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import textwrap
 import time
 
-from .errors import ResultsError, UsageError, signal_exit
+from .errors import ResultsError, UsageError, did_you_mean, signal_exit
 from .options import (_counts, _float, _int, add_run_options, check_writable, checked_config,  # noqa: F401
-                      config_from, one_line, sweep_arg)
+                      config_from, duration_in, one_line, sweep_arg)
 
 T_LAUNCH = time.perf_counter()
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_OUTPUT = 0, 1, 2, 3
+GLOSSARY = "docs/results.md"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints the usage block)
-        sys.stderr.write(f"{self.prog}: error: {one_line(message)}; see '{self.prog} --help'\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)}{self._suggestion(message)}; "
+                         f"see '{self.prog} --help'\n")
         sys.exit(EXIT_USAGE)
+
+    def _suggestion(self, message: str) -> str:
+        """ "did you mean" for a misspelt option or command."""
+        import re
+
+        m = re.match(r"unrecognized arguments: (\S+)", message)
+        if m:
+            word = m.group(1).split("=")[0]
+            parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                                for p in a.choices.values()]
+            return did_you_mean(word, {o for p in parsers for a in p._actions for o in a.option_strings})
+        m = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            return did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+        return ""
+
+
+def _opt(p: argparse.ArgumentParser, flag: str, default, help: str, **kw) -> None:
+    """A command's own option, declared once: its help says the default it is given here."""
+    shown = "" if default in (None, False) or kw.get("action") == "store_true" else f" (default {default})"
+    p.add_argument(flag, default=default, help=help + shown, **kw)
 
 
 def cmd_run(args) -> int:
-    from . import harness, results, stats
+    from . import findings, harness, results, stats
     from . import variants as registry
     from .config import validate
     from .textreport import print_result, print_sample
@@ -39,31 +70,47 @@ def cmd_run(args) -> int:
     _check_outputs(args)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
-    print(f"testbed run: variant {registry.get(cfg.variant).module.label(cfg)}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, "
-          f"workload {cfg.workload}, seed {cfg.seed}" + (f", {args.repeat} repetitions (seeds {cfg.seed}.."
-                                                          f"{cfg.seed + args.repeat - 1})" if args.repeat > 1 else ""),
+    chosen = "" if args.variant else f" (the baseline: no --variant given; 'testbed variants' lists the others)"
+    print(f"testbed run: variant {registry.get(cfg.variant).module.label(cfg)}{f' (lock {cfg.lock})' if cfg.lock else ''}{chosen}, {cfg.vcpus} "
+          f"vCPUs, workload {cfg.workload}, seed {cfg.seed}" + (f", {args.repeat} repetitions (seeds {cfg.seed}.."
+                                                                f"{cfg.seed + args.repeat - 1})" if args.repeat > 1
+                                                                else ""),
           flush=True)
     runs = []
     for i in range(args.repeat):
         c = cfg if i == 0 else validate(dataclasses.replace(cfg, seed=cfg.seed + i))   # the seed changes no check
         res = harness.run(c, on_sample=None if args.quiet else print_sample, t_launch=T_LAUNCH if i == 0 else None)
+        res["figures"] = findings.run_figures(res)
         runs.append(res)
-        print_result(res)
+        print_result(res, closing=False)
+        if args.repeat > 1:
+            print(f"repetition {i + 1} of {args.repeat} (seed {c.seed}): {res['verdict']}")
         if res["interrupted"] or res["verdict"] != "SUCCESS":
             break
     out = runs[0] if len(runs) == 1 else results.repeated(runs)
+    figures = runs[0]["figures"]
     if len(runs) > 1:
         rates = [r["totals"]["ops_per_s"] for r in runs]
-        print(f"median ops/s {stats.median(rates):,.0f}  spread +/-{stats.spread(rates):,.0f} over {len(runs)} runs; "
-              f"verdict: {out['verdict']}")
-    write_outputs(args, out, csv=lambda path: results.write_run_csv(runs, path))
-    if runs[-1]["interrupted"]:
-        return signal_exit(runs[-1]["interrupted"])
-    return EXIT_OK if out["verdict"] == "SUCCESS" else EXIT_FAILURE
+        ci = stats.bootstrap_mean_ci(rates)
+        figures = (f"median {stats.median(rates):,.0f} ops/s, spread +/-{stats.spread(rates):,.0f} over {len(runs)} "
+                   "runs" + (f", mean's {stats.method()} {ci[0]:,.0f}..{ci[1]:,.0f}" if ci else ""))
+        out["figures"] = figures
+    failed = write_outputs(args, out, csv=lambda path: results.write_run_csv(runs, path))
+    interrupted = runs[-1]["interrupted"]
+    print(findings.closing(sum(r["verdict"] != "SUCCESS" for r in runs), len(runs), figures, interrupted))
+    if interrupted:
+        return signal_exit(interrupted)
+    if out["verdict"] != "SUCCESS":
+        return EXIT_FAILURE
+    return EXIT_OUTPUT if failed else EXIT_OK
+
+
+OUTPUTS = ("json", "csv", "plot")
 
 
 def _check_outputs(args) -> None:
-    for option in ("json", "csv", "plot"):
+    """Every output path a command was given, checked before anything starts."""
+    for option in OUTPUTS:
         if getattr(args, option, None):
             check_writable(getattr(args, option), f"--{option}")
 
@@ -76,31 +123,55 @@ def _experiment_base(args):
     return cfg
 
 
-def write_outputs(args, res: dict, csv=None, plot=None) -> None:
-    """The files a command was asked for: --json always means ``res``; --csv and --plot the given writers."""
-    from . import results
+def write_outputs(args, res: dict, csv=None, plot=None) -> list[str]:
+    """The files a command was asked for: --json always means ``res``; --csv and --plot the given writers.
 
+    A file that cannot be written after the run loses nothing: the whole result goes to a
+    fallback JSON file, named on stdout and stderr. The options that failed (empty: all written).
+    """
+    from . import output, results
+
+    failed = []
     for option, what, write in (("json", "results", lambda path: results.write_json(res, path)),
                                 ("csv", "CSV", csv), ("plot", "plot", plot)):
         path = getattr(args, option, None)
         if path and write is not None:
-            write(path)
+            try:
+                write(path)
+            except OSError as e:
+                failed.append(option)
+                sys.stderr.write(f"testbed: error: --{option} {path}: could not be written after the run "
+                                 f"({e.strerror or e})\n")
+                continue
             print(f"{what} written to {path}")
+    if failed:
+        saved = output.save_fallback(res)
+        where = f"the result is saved in {saved}" if saved else "no fallback file could be written either"
+        sys.stderr.write(f"testbed: {where} (exit status {EXIT_OUTPUT}: output failed)\n")
+        print(f"output failed for --{', --'.join(failed)}: {where}")
+    return failed
 
 
 def _finish(res: dict, args, csv=None, plot=None) -> int:
-    """Write the outputs (an interrupted experiment's too: its finished rows, marked partial); the exit status."""
+    """Write the outputs (an interrupted experiment's too: its finished rows, marked partial), print
+    the closing verdict line; the exit status."""
+    from . import findings
+
     if res.get("interrupted"):
         print(f"interrupted by {res['interrupted']}: results are partial ({len(res['runs'])} runs finished)")
         if not res["rows"]:
             plot = None           # nothing to draw
-    write_outputs(args, res, csv=csv, plot=plot)
-    if res.get("interrupted"):
-        return signal_exit(res["interrupted"])
     for f in res.get("failures") or ():
         msg = f["failure"]["message"] if f["failure"] else f"checks {f['checks']}"
         print(f"FAILURE: {f['variant']} on {f['vcpus']} vCPUs, seed {f['seed']}: {msg}")
-    return EXIT_FAILURE if res.get("failures") else EXIT_OK
+    failed = write_outputs(args, res, csv=csv, plot=plot)
+    print(findings.closing(len(res.get("failures") or ()), len(res.get("runs") or ()), res.get("figures", "-"),
+                           res.get("interrupted")))
+    if res.get("interrupted"):
+        return signal_exit(res["interrupted"])
+    if res.get("failures"):
+        return EXIT_FAILURE
+    return EXIT_OUTPUT if failed else EXIT_OK
 
 
 def _variants(args, default) -> list[str]:
@@ -110,7 +181,7 @@ def _variants(args, default) -> list[str]:
 
 
 def cmd_compare(args) -> int:
-    from . import experiments, textreport
+    from . import experiments, findings, textreport
     from . import variants as registry
 
     cfg = _experiment_base(args)
@@ -127,7 +198,11 @@ def cmd_compare(args) -> int:
         res = experiments.compare_sweep(cfg, *args.sweep, variants=names, vcpus_multi=cfg.vcpus, repeat=args.repeat,
                                         locks=args.locks)
         textreport.print_compare_sweep(res, args.sweep[0])
+        res["verdict"] = "FAILURE" if res["failures"] else "SUCCESS"
+        res["figures"] = "; ".join(line for line in res["sweep"]["verdict"] if line.startswith("multi")) or "-"
     return _finish(res, args)
+
+
 def cmd_scale(args) -> int:
     from . import experiments, plots, results, textreport
     from . import variants as registry
@@ -160,7 +235,7 @@ def cmd_timers(args) -> int:
 
 
 def cmd_stress(args) -> int:
-    from . import results, stress
+    from . import findings, results, stress
     from . import variants as registry
     from .experiments import plan, series
     from .topology import allowed_cpus, host_topology
@@ -168,7 +243,7 @@ def cmd_stress(args) -> int:
     todo = series(_variants(args, registry.DESIGNS), args.locks)
     for name, val in (("--shuffle", args.shuffle), ("--stutter", args.stutter), ("--check-every", args.check_every)):
         if val < 0:
-            raise UsageError(f"{name} {val}: must be 0 (off) or a positive number of seconds")
+            raise UsageError(f"{name} {val:g}: must be 0 (off) or a positive time, e.g. 2s or 500ms")
     base = _experiment_base(args)
     cfgs = plan(dataclasses.replace(base, **fields) for _, fields in todo)
     stress.check_shuffle(cfgs[0], args.shuffle)
@@ -177,22 +252,41 @@ def cmd_stress(args) -> int:
     topo = host_topology()
     runs = stress.run_all([(label, c) for (label, _), c in zip(todo, cfgs)], base, sp, allowed_cpus(topo, base.cpus),
                           args.quiet)
-    write_outputs(args, results.envelope("stress", base, {"variants": [label for label, _ in todo], "runs": runs,
-                                                          "verdicts": {r["label"]: r["verdict"] for r in runs}}))
-    if runs and runs[-1]["interrupted"]:
-        return signal_exit(runs[-1]["interrupted"])
-    return EXIT_OK if all(r["verdict"] == "SUCCESS" for r in runs) else EXIT_FAILURE
+    interrupted = runs[-1]["interrupted"] if runs else None
+    failed_runs = sum(r["verdict"] != "SUCCESS" for r in runs)
+    if args.inject:
+        caught = [r for r in runs if stress.caught(r)]
+        missed = [r["label"] for r in runs if not stress.caught(r)]
+        figures = (f"the injected {args.inject} was caught in {len(caught)} of {len(runs)} runs, as it must be"
+                   if not missed else f"the injected {args.inject} went unseen in {', '.join(missed)}")
+        ok = not missed
+        line = (f"verdict: {'SUCCESS' if ok else 'FAILURE'} (--inject {args.inject}: the checks failed where the fault "
+                f"was injected, {failed_runs} of {len(runs)} runs, as expected)" if ok else
+                f"verdict: FAILURE (--inject {args.inject}: a fault went unseen)") + f"; figures: {figures}"
+    else:
+        ok = not failed_runs
+        figures = "; ".join(f"{r['label']} {r['totals']['ops_per_s']:,.0f} ops/s" for r in runs) or "no run finished"
+        line = findings.closing(failed_runs, len(runs), figures, interrupted)
+    res = results.envelope("stress", base, {"verdict": "SUCCESS" if ok else "FAILURE", "figures": figures,
+                                            "variants": [label for label, _ in todo], "runs": runs,
+                                            "verdicts": {r["label"]: r["verdict"] for r in runs}})
+    failed = write_outputs(args, res)
+    print(line)
+    if interrupted:
+        return signal_exit(interrupted)
+    return EXIT_FAILURE if not ok else EXIT_OUTPUT if failed else EXIT_OK
 
 
 def cmd_diff(args) -> int:
-    from . import results
+    from . import diff
 
-    a, b = results.read_json(args.a), results.read_json(args.b)
-    problems = results.incomparable(a, b)
-    if problems and not args.force:
-        raise UsageError(f"{args.a} and {args.b} differ in {'; '.join(problems)}; pass --force to compare anyway")
-    print("\n".join(results.diff_lines(a, b)))
-    return EXIT_OK
+    return diff.main(args)
+
+
+def cmd_explain(args) -> int:
+    from . import glossary
+
+    return glossary.main(args)
 
 
 def cmd_listing(args) -> int:
@@ -201,94 +295,139 @@ def cmd_listing(args) -> int:
 
     {"variants": lambda: textreport.print_variants(as_json=args.json), "workloads": textreport.print_workloads,
      "cleanup": textreport.print_cleanup}[args.command]()
+    if not getattr(args, "json", False):
+        print(textreport.listing_verdict(args.command))
     return EXIT_OK
 
 
+def _command(sub, name: str, summary: str, example: str, func, description: str = "") -> argparse.ArgumentParser:
+    """A subcommand, declared once: ``summary`` is its line in ``testbed --help`` and opens its own
+    ``--help``, which ends with ``example``. New commands register here the same way."""
+    text = summary[0].upper() + summary[1:] + "." + (f" {description}" if description else "")
+    text += f" Every figure and column is defined in {GLOSSARY} and by 'testbed explain NAME'."
+    p = sub.add_parser(name, help=summary, description=textwrap.fill(text, 79),
+                       epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wide", action="store_true", help="do not fit the output to 100 columns: wider tables, "
+                   "unwrapped lines")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="testbed", description="Multiprocess concurrency testbed for hypervisor mapcache designs.")
+    from . import __version__
+
+    ap = _Parser(prog="testbed", description=textwrap.fill(
+                 "Multiprocess concurrency testbed for hypervisor mapcache designs. Exit status: 0 SUCCESS, "
+                 f"1 FAILURE, 2 bad input, {EXIT_OUTPUT} output failed (the result is in a fallback file), 128+N "
+                 f"stopped by signal N. Every figure and column: {GLOSSARY}, 'testbed explain NAME'.", 79),
+                 epilog="example:\n  testbed compare", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"testbed {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run one variant on N pinned vCPU processes")
+    run = _command(sub, "run", "run one variant on N pinned vCPU processes",
+                   "testbed run --variant locked --vcpus 2 --duration 2s --json run.json", cmd_run)
     add_run_options(run)
-    run.add_argument("--repeat", type=_int, default=1, help="repetitions, seeds seed..seed+R-1 (default 1)")
-    run.add_argument("--json", default=None, help="write the result to this JSON file")
-    run.add_argument("--csv", default=None, help="write one CSV row per repetition to this file")
-    run.add_argument("--quiet", action="store_true", help="no per-second lines")
-    run.set_defaults(func=cmd_run)
+    _opt(run, "--repeat", 1, "repetitions, seeds seed..seed+R-1", type=_int)
+    _opt(run, "--json", None, "write the result to this JSON file")
+    _opt(run, "--csv", None, "write one CSV row per repetition to this file (columns: docs/results.md)")
+    _opt(run, "--quiet", False, "no per-second lines", action="store_true")
 
-    cmp_ = sub.add_parser("compare", help="the seed's table: drop of every design against the baseline")
-    add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False,
+    cmp_ = _command(sub, "compare", "the seed's table: drop of every design against the baseline",
+                    "testbed compare --variants locked,lockless --repeat 5", cmd_compare,
+                    "The drop is how much slower a design is than directmap, in percent of directmap's ops/s "
+                    "(1 - design / directmap), paired by seed repetition by repetition; the table shows its mean "
+                    "and a 95% bootstrap interval, and a difference is claimed only when the interval excludes "
+                    "it being 0 (5 repetitions at least).")
+    add_run_options(cmp_, vcpus=None, variant=False, duration=1.0, warmup=0.3, workload="guest",
                     shown={"domain_vcpus": "32, the seed's guest, or the multi-core column's --vcpus if more; "
                                            "the single-core column is 1 active vCPU in it"})
-    cmp_.add_argument("--vcpus", dest="vcpus_multi", type=_int, default=None,
-                      help="vCPUs of the multi-core column (default: all physical cores)")
-    cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
-    cmp_.add_argument("--repeat", type=_int, default=3, help="repetitions per cell (default 3)")
-    cmp_.add_argument("--json", default=None, help="write the table and every run to this JSON file")
-    cmp_.add_argument("--sweep", default=None, type=sweep_arg, metavar="OPTION=v1,v2,...",
-                      help="the table once per value of one cost option (cost-flush-one, cost-flush-all, cost-walk, "
-                           "cost-refill), and where the ordering of the designs flips")
-    cmp_.set_defaults(func=cmd_compare)
+    _opt(cmp_, "--vcpus", None, "vCPUs of the multi-core column (default: all physical cores)", dest="vcpus_multi",
+         type=_int)
+    _opt(cmp_, "--variants", None, "comma-separated variants (default: every real design)")
+    _opt(cmp_, "--repeat", 5, "repetitions per cell; fewer than 5 make no claim", type=_int)
+    _opt(cmp_, "--json", None, "write the table and every run to this JSON file")
+    _opt(cmp_, "--sweep", None, "the table once per value of one cost option (cost-flush-one, cost-flush-all, "
+         "cost-walk, cost-refill), and where the ordering of the designs flips", type=sweep_arg,
+         metavar="OPTION=v1,v2,...")
 
-    sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")
-    add_run_options(sc, duration=2.0, vcpus=None, variant=False, shown={"domain_vcpus": "the largest --vcpus"})
-    sc.add_argument("--variants", default=None, help="comma-separated variants (default: every real one)")
-    sc.add_argument("--vcpus", dest="vcpu_list", type=_counts, default=None,
-                    help="vCPU counts, e.g. 1,2,4 (default 1, 2, 4, ... physical cores)")
-    sc.add_argument("--repeat", type=_int, default=1, help="repetitions per point (default 1)")
-    sc.add_argument("--json", default=None, help="write the sweep to this JSON file")
-    sc.add_argument("--csv", default=None, help="write variant,vcpus,ops_per_s,linear,efficiency,p99_cycles rows")
-    sc.add_argument("--plot", default=None, help="write a PNG plot: throughput and p99 latency against vCPUs")
-    sc.set_defaults(func=cmd_scale)
+    sc = _command(sub, "scale", "sweep vCPU counts: throughput, linear, efficiency, p99 latency",
+                  "testbed scale --variants locked,lockless --vcpus 1,2 --csv scale.csv --plot scale.png", cmd_scale)
+    add_run_options(sc, vcpus=None, variant=False, duration=2.0, shown={"domain_vcpus": "the largest --vcpus"})
+    _opt(sc, "--variants", None, "comma-separated variants (default: every real one)")
+    _opt(sc, "--vcpus", None, "vCPU counts, e.g. 1,2,4 (default 1, 2, 4, ... physical cores)", dest="vcpu_list",
+         type=_counts)
+    _opt(sc, "--repeat", 1, "repetitions per point; 5 or more give intervals", type=_int)
+    _opt(sc, "--json", None, "write the sweep to this JSON file")
+    from .results import SCALE_CSV
 
-    tm = sub.add_parser("timers", help="the FreeBSD failure: -ETIME streaks and panics per variant")
-    add_run_options(tm, duration=5.0, workload="timers", variant=False)
-    tm.add_argument("--json", default=None, help="write the table and both runs to this JSON file")
-    tm.set_defaults(func=cmd_timers)
+    _opt(sc, "--csv", None, f"write a row per point, {len(SCALE_CSV)} columns ({', '.join(SCALE_CSV)}; "
+         f"see {GLOSSARY})")
+    _opt(sc, "--plot", None, "write a PNG plot: throughput and p99 latency against vCPUs")
 
-    stp = sub.add_parser("stress", help="locktorture-style stress: shuffle, stutter, long holds, fault injection")
-    add_run_options(stp, duration=10.0, variant=False)
-    stp.set_defaults(warmup=0.0)
-    stp.add_argument("--variants", default=None,
-                     help="comma-separated variants, controls allowed (default: every real design)")
-    stp.add_argument("--shuffle", type=_float, default=0.0, help="re-pin vCPUs to other CPUs every S seconds")
-    stp.add_argument("--stutter", type=_float, default=0.0, help="all vCPUs pause S seconds every S seconds")
-    stp.add_argument("--check-every", type=_float, default=1.0, help="quiescent invariant checks every S seconds")
-    stp.add_argument("--inject", choices=("kill", "stop"), default=None, help="fault: SIGKILL or SIGSTOP one vCPU")
-    stp.add_argument("--on-stall", choices=("kill", "resume"), default="kill", help="what to do with a stopped vCPU")
-    stp.add_argument("--json", default=None, help="write every run to this JSON file")
-    stp.add_argument("--quiet", action="store_true", help="no per-second lines")
-    stp.set_defaults(func=cmd_stress)
+    tm = _command(sub, "timers", "the FreeBSD failure: -ETIME streaks and panics per variant",
+                  "testbed timers --vcpus 2 --duration 5s", cmd_timers)
+    add_run_options(tm, variant=False, duration=5.0, workload="timers")
+    _opt(tm, "--json", None, "write the table and every run (one per variant and scheduling model) to this JSON file")
 
-    df = sub.add_parser("diff", help="compare two result files (refused across hosts or configs)")
-    df.add_argument("a")
-    df.add_argument("b")
-    df.add_argument("--force", action="store_true", help="compare even if host or config differ")
-    df.set_defaults(func=cmd_diff)
+    stp = _command(sub, "stress", "locktorture-style stress: shuffle, stutter, long holds, fault injection",
+                   "testbed stress --variants locked --duration 10s --inject kill", cmd_stress,
+                   "Under --inject the checks must catch the fault: the command succeeds when they do.")
+    add_run_options(stp, variant=False, duration=10.0, warmup=0.0)
+    _opt(stp, "--variants", None, "comma-separated variants, controls allowed (default: every real design)")
+    seconds = duration_in("s")
+    _opt(stp, "--shuffle", 0.0, "re-pin vCPUs to other CPUs every TIME (0: off)", type=seconds, metavar="TIME")
+    _opt(stp, "--stutter", 0.0, "all vCPUs pause TIME every TIME (0: off)", type=seconds, metavar="TIME")
+    _opt(stp, "--check-every", 1.0, "quiescent invariant checks every TIME", type=seconds, metavar="TIME")
+    _opt(stp, "--inject", None, "fault: SIGKILL or SIGSTOP one vCPU", choices=("kill", "stop"))
+    _opt(stp, "--on-stall", "kill", "what to do with a stopped vCPU", choices=("kill", "resume"))
+    _opt(stp, "--json", None, "write every run to this JSON file")
+    _opt(stp, "--quiet", False, "no per-second lines", action="store_true")
 
-    sw = sub.add_parser("sweep", help="run a grid of runs from a TOML plan, here or on Slurm; resumable")
+    df = _command(sub, "diff", "compare two results of one kind (run, compare, scale, timers, a sweep folder)",
+                  "testbed diff before.json after.json --max-slowdown 5", cmd_diff,
+                  "A row per (design, vCPUs): A's and B's figures and B/A; with 5 repetitions on both sides, "
+                  "a 95% bootstrap interval of the slowdown. Refused across kinds, hosts or configs.")
+    df.add_argument("a", help="the reference: a results file or a sweep's folder")
+    df.add_argument("b", help="the one compared with it, of the same kind")
+    _opt(df, "--force", False, "compare even if host or config differ", action="store_true")
+    _opt(df, "--max-slowdown", None, "exit 1 when B is significantly slower than A by more than PCT percent on "
+         "any row (the interval's lower end above PCT)", type=_float, metavar="PCT")
+
+    sw = _command(sub, "sweep", "run a grid of runs from a TOML plan, here or on Slurm; resumable",
+                  "testbed sweep examples/figures.toml --out results/ --dry-run", None)
     from . import report, sweep
 
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
 
-    rp = sub.add_parser("report", help="merge a sweep's results: one CSV, plots per host and workload")
+    rp = _command(sub, "report", "merge a sweep's results: one CSV, plots per host and workload",
+                  "testbed report results/", None)
     report.add_arguments(rp)
     rp.set_defaults(func=report.main)
 
-    va = sub.add_parser("variants", help="list the mapcache variants and negative controls")
-    va.add_argument("--json", action="store_true", help="as JSON: name, kind, description, and for a control the "
-                    "checks that must catch it and the run options it needs")
-    va.set_defaults(func=cmd_listing)
-    sub.add_parser("workloads", help="list the workloads").set_defaults(func=cmd_listing)
-    sub.add_parser("cleanup", help="remove shared-memory segments left by dead runs").set_defaults(func=cmd_listing)
+    ex = _command(sub, "explain", "define a column or figure of the output",
+                  "testbed explain efficiency", cmd_explain)
+    ex.add_argument("name", nargs="?", default=None, help="a column or key, e.g. drop, linear, 'starved s'; none: "
+                    "list them all")
+
+    va = _command(sub, "variants", "list the mapcache variants and negative controls", "testbed variants --json",
+                  cmd_listing)
+    _opt(va, "--json", False, "as JSON: name, kind, description, and for a control the checks that must catch "
+         "it and the run options it needs", action="store_true")
+    _command(sub, "workloads", "list the workloads", "testbed workloads", cmd_listing)
+    _command(sub, "cleanup", "remove shared-memory segments left by dead runs", "testbed cleanup", cmd_listing)
     return ap
 
 
 def main(argv=None) -> int:
+    from . import output
     from .harness import Interrupted
 
     args = build_parser().parse_args(argv)
+    # JSON on stdout is never wrapped; everything else fits 100 columns on a terminal unless --wide
+    wide = getattr(args, "wide", False)
+    raw = wide or (args.command == "variants" and args.json)
+    term = output.install(output.width_for(sys.stdout, raw), wide)
     try:
         return args.func(args)
     except (UsageError, ResultsError) as e:
@@ -298,6 +437,10 @@ def main(argv=None) -> int:
         name = e.signame if isinstance(e, Interrupted) else "SIGINT"
         sys.stderr.write(f"testbed: interrupted by {name}\n")
         return signal_exit(name)
+    finally:
+        output.uninstall()
+        if term.closed_pipe:
+            sys.stdout = open(os.devnull, "w")     # the interpreter's last flush goes nowhere
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import abi, irq, tlb
 from . import variants as registry
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 from .variants.contract import domain_vcpus  # noqa: F401  (config.domain_vcpus: the one rule)
 from .timing import tsc_hz
 
@@ -64,16 +64,17 @@ TIMESLICE_MIN_US, TIMESLICE_MAX_US = 100.0, 1_000_000.0
 
 
 def option(default, help: str, slot: int | None = None, flag: str | None = None, metavar: str | None = None,
-           cli: bool = True):
+           cli: bool = True, unit: str | None = None):
     """A run option, declared once: its default, its help, the ``abi`` slot that carries it raw
     into the kernels' parameter array (``params``), and its command-line flag (``--name-with-dashes``
     unless ``flag`` says otherwise; ``cli=False``: set by the commands themselves).
 
     ``cli.add_run_options`` builds the command-line options from these declarations and
-    ``cli.config_from`` the config, so a new option is one line here plus its use.
+    ``cli.config_from`` the config, so a new option is one line here plus its use. ``unit`` (s, ms, us): a time,
+    given on the command line as a number in that unit or with its own (``10s``, ``500ms``).
     """
     return dataclasses.field(default=default, metadata={"help": help, "slot": slot, "flag": flag,
-                                                        "metavar": metavar, "cli": cli})
+                                                        "metavar": metavar, "cli": cli, "unit": unit})
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ class RunConfig:
         None, "vCPUs of the domain (Xen's max_vcpus): every design's state and locked's pool are sized for them; "
         "the first --vcpus run the workload, the others are blocked idle vCPUs that take no CPU",
         slot=abi.P_DOMAIN_VCPUS, metavar="D")
-    duration: float = option(3.0, "measured seconds")
-    warmup: float = option(1.0, "warm-up seconds, reported but not measured")
+    duration: float = option(3.0, "measured seconds", unit="s")
+    warmup: float = option(1.0, "warm-up seconds, reported but not measured", unit="s")
     seed: int = option(1, "seed for every random choice (default: from the clock)", cli=False)
     cpus: str | None = option(None, "host CPUs to use, e.g. 0,2-5 (default: all allowed)")
     oversubscribe: bool = option(False, "allow more vCPUs than CPUs (they share CPUs)")
@@ -110,7 +111,7 @@ class RunConfig:
     guest_work: int = option(2000, "guest workload: work units between maps", slot=abi.P_GUEST_WORK)
     burst: int = option(4, "guest/timers: map operations per hypercall", slot=abi.P_BURST)
     slack_us: float = option(SLACK_US, "timers: deadline slack in microseconds (FreeBSD's et_min_period, "
-                             "XENTIMER_MIN_PERIOD_IN_NSEC)")
+                             "XENTIMER_MIN_PERIOD_IN_NSEC)", unit="us")
     panic_streak: int = option(PANIC_STREAK, "timers: consecutive -ETIME that panic (FreeBSD 10.4's "
                                "xentimer_et_start panics on its 60th try: 59 in a row)", slot=abi.P_PANIC_STREAK)
     sshot_future: str = option(
@@ -119,12 +120,12 @@ class RunConfig:
         "19c6cbd909)", metavar="{honoured,ignored}")
     lat_every: int = option(6, "sample map latency every 2**k maps", slot=abi.P_LAT_EVERY)
     long_hold: int = option(0, "cycles to spin inside the critical section", slot=abi.P_LONG_HOLD)
-    chunk_ms: float = option(5.0, "kernel chunk between stop checks, ms")
+    chunk_ms: float = option(5.0, "kernel chunk between stop checks, ms", unit="ms")
     sched: str | None = option(
         None, "with more vCPUs than CPUs: 'hypervisor' (default) schedules vCPUs as a hypervisor does, switching "
         "only between operations; 'host' lets the host preempt them anywhere (lock-holder preemption, as with "
         "guest spinlocks). No effect with vCPUs <= CPUs", metavar="{hypervisor,host}")
-    timeslice_us: float = option(TIMESLICE_US, "--sched hypervisor: time slice (Xen credit2's rate limit)")
+    timeslice_us: float = option(TIMESLICE_US, "--sched hypervisor: time slice (Xen credit2's rate limit)", unit="us")
     lock: str | None = option(None, "--lock: one of the variant's LOCKS; default its first", cli=False)
     irq_rate: float = option(0.0, "a stress Xen forbids: simulated interrupts per second per vCPU whose handler "
                              "maps a page inside whatever the vCPU does (Xen's handlers do not map: traps.c, "
@@ -239,7 +240,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not v.locks:
             raise UsageError(f"--lock {cfg.lock}: variant {v.name} has no lock; --lock applies to "
                              f"{'; '.join(with_locks)}")
-        raise UsageError(f"--lock {cfg.lock}: unknown lock for {v.name}; choose one of: {', '.join(v.locks)}")
+        raise UsageError(f"--lock {cfg.lock}: unknown lock for {v.name}{did_you_mean(cfg.lock, v.locks)}; "
+                         f"choose one of: {', '.join(v.locks)}")
     if cfg.dom_layout is not None and cfg.dom_layout not in v.dom_layouts:
         with_layouts = "; ".join(f"{w.name}: {', '.join(w.dom_layouts)}" for w in registry.REAL if w.dom_layouts)
         if not v.dom_layouts:
@@ -262,7 +264,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--refcount-wrap {cfg.refcount_wrap!r}: choose one of: {', '.join(REFCOUNT_WRAP)} "
                          "(stop: a wrapped 8-bit refcount ends the run; wrap: it wraps as the seed's uint8_t does)")
     if cfg.workload not in WORKLOADS:
-        raise UsageError(f"unknown workload {cfg.workload!r}; choose one of: {', '.join(WORKLOADS)}")
+        raise UsageError(f"unknown workload {cfg.workload!r}{did_you_mean(cfg.workload, WORKLOADS)}; choose one "
+                         f"of: {', '.join(WORKLOADS)}")
     cfg = cfg.resolved()
     if cfg.frames < 1:
         raise UsageError(f"--frames {cfg.frames}: need at least 1 frame")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 
-from . import harness, jitcache, results, stats
+from . import findings, harness, jitcache, results, stats
 from . import variants as registry
 from .config import SCHED_MODELS, RunConfig, checked
 from .errors import UsageError
@@ -180,7 +180,9 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
         interrupted = _until_interrupted(loop)
     rows = []
     for label, fields_ in todo[1:]:
-        row = {"variant": label, "lock": fields_.get("lock")}
+        ran = cells.get(("single", label)) or cells.get(("multi", label)) or []
+        # the lock the runs used (the variant's default when --lock named none), not null
+        row = {"variant": label, "lock": fields_.get("lock") or (ran[0]["config"].get("lock") if ran else None)}
         for scope in ("single", "multi"):
             # repetition i of a design pairs with the baseline's repetition i (same seed);
             # an interrupted compare pairs the repetitions both finished, or none
@@ -191,14 +193,23 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
             row[f"{scope}_spread_pct"] = stats.mad(drops) if drops else None
             row[f"{scope}_half_range_pct"] = stats.spread(drops) if drops else None
             row[f"{scope}_drops_pct"] = drops
-            row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"] if drops else None
+            # the claim: the bootstrap interval of the mean paired drop excludes 0 (None: too few repetitions)
+            ci = stats.bootstrap_mean_ci(drops)
+            row[f"{scope}_mean_drop_pct"] = sum(drops) / len(drops) if drops else None
+            row[f"{scope}_ci_pct"] = list(ci) if ci else None
+            row[f"{scope}_significant"] = stats.excludes(ci)
         rows.append(row)
     baseline = {scope: stats.median(_rate(r) for r in cells[(scope, registry.BASELINE)])
                 if cells.get((scope, registry.BASELINE)) else None for scope in ("single", "multi")}
+    failures = _failures(all_runs)
+    lines = findings.compare_findings(rows, repeat, vcpus_multi)
     return results.envelope(
-        "compare", base, {"rows": rows, "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
-                          "columns": columns, "xen": xen_modelled(base),
-                          "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs,
+        "compare", base, {"verdict": "FAILURE" if failures else "SUCCESS",
+                          "figures": findings.compare_figures(rows, registry.BASELINE, vcpus_multi, repeat),
+                          "findings": lines, "interval": stats.method(), "min_repeat": stats.MIN_REPEAT,
+                          "rows": rows, "columns": columns, "xen": xen_modelled(base),
+                          "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
+                          "baseline_ops_per_s": baseline, "failures": failures, "runs": all_runs,
                           **_stopped(interrupted)})
 
 
@@ -251,8 +262,11 @@ def compare_sweep(base: RunConfig, option: str, values: list[int], **kw) -> dict
 
 
 def _apart(r1: dict, r2: dict, scope: str) -> bool:
-    """Two designs' drops differ by more than the sum of their spreads (``compare``'s MAD over the
-    repetitions): an ordering of the two that this cell can vouch for."""
+    """An ordering of the two designs that this cell can vouch for: the bootstrap interval of their
+    paired gap excludes 0 (``findings.gap``; too few repetitions vouch for nothing). Rows without
+    per-repetition drops fall back on the spreads: the drops differ by more than the sum of the MADs."""
+    if r1.get(f"{scope}_drops_pct") and r2.get(f"{scope}_drops_pct"):
+        return bool(stats.excludes(findings.gap(r1, r2, scope)[1]))
     key, skey = f"{scope}_drop_pct", f"{scope}_spread_pct"
     d1, d2, s1, s2 = r1.get(key), r2.get(key), r1.get(skey), r2.get(skey)
     if d1 is None or d2 is None or s1 is None or s2 is None:
@@ -264,8 +278,8 @@ def sweep_verdict(option: str, values: list[int], tables: list[list[dict]]) -> l
     """Per scope, where the ordering of the designs (least drop first) changes along the sweep, if it does.
 
     A change of order between two designs from one value to the next counts as a flip only when
-    at both values their drops differ by more than the sum of their spreads; a change inside the
-    spreads at either value is reported as such, not as a flip.
+    at both values the two are apart (``_apart``: their paired gap's interval excludes 0); a change
+    inside the noise at either value is reported as such, not as a flip.
     """
     out = []
     for scope in ("single", "multi"):
@@ -361,11 +375,13 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
                 one = rate
             p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
             rows.append({
-                "variant": name, "lock": fields.get("lock"), "vcpus": n, "domain_vcpus": domain, "sched": model,
-                "ops_per_s": rate,
+                "variant": name, "lock": fields.get("lock") or runs[0]["config"].get("lock"), "vcpus": n, "domain_vcpus": domain,
+                "sched": model, "ops_per_s": rate,
                 "spread": stats.spread(_rate(r) for r in runs),
                 "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
                 "p99_cycles": stats.median(p99) if p99 else None,
+                "max_cycles": max(r["latency"]["max"] for r in runs),
+                "worst_per_s": [max(col) for col in zip(*(r["latency"].get("worst_per_s") or [] for r in runs))],
                 "lock_contended": stats.median(r["totals"]["lock_contended"] for r in runs),
                 "lock_handoff_cycles": _median_or_none(r["lock"]["handoff_mean_cycles"] for r in runs
                                                        if r.get("lock")),
@@ -373,14 +389,18 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
                 "starvation": any(r["fairness"]["starvation"] for r in runs),
                 "starved_max_s": max((r["fairness"]["starved_max_s"] or 0.0) for r in runs),
                 "run_spread": stats.median(r["fairness"]["run_spread"] or 0.0 for r in runs),
+                "ops_per_s_ci": list(ci) if (ci := stats.bootstrap_mean_ci(_rate(r) for r in runs)) else None,
                 "verdict": "SUCCESS" if all(r["verdict"] == "SUCCESS" for r in runs) else "FAILURE",
             })
 
     with progress(len(todo) * len(cells) * repeat, "scale", show_progress) as bar:
         interrupted = _until_interrupted(loop)
-    return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts, "cpus": cpus,
+    failures = _failures(all_runs)
+    return results.envelope("scale", base, {"verdict": "FAILURE" if failures else "SUCCESS",
+                                            "figures": findings.scale_figures(rows, repeat),
+                                            "interval": stats.method(), "rows": rows, "repeat": repeat, "vcpu_counts": counts, "cpus": cpus,
                                             "domain_vcpus": domain, "xen": xen_modelled(base),
-                                            "failures": _failures(all_runs), "runs": all_runs,
+                                            "failures": failures, "runs": all_runs,
                                             **_stopped(interrupted)})
 
 
@@ -426,8 +446,11 @@ def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | Non
 
     with progress(len(todo) * len(models), "timers", show_progress) as bar:
         interrupted = _until_interrupted(loop)
-    return results.envelope("timers", base, {"rows": rows, "panic_streak": base.panic_streak,
+    failures = _failures(all_runs)
+    return results.envelope("timers", base, {"verdict": "FAILURE" if failures else "SUCCESS",
+                                             "figures": findings.timers_figures(rows, base.panic_streak),
+                                             "rows": rows, "panic_streak": base.panic_streak,
                                              "slack_us": base.slack_us, "sshot_future": base.sshot_future,
                                              "domain_vcpus": base.domain_vcpus or base.vcpus,
-                                             "xen": xen_modelled(base), "failures": _failures(all_runs),
+                                             "xen": xen_modelled(base), "failures": failures,
                                              "runs": all_runs, **_stopped(interrupted)})

@@ -23,7 +23,7 @@ import numpy as np
 from testbed.shared import Arena, Field, Layout, futex, remove_stale
 from testbed.workers import vcpu as vcpu_worker
 
-from . import abi, irq, jitcache, kernels, limits, oracle, tlb
+from . import abi, irq, jitcache, kernels, latwatch, limits, oracle, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place
@@ -136,6 +136,7 @@ class RunState:
     stop: dict = field(default_factory=dict)
     victims: dict = field(default_factory=dict)   # vCPU -> why it was killed
     module: object = None                         # the variant's module, looked up once per run
+    lat: object = None                            # latwatch.Collector: the worst map latency per second
 
 
 def raise_interrupted(signum, frame):
@@ -326,6 +327,7 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
     """
     cfg = state.cfg
     n = len(procs)
+    state.lat = latwatch.Collector()
     release(views)
     t_start = clock()
     end = t_start + cfg.warmup + cfg.duration
@@ -343,6 +345,8 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
             ops = _ops(views, n)
             s = Sample(now - t_start, list(ops - last_ops), warmup=last_t - t_start < cfg.warmup - 1e-6)
             state.samples.append(s)
+            if state.lat is not None:
+                state.lat.collect(views["stats"], n)
             if on_sample is not None:
                 on_sample(s, cfg)
             last_t, last_ops = now, ops
@@ -561,6 +565,9 @@ def _result(state: RunState, procs, views, layout) -> dict:
         "watch_resolution_s": POLL_S,
         "parent_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+    if state.lat is not None:
+        state.lat.collect(stats, n)
+        runtime["lat_worst_per_s"] = state.lat.per_second()
     return results.build(
         cfg=cfg, cores=state.cores, stats=stats[:n].copy(), hist=views["hist"][:n].copy(),
         samples=state.samples, window=state.window, ops_at=state.ops_at,

@@ -46,6 +46,33 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+# A time's units, in seconds: what --duration 10s, --warmup 500ms or --slack-us 0.2ms may say.
+UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def duration_in(unit: str):
+    """The argparse type of a time option given in ``unit``: a bare number is in ``unit``, a number
+    with a unit (``10s``, ``500ms``, ``2m``) is converted to it."""
+    def parse(text: str) -> float:
+        t = text.strip().lower()
+        number, suffix = t, ""
+        for name in sorted(UNITS, key=len, reverse=True):
+            if t.endswith(name) and t[:-len(name)].strip():
+                number, suffix = t[:-len(name)].strip(), name
+                break
+        try:
+            value = float(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a time; give a number of {unit} or one with a unit, "
+                                             f"e.g. 10s, 500ms") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite time")
+        return value * UNITS[suffix] / UNITS[unit] if suffix else value
+
+    parse.__name__ = f"time in {unit}"
+    return parse
+
+
 def sweep_arg(text: str):
     """compare --sweep OPTION=v1,v2,...: (option, values), or an argparse error naming what is wrong."""
     from .experiments import parse_sweep
@@ -74,9 +101,10 @@ def _declared():
     return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("cli")]
 
 
-def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload: str = "uniform",
-                    vcpus: str | None = "all", variant: bool = True, shown: dict | None = None) -> None:
-    """Every declared run option, with its help, type and default; a command's own defaults override.
+def add_run_options(ap: argparse.ArgumentParser, vcpus: str | None = "all", variant: bool = True,
+                    shown: dict | None = None, **own) -> None:
+    """Every declared run option, with its help, type and default; ``own`` overrides a declared
+    default for this command (e.g. ``duration=10.0, warmup=0.0``), and the help shows the value used.
 
     ``shown``: for an option whose default the command itself decides (left None here), the words
     its help gives for that default, e.g. ``{"domain_vcpus": "32, the seed's guest"}``."""
@@ -84,7 +112,8 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
 
     locks = "; ".join(f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks)
     if variant:
-        ap.add_argument("--variant", default=registry.BASELINE, help="mapcache design (see 'testbed variants')")
+        ap.add_argument("--variant", default=None,
+                        help=f"mapcache design (see 'testbed variants'; without it, the baseline {registry.BASELINE})")
         ap.add_argument("--lock", default=None, help=f"lock of a variant that has one ({locks}; default the first)")
     else:
         ap.add_argument("--lock", dest="locks", type=_names, default=None,
@@ -92,18 +121,24 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
     if vcpus is not None:
         ap.add_argument("--vcpus", type=_vcpus, default=vcpus, help="vCPU processes, or 'all' physical cores (default)")
     ap.add_argument("--seed", type=_int, default=None, help="seed for every random choice (default: from the clock)")
-    own = {"duration": duration, "workload": workload}
     words = {"domain_vcpus": "--vcpus", **(shown or {})}
+    unknown = set(own) - {f.name for f in _declared()}
+    if unknown:
+        raise TypeError(f"add_run_options: no run option {', '.join(sorted(unknown))}")
     for f in _declared():
         m, default = f.metadata, own.get(f.name, f.default)
         flag = m["flag"] or "--" + f.name.replace("_", "-")
         if f.type == "bool":
             ap.add_argument(flag, dest=f.name, action="store_true", help=m["help"])
             continue
-        kind = _float if "float" in f.type else _int if "int" in f.type else str
+        unit = m.get("unit")
+        kind = duration_in(unit) if unit else _float if "float" in f.type else _int if "int" in f.type else str
         said = (f" (default {words[f.name]})" if f.name in words else "" if default is None
+                else f" (default {default:g} {unit})" if unit
                 else f" (default {default:g})" if isinstance(default, float) else f" (default {default})")
-        ap.add_argument(flag, dest=f.name, type=kind, default=default, metavar=m["metavar"], help=m["help"] + said)
+        metavar = m["metavar"] or ("TIME" if unit else None)
+        more = f"; a number of {unit}, or with a unit: 10s, 500ms" if unit else ""
+        ap.add_argument(flag, dest=f.name, type=kind, default=default, metavar=metavar, help=m["help"] + more + said)
     ap.add_argument("--xen-patch", dest="xen_patch", action="append", default=None, metavar="FILE",
                     help="--variant xen: a patch to apply to --xen-tree first, as mailed (repeatable)")
     ap.add_argument("--no-cost", action="store_true", help="turn the TLB cost model off")
@@ -147,10 +182,7 @@ def checked_config(args):
 
 
 def check_writable(path: str, option: str) -> None:
-    import os
+    """An output file that could not be written is refused now, before anything starts (``output.check_file``)."""
+    from .output import check_file
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{option} {path}: folder {folder} does not exist; create it or write elsewhere")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {path}: folder {folder} is not writable; write elsewhere")
+    check_file(path, option)

@@ -13,20 +13,27 @@ def scale_plot(res: dict, path: str, note: str | None = None) -> None:
     rows = res["rows"]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     models = [m for m in ("hypervisor", "host") if any(r.get("sched") == m for r in rows)] or [None]
-    styles = {"hypervisor": "o-", "host": "s:", None: "o-"}
+    styles = {"hypervisor": "-", "host": ":", None: "-"}
+    # lines that coincide stay visible: each design its own hollow marker, and its points nudged
+    # sideways by a few percent of a doubling (the x axis is log2; the ticks stay on the counts)
+    markers = "osD^vP*X<>"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 6))
     for i, name in enumerate(variants):
         color = f"C{i}"
+        nudge = 2 ** (0.03 * (i - (len(variants) - 1) / 2))
+        mark = dict(marker=markers[i % len(markers)], markerfacecolor="none", markersize=6 + 1.5 * (i % 3))
         mine = [r for r in rows if r["variant"] == name]
         for model in models:
             # a line per model: the shared points (vCPUs <= CPUs, "dedicated") start every line
             rs = sorted((r for r in mine if r.get("sched") in ("dedicated", model)), key=lambda r: r["vcpus"])
             x = [r["vcpus"] for r in rs]
             label = name if model is None else f"{name} ({model})"
-            ax1.plot(x, [max(r["ops_per_s"], 1.0) for r in rs], styles[model], color=color, label=label)
+            ax1.plot([v * nudge for v in x], [max(r["ops_per_s"], 1.0) for r in rs], styles[model], color=color,
+                     label=label, **mark)
             p99 = [(r["vcpus"], r["p99_cycles"]) for r in rs if r["p99_cycles"]]
             if p99:
-                ax2.plot([a for a, _ in p99], [b for _, b in p99], styles[model], color=color, label=label)
+                ax2.plot([a * nudge for a, _ in p99], [b for _, b in p99], styles[model], color=color, label=label,
+                         **mark)
         rs = sorted((r for r in mine if r.get("sched") in ("dedicated", models[0])), key=lambda r: r["vcpus"])
         ax1.plot([r["vcpus"] for r in rs], [r["linear"] for r in rs], "--", color=color, alpha=0.4,
                  label=f"{name} linear")
@@ -44,7 +51,7 @@ def scale_plot(res: dict, path: str, note: str | None = None) -> None:
     ax1.set_ylabel("operations / s (log scale)")
     ax1.set_yscale("log")
     ax1.set_title(f"Throughput ({res['workload']} workload)"
-                  + ("\npast the dotted line: circles hypervisor, squares host scheduling" if models[0] else ""),
+                  + ("\npast the dotted line: solid hypervisor, dotted host scheduling" if models[0] else ""),
                   fontsize=9)
     ax2.set_ylabel("p99 map latency (cycles, log2 bin upper bound)")
     ax2.set_yscale("log", base=2)

@@ -185,12 +185,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from .cli import check_writable
+    from .output import check_folder
     from .plots import scale_plot
 
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder; give the --out folder of a sweep")
     out = Path(args.out) if args.out else folder
+    if args.out:
+        check_folder(args.out, "--out")
+        if not out.is_dir():
+            raise UsageError(f"--out {out}: no such folder; create it or write elsewhere")
     check_writable(str(out / CSV_NAME), "--out")
     runs, failures, skipped = _load(folder)
     if not runs and not failures:
@@ -219,4 +224,6 @@ def main(args) -> int:
     bad = sum(1 for row in table if row["verdict"] != "SUCCESS")
     if bad:
         print(f"{bad} of {len(table)} rows are not SUCCESS (see the verdict and error columns)")
+    print(f"verdict: {'FAILURE' if bad else 'SUCCESS'} (checks {'failed in ' + str(bad) if bad else 'passed in all'} "
+          f"of {len(table)} results); figures: {len(table)} rows merged, the report does not exit on them")
     return 0

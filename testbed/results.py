@@ -46,6 +46,15 @@ Schema history (bump SCHEMA on any change a reader must know about):
   hunks and failed BUILD_BUG_ONs of the code a xen run ran; null otherwise), config xen_tree and
   xen_patches, totals and per vCPU map_domain_page_count, domain_page_tlb_flush, xen_assertions,
   xen_directmap_maps, xen_pte_writes, checks xen_assertions.
+  Also in 2, added keys only: "figures" (what the measurements say, the part
+  of the closing verdict line after "figures:") in every result; "verdict"
+  (SUCCESS or FAILURE of the checks) in compare, scale, timers and stress
+  results; compare's "findings" (a line per scope), "interval" (how the
+  intervals are made), "min_repeat", and per row and scope *_mean_drop_pct and
+  *_ci_pct (null below min_repeat repetitions; *_significant is then null, and
+  otherwise says whether the interval excludes 0); scale rows' ops_per_s_ci;
+  a run's latency.worst_per_s (the slowest map in each second, every map
+  seen). Files list "verdict" and the headline figures first (``ordered``).
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ import math
 
 import numpy as np
 
-from . import abi, hostinfo, oracle
+from . import abi, hostinfo, latwatch, oracle
 from . import variants as registry
 
 SCHEMA = 2
@@ -105,6 +114,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         window_ops = np.asarray(ops_at[1]) - np.asarray(ops_at[0])
     else:
         window_ops = np.zeros(n, dtype=np.int64)
+    # the worker folds the kernel's running maximum into the run's between chunks (testbed/latwatch.py)
+    totals["lat_max_cycles"] = max((latwatch.run_max(stats[v]) for v in range(n)), default=0)
     totals["all_ops"] = totals.pop("ops")
     totals["ops"] = int(window_ops.sum())
     totals["ops_per_s"] = float(window_ops.sum() / measured_s) if measured_s > 0 else 0.0
@@ -120,6 +131,7 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         row = stats[v]
         d = {name: int(row[col]) for col, name in abi.COUNTER_NAMES.items()}
         d["all_ops"] = d.pop("ops")
+        d["lat_max_cycles"] = latwatch.run_max(row)
         d.update(
             vcpu=v, core=int(cores[v]), ops=int(window_ops[v]),
             ops_per_s=float(window_ops[v] / measured_s) if measured_s > 0 else 0.0,
@@ -200,7 +212,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "totals": totals,
         "fairness": fairness,
         "per_vcpu": per_vcpu,
-        "latency": latency(hist, max((d["lat_max_cycles"] for d in per_vcpu), default=0), cfg.lat_every),
+        "latency": dict(latency(hist, max((d["lat_max_cycles"] for d in per_vcpu), default=0), cfg.lat_every),
+                        worst_per_s=list(runtime.get("lat_worst_per_s") or [])),
         "checks": checks,
         "failure": failure,
         "partial": partial,
@@ -326,11 +339,24 @@ def repeated(runs: list[dict]) -> dict:
     return out
 
 
-RUN_CSV = ("variant", "vcpus", "workload", "seed", "ops", "ops_per_s", "maps", "hash_hits", "tlb_misses",
-           "tlb_flush_one", "tlb_flush_all", "lock_acquisitions", "lock_contended", "lock_spin_cycles",
-           "p50_cycles", "p99_cycles", "violations", "verdict")
-SCALE_CSV = ("variant", "vcpus", "sched", "ops_per_s", "linear", "efficiency", "p99_cycles", "spread",
-             "lock_contended", "starvation", "starved_max_s", "run_spread", "verdict", "partial")
+# One column set for every CSV (docs/results.md is the guide): a name means the same thing in the run,
+# scale and report CSVs. report.csv (testbed/report.py) names its columns after the config keys,
+# "sched_model" the scheduling model used, "sched" the one asked for, host_* the host's facts.
+HOST_CSV = ("host_hostname", "host_cpu_model", "host_physical_cores", "host_kernel")
+RUN_CSV = ("variant", "lock", "vcpus", "workload", "seed", "sched", "sched_model", "ops", "ops_per_s", "maps",
+           "hash_hits", "tlb_misses", "tlb_flush_one", "tlb_flush_all", "lock_acquisitions", "lock_contended",
+           "lock_spin_cycles", "p50_cycles", "p99_cycles", "max_cycles", "violations", "verdict", "partial") + HOST_CSV
+SCALE_CSV = ("variant", "lock", "vcpus", "workload", "seed", "sched", "sched_model", "ops_per_s", "linear",
+             "efficiency", "p99_cycles", "spread", "lock_contended", "starvation", "starved_max_s", "run_spread",
+             "verdict", "partial") + HOST_CSV
+
+
+def _host_cells(host: dict) -> dict:
+    return {f"host_{k}": host.get(k) for k in ("hostname", "cpu_model", "physical_cores", "kernel")}
+
+
+def _csv_value(v):
+    return "" if v is None else f"{v:.4f}" if isinstance(v, float) else v
 
 
 def write_run_csv(runs: list[dict], path: str) -> None:
@@ -341,21 +367,30 @@ def write_run_csv(runs: list[dict], path: str) -> None:
         w.writerow(RUN_CSV)
         for r in runs:
             t = r["totals"]
-            w.writerow([r["variant"], r["vcpus"], r["workload"], r["seed"], t["ops"], f"{t['ops_per_s']:.1f}",
-                        t["maps"], t["hash_hits"], t["tlb_misses"], t["tlb_flush_one"], t["tlb_flush_all"],
-                        t["lock_acquisitions"], t["lock_contended"], t["lock_spin_cycles"], r["latency"]["p50"],
-                        r["latency"]["p99"], r["checks"]["violations"], r["verdict"]])
+            row = {"variant": r["variant"], "lock": r["config"].get("lock"), "vcpus": r["vcpus"],
+                   "workload": r["workload"], "seed": r["seed"], "sched": r["config"].get("sched"),
+                   "sched_model": (r.get("sched") or {}).get("model"), "ops": t["ops"],
+                   "ops_per_s": f"{t['ops_per_s']:.1f}", "p50_cycles": r["latency"]["p50"],
+                   "p99_cycles": r["latency"]["p99"], "max_cycles": r["latency"]["max"],
+                   "violations": r["checks"]["violations"], "verdict": r["verdict"], "partial": r["partial"],
+                   **{k: t[k] for k in ("maps", "hash_hits", "tlb_misses", "tlb_flush_one", "tlb_flush_all",
+                                        "lock_acquisitions", "lock_contended", "lock_spin_cycles")},
+                   **_host_cells(r["host"])}
+            w.writerow([_csv_value(row[k]) for k in RUN_CSV])
 
 
 def write_scale_csv(res: dict, path: str) -> None:
     import csv
 
+    asked = res["config"].get("sched")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(SCALE_CSV)
         for row in res["rows"]:
-            row = {**row, "partial": bool(res.get("partial"))}
-            w.writerow([f"{row[k]:.4f}" if isinstance(row[k], float) else row[k] for k in SCALE_CSV])
+            # a scale row's "sched" is the model used: the CSV's sched_model; "sched" is what --sched asked
+            row = {**row, "sched": asked, "sched_model": row["sched"], "workload": res["workload"],
+                   "seed": res["seed"], "partial": bool(res.get("partial")), **_host_cells(res["host"])}
+            w.writerow([_csv_value(row.get(k)) for k in SCALE_CSV])
 
 
 HOST_KEYS = ("cpu_model", "logical_cpus", "physical_cores", "kernel")
@@ -377,25 +412,25 @@ def incomparable(a: dict, b: dict) -> list[str]:
     return out
 
 
-def _rate(r: dict) -> float:
-    return r["totals"]["ops_per_s"] if "totals" in r else r.get("ops_per_s_median", float("nan"))
+# What a reader wants first: the verdict and the headline figures; every other key keeps its place.
+HEAD_KEYS = ("verdict", "figures", "findings", "interval", "kind", "schema", "variant", "lock", "vcpus", "seed",
+             "workload", "totals", "rows", "baseline_ops_per_s", "ops_per_s_median", "ops_per_s_spread")
+HEAD_TOTALS = ("ops_per_s", "ops", "measured_s", "maps", "lock_contended")
 
 
-def diff_lines(a: dict, b: dict) -> list[str]:
-    ra, rb = _rate(a), _rate(b)
-    lines = [f"A: {a.get('variant', a['kind'])} seed {a['seed']}: {ra:,.0f} ops/s",
-             f"B: {b.get('variant', b['kind'])} seed {b['seed']}: {rb:,.0f} ops/s"]
-    if ra == ra and rb == rb and ra > 0:
-        lines.append(f"B/A = {rb / ra:.4f} ({(rb / ra - 1) * 100:+.2f}%)")
-    for k in ("verdict",):
-        if k in a and k in b:
-            lines.append(f"{k}: {a[k]} -> {b[k]}")
-    return lines
+def ordered(result: dict) -> dict:
+    """``result`` with the verdict and headline figures first (keys are reordered, never renamed or nested)."""
+    out = {k: result[k] for k in HEAD_KEYS if k in result}
+    out.update((k, v) for k, v in result.items() if k not in out)
+    if isinstance(out.get("totals"), dict):
+        t = out["totals"]
+        out["totals"] = {**{k: t[k] for k in HEAD_TOTALS if k in t}, **t}
+    return out
 
 
 def write_json(result: dict, path: str) -> None:
     with open(path, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=False)
+        json.dump(ordered(result), f, indent=2, sort_keys=False)
         f.write("\n")
 
 

@@ -260,12 +260,21 @@ def _rss(procs) -> float:
     return round(total / 2**20, 1)
 
 
+def caught(result: dict) -> bool:
+    """Whether a run under --inject caught its fault as it must: the run failed, and its failure
+    names the vCPU that was killed or stopped. A run where nothing was injected (it ended first)
+    or where the checks stayed silent did not."""
+    inj = (result.get("stress") or {}).get("injected")
+    f = result.get("failure") or {}
+    return bool(inj) and result.get("verdict") == "FAILURE" and f.get("vcpu") == inj.get("vcpu")
+
+
 def detection_seconds(result: dict) -> float | None:
     s = result.get("stress", {})
     return s.get("first_violation_s")
 
 
-__all__ = ["FAULTS", "ON_STALL", "StressPlan", "Stressor", "detection_seconds"]
+__all__ = ["FAULTS", "ON_STALL", "StressPlan", "Stressor", "caught", "detection_seconds"]
 
 
 def run_series(todo, plan: StressPlan, cpus: list[int], replay_extra: tuple = (), quiet: bool = False):

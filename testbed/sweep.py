@@ -551,10 +551,13 @@ def main(args) -> int:
     if args.dry_run:
         for c in plan.cells:
             print(f"  {c.index + 1:>4} {states[c.cell_id]:6} {c.name}  {c.label}")
+        print(f"verdict: SUCCESS (--dry-run: nothing run); figures: {len(todo)} of {len(plan.cells)} cells to run")
         return 0
     if not todo:
         print("nothing to run: every cell has its result" + ("" if args.retry_failed or not failed else
                                                              f" ({len(failed)} failed: --retry-failed runs them)"))
+        print(f"verdict: {'FAILURE' if failed else 'SUCCESS'} ({len(failed)} of {len(plan.cells)} cells failed); "
+              f"figures: 'testbed report {out}' merges them")
         return 0 if not failed else 1
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.json.tmp.*"):     # left by a sweep killed mid-write
@@ -566,4 +569,6 @@ def main(args) -> int:
     if rc:
         return rc
     print(f"sweep finished: {progress.line()}; results in {out}; 'testbed report {out}' merges them")
+    print(f"verdict: {'FAILURE' if progress.failed else 'SUCCESS'} ({progress.failed} cells failed); figures: "
+          f"{progress.line()}; 'testbed diff {out} OTHER' compares them with another sweep")
     return 0 if progress.failed == 0 else 1

@@ -17,7 +17,15 @@ def print_sample(sample, cfg) -> None:
           flush=True)
 
 
-def print_result(res: dict, out=sys.stdout) -> None:
+def wide() -> bool:
+    """--wide: the tables show every column (``output.Terminal``)."""
+    return bool(getattr(sys.stdout, "wide", False))
+
+
+def print_result(res: dict, out=None, closing: bool = True) -> None:
+    """A run's report; ``closing``: end with its own verdict line (a command that ends with
+    ``findings.closing`` passes False)."""
+    out = out or sys.stdout
     t = res["totals"]
     w = out.write
     w(f"variant {res['variant']}  vcpus {res['vcpus']}  workload {res['workload']}  seed {res['seed']}\n")
@@ -27,21 +35,27 @@ def print_result(res: dict, out=sys.stdout) -> None:
       f"{st.get('attach_s', 0):.2f} s)  measured {t['measured_s']:.2f} s\n")
     w(f"scheduling: {sc['model']} ({sc['description']})"
       + (f", time slice {sc['timeslice_us']:g} us" if sc.get("timeslice_us") else "") + "\n")
-    w(f"{'vcpu':>4} {'cpu':>4} {'ops':>14} {'ops/s':>14} {'maps':>12} {'hash%':>6} {'tlb miss':>10} "
-      f"{'lock cont':>10} {'run s':>7} {'wait s':>7} {'switch':>6} {'starved':>7}\n")
+    more = wide()
+    # ops and ops/s count the measured window; run s and off-cpu s the whole run, warm-up included
+    w(f"{'vcpu':>4} {'cpu':>3} {'ops':>12} {'ops/s':>11} {'maps':>12} " + (f"{'hash%':>6} " if more else "")
+      + f"{'tlb miss':>11} {'lock cont':>10} {'run s':>6} {'wait s':>6} " + (f"{'switch':>6} " if more else "")
+      + f"{'starved':>7}\n")
     rows = res["per_vcpu"]
     shown = rows if len(rows) <= 32 else rows[:8] + rows[-8:]
     for d in shown:
         hr = 100.0 * d["hash_hits"] / d["maps"] if d["maps"] else 0.0
         if shown is not rows and d is rows[-8]:
             w(f"  ... {len(rows) - 16} more vCPUs (all in --json)\n")
-        w(f"{d['vcpu']:>4} {d['core']:>4} {d['ops']:>14,} {d['ops_per_s']:>14,.0f} {d['maps']:>12,} {hr:>6.1f} "
-          f"{d['tlb_misses']:>10,} {d['lock_contended']:>10,} {d['run_s']:>7.2f} {d['wait_s']:>7.2f} "
-          f"{d['switches']:>6} {d['starved_s'] if d['starved_s'] is not None else '-':>7}\n")
+        w(f"{d['vcpu']:>4} {d['core']:>3} {d['ops']:>12,} {d['ops_per_s']:>11,.0f} {d['maps']:>12,} "
+          + (f"{hr:>6.1f} " if more else "") + f"{d['tlb_misses']:>11,} {d['lock_contended']:>10,} "
+          f"{d['run_s']:>6.2f} {d['wait_s']:>6.2f} " + (f"{d['switches']:>6} " if more else "")
+          + f"{d['starved_s'] if d['starved_s'] is not None else '-':>7}\n")
+    w("  (ops, ops/s: the measured window; run s, wait s: time on and off a CPU, warm-up included; "
+      "'testbed explain COLUMN')\n")
     f = res["fairness"]
     spread = f"{f['run_spread']:.2f}" if f["run_spread"] is not None else "-"
     w(f"fairness: run time per vCPU {f['run_s_min']:.3f}..{f['run_s_max']:.3f} s (spread {spread} of the median), "
-      f"longest wait for a CPU {f['max_wait_s']:.3f} s, longest without progress {f['starved_max_s']} s\n")
+      f"longest single wait for a CPU {f['max_wait_s']:.3f} s, longest without progress {f['starved_max_s']} s\n")
     w(f"memory: parent peak {mem['parent_peak_mib']} MiB, vCPUs' unique memory {mem['vcpus_uss_mib']} MiB "
       f"({mem['vcpu_uss_mib_median']} MiB each, {mem['vcpus_uss_measured']} measured); stop: drained in "
       f"{res['stop'].get('drain_s', 0)} s (bound {res['stop'].get('deadline_s', '-')} s, "
@@ -52,6 +66,10 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if lat["samples"]:
         w(f"map latency (cycles, 1 in {lat['sampled_every_maps']} maps): p50<={lat['p50']} p90<={lat['p90']} "
           f"p99<={lat['p99']} p99.9<={lat['p99_9']} max={lat['max']}\n")
+    worst = lat.get("worst_per_s")
+    if worst:
+        w(f"worst map latency per second (cycles, sampled maps): {' '.join(f'{x:,}' for x in worst[:12])}"
+          + (f" ... ({len(worst)} s)" if len(worst) > 12 else "") + "\n")
     lock = res.get("lock")
     if lock:
         w(f"lock {lock['kind']}: {describe_lock(lock)}\n")
@@ -67,7 +85,11 @@ def print_result(res: dict, out=sys.stdout) -> None:
     exp = res.get("exposure")
     if exp:
         w(f"exposure: {describe_exposure(exp)}\n")
-    checks = ", ".join(f"{k}={v}" for k, v in res["checks"].items())
+    bad = {k: v for k, v in res["checks"].items() if v}
+    if bad or more:
+        checks = ", ".join(f"{k}={v}" for k, v in (res["checks"] if more else bad).items())
+    else:
+        checks = f"all {len(res['checks'])} at 0 (--wide or --json lists them)"
     w(f"checks: {checks}\n")
     if res["failure"]:
         w(f"failure: {res['failure']['message']}\n")
@@ -77,7 +99,8 @@ def print_result(res: dict, out=sys.stdout) -> None:
         w(f"interrupted by {res['interrupted']}: results are partial\n")
     if res["verdict"] != "SUCCESS":
         w(f"replay: {replay_command(res['config'])}\n")
-    w(f"verdict: {res['verdict']}\n")
+    if closing:
+        w(f"verdict: {res['verdict']}\n")
 
 
 def describe_exposure(exp: dict) -> str:
@@ -145,67 +168,69 @@ def replay_command(cfg: dict, command: str = "run", extra: tuple = ()) -> str:
     return " ".join([*parts, *extra])
 
 
-def print_compare(res: dict, out=sys.stdout) -> None:
+def print_compare(res: dict, out=None) -> None:
+    """The drop table (mean of the paired repetitions and its interval) and one findings line per scope."""
+    out = out or sys.stdout
+    from . import stats
+    from .findings import compare_findings, fmt_ci
+
     w = out.write
     h = res["host"]
     width = max([12] + [len(r["variant"]) + 1 for r in res["rows"]])
     w(f"\nPerformance drop against {res.get('baseline', 'the baseline')} ({res['workload']} workload; host "
-      f"{h['cpu_model']}, {h['physical_cores']} cores; median of {res['repeat']} repetitions +/- median absolute "
-      f"deviation)\n\n")
+      f"{h['cpu_model']}, {h['physical_cores']} cores; mean of {res['repeat']} paired repetitions "
+      f"[{stats.method()}])\n\n")
     cols = res.get("columns") or {"single": {"active_vcpus": 1, "domain_vcpus": 1},
                                   "multi": {"active_vcpus": res["vcpus_multi"], "domain_vcpus": res["vcpus_multi"]}}
     heads = [f"{scope}-core ({c['active_vcpus']} of {c['domain_vcpus']} vCPUs)" for scope, c in cols.items()]
-    w(f"{'perf drop':{width}} {heads[0]:>26} {heads[1]:>28}\n")
+    w(f"{'perf drop':{width}} {heads[0]:>28} {heads[1]:>28}\n")
     for row in res["rows"]:
-        cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" if row[s + "_drops_pct"] else "-"
-                 for s in ("single", "multi")]
-        w(f"{row['variant']:{width}} {cells[0]:>26} {cells[1]:>28}\n")
+        cells = []
+        for s_ in ("single", "multi"):
+            if not row[s_ + "_drops_pct"]:
+                cells.append("-")
+                continue
+            mean = row.get(s_ + "_mean_drop_pct")
+            mean = row[s_ + "_drop_pct"] if mean is None else mean
+            ci = row.get(s_ + "_ci_pct")
+            cells.append(f"{mean:+.2f}% " + (fmt_ci(ci) if ci else f"(n={len(row[s_ + '_drops_pct'])})"))
+        w(f"{row['variant']:{width}} {cells[0]:>28} {cells[1]:>28}\n")
     w("\n")
     for scope, c in cols.items():
         if "sched" in c:
             w(f"{scope}-core: a {c['domain_vcpus']}-vCPU domain, {c['active_vcpus']} active ({c['sched']}), "
               f"{c['domain_vcpus'] - c['active_vcpus']} blocked idle (state only, no CPU)\n")
-    for row in res["rows"]:
-        for scope in ("single", "multi"):
-            if not row[scope + "_drops_pct"]:
-                continue          # an interrupted compare: no repetition of this cell finished
-            verdict = "larger than" if row[f"{scope}_significant"] else "within"
-            w(f"{row['variant']} {scope}-core: drop {row[scope + '_drop_pct']:+.2f}% is {verdict} its spread "
-              f"({row[scope + '_spread_pct']:.2f}%)\n")
-    for scope in ("single", "multi"):
-        for line in ranking(res["rows"], scope):
-            w(line + "\n")
+    if any(row.get("single_ci_pct") is None and row["single_drops_pct"] for row in res["rows"]):
+        w(f"(n=N: not enough repetitions to tell; {stats.MIN_REPEAT} give an interval)\n")
+    lines = res.get("findings")
+    if lines is None:
+        lines = compare_findings(res["rows"], res["repeat"], res["vcpus_multi"])
+    for line in lines:
+        w(f"findings: {line}\n")
 
 
-def ranking(rows: list[dict], scope: str) -> list[str]:
-    """Each design against the next best one on ``scope``: the gap and whether the spreads separate them."""
-    ranked = sorted((r for r in rows if r[f"{scope}_drops_pct"]), key=lambda r: r[f"{scope}_drop_pct"])
-    out = []
-    for better, worse in zip(ranked, ranked[1:]):
-        gap = worse[f"{scope}_drop_pct"] - better[f"{scope}_drop_pct"]
-        margin = worse[f"{scope}_spread_pct"] + better[f"{scope}_spread_pct"]
-        out.append(f"{scope}-core: {worse['variant']} drops {gap:.2f} points more than {better['variant']}; spreads "
-                   f"add to {margin:.2f}: " + ("the difference is larger than the spreads" if gap > margin
-                                                else "not separated by more than the spreads"))
-    return out
-
-
-def print_scale(res: dict, out=sys.stdout) -> None:
+def print_scale(res: dict, out=None) -> None:
+    out = out or sys.stdout
     w = out.write
-    width = max([12] + [len(r["variant"]) for r in res["rows"]])
-    w(f"{'variant':{width}} {'vcpus':>5} {'sched':>10} {'ops/s':>14} {'linear':>14} {'efficiency':>10} "
-      f"{'p99 cycles':>10} {'starved s':>9} {'handoff cyc':>11} {'fairness':>8}\n")
+    more = wide()
+    width = max([10] + [len(r["variant"]) for r in res["rows"]])
+    w(f"{'variant':{width}} {'vcpus':>5} {'sched':>10} {'ops/s':>13} " + (f"{'linear':>13} " if more else "")
+      + f"{'effic.':>6} {'p99 cyc':>8} {'starved s':>9} {'handoff cyc':>11} {'fairness':>8}\n")
     for r in res["rows"]:
-        p99 = r["p99_cycles"] if r["p99_cycles"] is not None else "-"
+        p99 = f"{r['p99_cycles']:,.0f}" if r["p99_cycles"] is not None else "-"
         handoff = f"{r['lock_handoff_cycles']:,.0f}" if r["lock_handoff_cycles"] is not None else "-"
         fair = f"{r['lock_fairness']:.3f}" if r["lock_fairness"] is not None else "-"
-        w(f"{r['variant']:{width}} {r['vcpus']:>5} {r['sched']:>10} {r['ops_per_s']:>14,.0f} "
-          f"{r['linear']:>14,.0f} {r['efficiency']:>10.3f} {p99:>10} {r['starved_max_s']:>9.2f} "
-          f"{handoff:>11} {fair:>8}\n")
+        w(f"{r['variant']:{width}} {r['vcpus']:>5} {r['sched']:>10} {r['ops_per_s']:>13,.0f} "
+          + (f"{r['linear']:>13,.0f} " if more else "")
+          + f"{r['efficiency']:>6.3f} {p99:>8} {r['starved_max_s']:>9.2f} {handoff:>11} {fair:>8}\n")
+    if not more:
+        w("  (effic.: ops/s against n x one vCPU's, the linear line; linear itself with --wide, in the CSV and "
+          "the JSON)\n")
     print_models({r["sched"] for r in res["rows"]}, out)
 
 
-def print_timers(res: dict, out=sys.stdout) -> None:
+def print_timers(res: dict, out=None) -> None:
+    out = out or sys.stdout
     w = out.write
     w(f"{'variant':12} {'sched':>10} {'timers set':>12} {'-ETIME':>10} {'rate':>8} {'worst streak':>12} "
       f"{'panics':>7} {'mean path us':>12}\n")
@@ -223,8 +248,9 @@ def print_timers(res: dict, out=sys.stdout) -> None:
     print_models({r["sched"] for r in res["rows"]}, out)
 
 
-def print_models(models, out=sys.stdout) -> None:
+def print_models(models, out=None) -> None:
     """Say what each scheduling model in a table means: the figures depend on it."""
+    out = out or sys.stdout
     from .config import SCHED_MODELS
 
     for m in ("hypervisor", "host"):
@@ -237,15 +263,16 @@ def print_models(models, out=sys.stdout) -> None:
 COSTS = ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill")
 
 
-def print_compare_sweep(res: dict, option: str, out=sys.stdout) -> None:
+def print_compare_sweep(res: dict, option: str, out=None) -> None:
     """compare --sweep: the table once per value, with the costs it ran under, then the verdict lines."""
+    out = out or sys.stdout
     for t in res["sweep"]["tables"]:
         costs = ", ".join(f"{k.replace('_', '-')} {t['config'][k]}" for k in COSTS)
         out.write(f"\n=== {option}={t['sweep']['value']} ({costs})\n")
         print_compare(dict(res, rows=t["rows"]), out)
     out.write("\n")
     for line in res["sweep"]["verdict"]:
-        out.write(f"verdict: {line}\n")
+        out.write(f"findings: {line}\n")
 
 
 def variants_table() -> list[dict]:
@@ -266,7 +293,8 @@ def variants_table() -> list[dict]:
     return out
 
 
-def print_variants(out=sys.stdout, as_json: bool = False) -> None:
+def print_variants(out=None, as_json: bool = False) -> None:
+    out = out or sys.stdout
     from . import variants
 
     if as_json:
@@ -283,7 +311,7 @@ def print_variants(out=sys.stdout, as_json: bool = False) -> None:
         else:
             extra = f"entries {m.DEFAULT_ENTRIES}" + (f", --lock {'|'.join(v.locks)}" if v.locks else "") + (
                 ", the baseline" if v.baseline else "")
-        out.write(f"{v.name:20} {v.description} [{extra}]\n")
+        out.write(f"{v.name:20} {v.description} [{extra}]\n")     # wrapped at 100 columns by output.Terminal
         if not v.control:
             for key in ("entries", "hash", "pool"):
                 out.write(f"{'':20}   {key}: {m.GEOMETRY[key]}\n")
@@ -291,15 +319,17 @@ def print_variants(out=sys.stdout, as_json: bool = False) -> None:
     print_models({"hypervisor", "host"}, out)
 
 
-def print_workloads(out=sys.stdout) -> None:
+def print_workloads(out=None) -> None:
+    out = out or sys.stdout
     from .config import WORKLOADS
 
     for name, (_, desc) in WORKLOADS.items():
         out.write(f"{name:10} {desc}\n")
 
 
-def print_cleanup(out=sys.stdout) -> None:
+def print_cleanup(out=None) -> None:
     """testbed cleanup: remove the segments of dead runs, and say what was removed and what was kept."""
+    out = out or sys.stdout
     from .shared import list_segments, remove_stale
 
     removed = remove_stale()
@@ -309,3 +339,12 @@ def print_cleanup(out=sys.stdout) -> None:
         out.write(line + "\n")
     if not removed and not live:
         out.write("no testbed segments\n")
+
+
+def listing_verdict(command: str) -> str:
+    """The closing line of the listings: they run no check."""
+    from . import variants
+
+    what = {"variants": f"{len(variants.VARIANTS)} variants and controls listed",
+            "workloads": "the workloads listed", "cleanup": "shared-memory segments of dead runs removed"}[command]
+    return f"verdict: SUCCESS (nothing to check); figures: {what}"

@@ -74,6 +74,10 @@ BAD = [
     (("--irq-rate", "nan"), "irq-rate", "nan", ("finite",)),
     (("--variant", "kmap-local", "--irq-rate", "1000"), "entries", "16", ("interrupt handler", "17")),
     (("--json", "/nonexistent/dir/x.json"), "json", "/nonexistent/dir/x.json", ()),
+    (("--json", "/tmp"), "json", "/tmp", ("is a folder",)),          # before: a traceback after the run
+    (("--csv", "/proc/x.csv"), "csv", "/proc/x.csv", ("cannot take a new file",)),
+    (("--variant", "lockd"), "variant", "lockd", ("did you mean 'locked'?",)),
+    (("--duration", "5 parsecs"), "duration", "5 parsecs", ("10s, 500ms",)),
     (("--refcount-wrap", "saturate"), "refcount-wrap", "saturate", ("stop, wrap",)),
     (("--variant", "lockless", "--dom-layout", "xen"), "dom-layout", "xen", ("locked: xen, padded",)),
     (("--variant", "locked", "--dom-layout", "tight"), "dom-layout", "tight", ("xen, padded",)),

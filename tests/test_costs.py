@@ -134,14 +134,15 @@ def test_compare_sweep_end_to_end(tmp_path, exclusive, no_leftovers):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("Performance drop against directmap") == 2
     assert "=== cost-refill=0 (" in r.stdout and "=== cost-refill=512 (" in r.stdout
-    verdicts = [x for x in r.stdout.splitlines() if x.startswith("verdict: ")]
+    verdicts = [x for x in r.stdout.splitlines() if x.startswith("findings: ")]
     assert [v.split()[1] for v in verdicts] == ["single-core:", "multi-core:"]
+    assert r.stdout.splitlines()[-1].startswith("verdict: SUCCESS")
     res = json.loads(js.read_text())
     schema = json.loads((Path(__file__).resolve().parent.parent / "testbed" / "schema.json").read_text())
     jsonschema.validate(res, schema)
     sw = res["sweep"]
     assert sw["option"] == "cost-refill" and sw["values"] == [0, 512] and len(sw["tables"]) == 2
-    assert [f"verdict: {v}" for v in sw["verdict"]] == verdicts
+    assert [f"findings: {v}" for v in sw["verdict"]] == verdicts
     assert sorted({row["sweep_value"] for row in res["rows"]}) == [0, 512]
     for run in res["runs"]:
         assert {"cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill"} <= set(run["config"])

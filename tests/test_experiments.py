@@ -25,16 +25,14 @@ def test_compare_prints_the_table_and_writes_valid_json(tmp_path, exclusive, no_
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Performance drop against directmap" in r.stdout and "seed 3" in r.stdout
     res = json.loads(out.read_text())
-    # Each verdict line says what the JSON's figures say: "larger than" exactly when the median
-    # drop exceeds its median absolute deviation. Mutation tried: swap the two words in
-    # cli.print_compare: every line is caught.
+    # Two repetitions support no claim: every significant is null, and the findings say so per scope.
+    # Mutation tried: MIN_REPEAT = 2 in testbed/stats.py: intervals appear and the test fails.
     for row in res["rows"]:
         for scope in ("single", "multi"):
-            drop, spread = row[f"{scope}_drop_pct"], row[f"{scope}_spread_pct"]
-            assert row[f"{scope}_significant"] == (abs(drop) > spread)
-            verdict = "larger than" if abs(drop) > spread else "within"
-            line = f"{row['variant']} {scope}-core: drop {drop:+.2f}% is {verdict} its spread ({spread:.2f}%)"
-            assert line in r.stdout, (line, r.stdout)
+            assert row[f"{scope}_significant"] is None and row[f"{scope}_ci_pct"] is None
+    findings = [x for x in r.stdout.splitlines() if x.startswith("findings: ")]
+    assert len(findings) == 2 and all("not enough repetitions to tell (2" in x for x in findings), r.stdout
+    assert r.stdout.rstrip().splitlines()[-1].startswith("verdict: SUCCESS")
     jsonschema.validate(res, SCHEMA)
     assert [row["variant"] for row in res["rows"]] == ["locked", "lockless", "percpu", "kmap-local"]
     assert res["vcpus_multi"] == 2 and len(res["runs"]) == 20
@@ -183,7 +181,7 @@ def test_stress_stop_injection_reports_the_lock_holder(tmp_path, exclusive, no_l
     js = tmp_path / "stop.json"
     r = testbed_cli("stress", "--variants", "locked", "--vcpus", "2", "--duration", "3", "--seed", "3", "--inject",
                     "stop", "--on-stall", "resume", "--json", js, timeout=300)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("locked: "))
     assert "made no progress" in line and "process status: stopped" in line and "holds lock: True" in line
     assert "resumed" in line
@@ -205,7 +203,7 @@ def test_stress_stop_injection_on_stall_kill(tmp_path, exclusive, no_leftovers):
     js = tmp_path / "kill.json"
     r = testbed_cli("stress", "--variants", "lockless", "--vcpus", "2", "--duration", "2", "--seed", "5", "--inject",
                     "stop", "--on-stall", "kill", "--json", js, timeout=300)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     (run,) = json.loads(js.read_text())["runs"]
     f = run["failure"]
     assert f["kind"] == "stalled" and f["action"] == "killed" and "the vCPU was killed" in f["message"]
@@ -221,7 +219,7 @@ def test_stress_kill_injection(tmp_path, exclusive, no_leftovers):
     js = tmp_path / "k.json"
     r = testbed_cli("stress", "--variants", "lockless", "--vcpus", "2", "--duration", "2", "--seed", "3", "--inject",
                     "kill", "--json", js, timeout=300)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     (run,) = json.loads(js.read_text())["runs"]
     f, inj = run["failure"], run["stress"]["injected"]
     assert f["kind"] == "killed" and f["signal"] == "SIGKILL" and f["vcpu"] == inj["vcpu"]

@@ -25,7 +25,7 @@ import signal
 import time
 
 from testbed.shared import Arena, futex
-from testbed import abi, kernels
+from testbed import abi, kernels, latwatch
 from testbed import variants as registry
 from testbed.tlb import flush_all as tlb_flush_all
 from testbed.tlb import make_tlb
@@ -133,7 +133,8 @@ def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_l
         if sched is not None:
             p[abi.P_CHUNK_CYCLES] = sched.chunk_cycles(chunk_cycles)
         status = run_ops(n, vcpu, *args)
-        row[abi.S_HEARTBEAT] = time.monotonic_ns()
+        row[abi.S_HEARTBEAT] = now = time.monotonic_ns()
+        latwatch.fold(row, t_started, now)
         row[abi.S_CHUNKS] += 1
         if status != abi.ST_OK:
             break

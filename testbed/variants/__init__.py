@@ -130,7 +130,7 @@ DESIGNS = tuple(v.name for v in REAL if not v.baseline)     # what compare measu
 
 
 def get(name: str) -> Variant:
-    from ..errors import UsageError
+    from ..errors import UsageError, did_you_mean
 
     if name.startswith("xen:"):
         return XEN
@@ -138,7 +138,8 @@ def get(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise UsageError(
-            f"unknown variant {name!r}; choose one of: {', '.join(VARIANTS)} (see 'testbed variants')"
+            f"unknown variant {name!r}{did_you_mean(name, VARIANTS)}; choose one of: {', '.join(VARIANTS)} "
+            "(see 'testbed variants')"
         ) from None
 
 
