@@ -42,6 +42,11 @@ NAME = "xen"
 DESCRIPTION = "a Xen tree's own domain_page.c, patched (--xen-tree DIR [--xen-patch FILE]...), compiled against the shim"
 DEFAULT_ENTRIES = 16        # resolve() replaces it with the tree's MAPCACHE_VCPU_ENTRIES
 MAX_ENTRIES = 1 << 16
+GEOMETRY = {
+    "entries": "the tree's own headers, parsed at build time: MAPCACHE_VCPU_ENTRIES (testbed/xen.py)",
+    "hash": "the tree's own headers, parsed at build time: MAPHASH_ENTRIES (testbed/xen.py)",
+    "pool": "the tree's own domain_page.c: mapcache_domain_init / mapcache_vcpu_init, run as they are",
+}
 NATIVE = True               # runs the C loop: no numba map_page / unmap_page
 VID = 64                    # p[P_VARIANT]; csrc/testbed_op.c VID_XEN
 IRQS_OFF = ("map", "unmap")  # the files tried run both under local_irq_save
