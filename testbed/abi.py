@@ -28,7 +28,7 @@ P_FRAME_WORDS = 4      # int64 words per frame
 P_ENTRIES = 5          # MAPCACHE_VCPU_ENTRIES
 P_HASH = 6             # MAPHASH_ENTRIES
 P_LEVELS = 7           # PAGING_LEVELS
-P_SLOTS = 8            # slots in the domain (vcpus * entries)
+P_SLOTS = 8            # slots in the domain (domain vCPUs * entries)
 P_WORKLOAD = 9
 P_NEST = 10            # mappings held at once by the nested workload
 P_TLB_SETS = 11
@@ -55,6 +55,9 @@ P_DOM_LAYOUT = 31      # which of the variant's domain-word layouts (its DOM_LAY
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
 P_IRQ_INTERVAL = 34    # --irq-rate: mean cycles between simulated interrupts of one vCPU; 0: none
 # 35..39: free
+# 40..47 fidelity (domain, timers, TLB clock):
+P_DOMAIN_VCPUS = 40    # vCPUs of the domain (--domain-vcpus, Xen's max_vcpus); the first P_VCPUS of them run
+P_SSHOT_FUTURE = 41    # timers workload: 1 if Xen honours VCPU_SSHOTTMR_future (-ETIME; Xen <= 4.17), 0 if not
 # 48..55: the cost model, NMIs, recursive walks, exposure (docs/cost-model.md)
 P_NMI = 48             # 1: the simulated interrupts are NMIs (--nmi-rate): irq_save does not defer them
 P_RECURSIVE = 49       # ptwalk: chance, in 1/2**16, that a level's entry maps an earlier level's table again (--recursive)
@@ -130,6 +133,7 @@ S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was take
 S_RECHECKS = 61        # held mappings checked again before their unmap
 S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
 S_REFILLS = 63         # refill walks paid (--cost-refill)
+S_TIMER_LATE = 64      # timers workload: single-shot timers armed after their deadline (counted however Xen answers)
 # 72..87: NMIs, the guest's pages, exposure (docs/cost-model.md)
 S_NMI_IRQS_OFF = 72    # NMIs taken inside a map or unmap while the variant had interrupts disabled
 S_GUEST_TOUCHES = 73   # guest page accesses through the TLB (--guest-pages)
@@ -149,6 +153,15 @@ S_EXP_OP0 = 86         # ... this vCPU's operation count then
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.
+# 88..103: a Xen tree's own domain_page.c (variants/xen.py; written by csrc/xen/shim.h, same ids)
+S_XEN_MAPS = 88        # perfc map_domain_page_count: must equal the maps (no directmap shortcut)
+S_XEN_TLB_FLUSH = 89   # perfc domain_page_tlb_flush
+S_XEN_BUGS = 90        # ASSERT / BUG_ON / BUG / BUILD_BUG_ON of the Xen file that failed
+S_XEN_BUG_LINE = 91    # ... the Xen file's line of the first (not a counter)
+S_XEN_BUG_KIND = 92    # ... which macro: 1 ASSERT, 2 BUG_ON, 3 BUG, 4 BUILD_BUG_ON (not a counter)
+S_XEN_DIRECT = 93      # maps the Xen file answered from the directmap: must stay 0
+S_XEN_PTE_WRITES = 94  # l1e_write calls of the Xen file
+# 95..103: free (Xen's own code)
 N_STATS = 128
 MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX, S_EXP_MAX_CYCLES, S_EXP_MAX_OPS)   # maxima, not sums
 LAT_BINS = 64          # log2 histogram of map latency in cycles
@@ -166,10 +179,13 @@ COUNTER_NAMES = {
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
     S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
     S_IRQ_TAKEN: "irq_taken", S_IRQ_DEFERRED: "irq_deferred", S_IRQ_MAPS: "irq_maps", S_IRQ_INSIDE: "irq_inside",
+    S_TIMER_LATE: "timer_late",
     S_NMI_IRQS_OFF: "nmi_irqs_off", S_GUEST_TOUCHES: "guest_touches", S_GUEST_WALKS: "guest_walks",
     S_DEADLOCKS: "deadlocks", S_EXP_SAMPLES: "exposure_samples", S_EXP_CYCLES: "exposure_cycles",
     S_EXP_OPS: "exposure_ops", S_EXP_MAX_CYCLES: "exposure_max_cycles", S_EXP_MAX_OPS: "exposure_max_ops",
     S_EXP_INSTANTS: "exposure_instants", S_EXP_REACHABLE: "exposure_reachable",
+    S_XEN_MAPS: "map_domain_page_count", S_XEN_TLB_FLUSH: "domain_page_tlb_flush", S_XEN_BUGS: "xen_assertions",
+    S_XEN_DIRECT: "xen_directmap_maps", S_XEN_PTE_WRITES: "xen_pte_writes",
 }
 
 # --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----
@@ -249,10 +265,11 @@ ST_BAD_VA = 3          # unmap of an address that is not mapped
 ST_BAD_VARIANT = 4     # p[P_VARIANT] names no registered variant: the dispatch runs nothing
 ST_ORDER = 5           # unmap out of the order the variant requires (kmap-local: last mapped, first unmapped)
 ST_DEADLOCK = 6        # a lock taken by the CPU that holds it (an NMI handler inside the critical section)
+ST_XEN_BUG = 7         # a Xen file's ASSERT / BUG_ON failed (csrc/xen/shim.h): Xen would panic
 
 STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap",
                 ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order",
-                ST_DEADLOCK: "deadlock"}
+                ST_DEADLOCK: "deadlock", ST_XEN_BUG: "xen_assertion"}
 
 # Virtual addresses handed out by map: mapcache slots sit above this bit, the direct map below.
 MAPCACHE_VA = 1 << 40

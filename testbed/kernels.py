@@ -14,10 +14,10 @@ The variant is chosen by the small integer ``p[P_VARIANT]``. ``run_ops``
 picks, by that id, the variant's own compiled loop: ``ops_loop`` inlined with
 the id as a constant into one function per registered variant (generated from
 the registry, ``variants/dispatch.py``, and cached on disk like every kernel),
-so LLVM folds the dispatch away and each design's loop is compiled alone,
-none paying in registers or code layout for the others' paths. An id the
-registry does not know runs the loop that dispatches on it at run time, and
-that reports ``abi.ST_BAD_VARIANT``.
+so each design's loop is compiled with its own map and unmap alone (the
+dispatch's overload on a constant id), none paying in compile time, registers or
+code layout for the others' paths. An id the registry does not know runs a loop
+whose map reports ``abi.ST_BAD_VARIANT`` at once.
 """
 
 import numpy as np
@@ -414,11 +414,16 @@ def held_mfn(lrow, k, mfn):
 
 @kernel
 def arm_timer(p, srow, deadline):
-    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed."""
+    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed and
+    Xen honours the flag (4.17 and older, ``P_SSHOT_FUTURE``); Xen 4.18 and later arm it anyway
+    (it fires at once). A late timer is counted either way (``S_TIMER_LATE``). The streak is
+    FreeBSD's: ``P_PANIC_STREAK`` -ETIME in a row panic (10.4's retry loop: 59)."""
     now = rdtsc()
     srow[abi.S_TIMER_SETS] += 1
     srow[abi.S_TIMER_CYCLES] += now - (deadline - p[abi.P_SLACK])
-    if now <= deadline:
+    if now > deadline:
+        srow[abi.S_TIMER_LATE] += 1
+    if now <= deadline or p[abi.P_SSHOT_FUTURE] == 0:
         srow[abi.S_STREAK] = 0
         return
     srow[abi.S_ETIME] += 1
@@ -453,13 +458,18 @@ def guest_work(p, rng, srow):
 _LOOPS = dispatch.loops()      # imports this module, partly initialised: ops_loop exists by now
 
 
-def loop(p):
-    """The compiled operation loop for ``p[P_VARIANT]``: the variant's own, or the generic one for an
-    unknown id; with interrupts (``p[P_IRQ_INTERVAL]`` non-zero, testbed/irq.py) its interrupt loop."""
-    vid = int(p[abi.P_VARIANT])
-    if p[abi.P_IRQ_INTERVAL] != 0:
+def loop_of(vid: int, irq: bool):
+    """The compiled operation loop of variant id ``vid``, with interrupts or not: the variant's own,
+    or, for an id the registry does not know, the loop that runs nothing (it reports ``abi.ST_BAD_VARIANT``)."""
+    if irq:
         return _LOOPS.LOOPS_IRQ[vid] if 0 <= vid < len(_LOOPS.LOOPS_IRQ) else _LOOPS.run_ops_any_irq
     return _LOOPS.LOOPS[vid] if 0 <= vid < len(_LOOPS.LOOPS) else _LOOPS.run_ops_any
+
+
+def loop(p):
+    """The compiled operation loop for ``p[P_VARIANT]``; with interrupts (``p[P_IRQ_INTERVAL]``
+    non-zero, testbed/irq.py) its interrupt loop."""
+    return loop_of(int(p[abi.P_VARIANT]), p[abi.P_IRQ_INTERVAL] != 0)
 
 
 def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):

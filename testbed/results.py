@@ -41,6 +41,11 @@ Schema history (bump SCHEMA on any change a reader must know about):
   instants), "tlb_model" (the one-slot flush under --pcid, the guest's pages);
   config nmi_rate, recursive, guest_pages, pcid, cost_invpcid; totals and per
   vCPU nmi_irqs_off, guest_touches, guest_walks, deadlocks, exposure_*.
+  Also in 2, added keys only: "label" in a run (the variant's name, or for a Xen tree's own code
+  its build's, e.g. xen(af01d33+seed)), "xen" (the tree, commit, file and patch hashes, skipped
+  hunks and failed BUILD_BUG_ONs of the code a xen run ran; null otherwise), config xen_tree and
+  xen_patches, totals and per vCPU map_domain_page_count, domain_page_tlb_flush, xen_assertions,
+  xen_directmap_maps, xen_pte_writes, checks xen_assertions.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import math
 import numpy as np
 
 from . import abi, hostinfo, oracle
+from . import variants as registry
 
 SCHEMA = 2
 KIND = "testbed.run"
@@ -169,6 +175,8 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "schema": SCHEMA,
         "kind": KIND,
         "variant": cfg.variant,
+        "label": registry.get(cfg.variant).module.label(cfg),
+        "xen": registry.get(cfg.variant).module.describe(cfg),
         "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
         "irq": irq_summary(getattr(cfg, "irq_rate", 0.0), totals),
         "nmi": nmi_summary(getattr(cfg, "nmi_rate", 0.0), totals),

@@ -35,7 +35,8 @@ enum {
   P_COST_FLUSH_ONE = 13, P_COST_FLUSH_ALL = 14, P_COST_WALK = 15, P_WORKING_SET = 16, P_GUEST_WORK = 17,
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
   P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_DOM_LAYOUT = 31,
-  P_REFCOUNT_WRAP = 32, P_IRQ_INTERVAL = 34, P_NMI = 48, P_RECURSIVE = 49, P_GUEST_PAGES = 50,
+  P_REFCOUNT_WRAP = 32, P_IRQ_INTERVAL = 34,
+  P_SSHOT_FUTURE = 41, P_NMI = 48, P_RECURSIVE = 49, P_GUEST_PAGES = 50,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -46,6 +47,7 @@ enum {
   S_LOCK_REACQ = 30, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
   S_SAMPLING = 44, S_IRQ_TAKEN = 54, S_IRQ_DEFERRED = 55, S_IRQ_MAPS = 56, S_IRQ_INSIDE = 57,
   S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
+  S_TIMER_LATE = 64,
   S_NMI_IRQS_OFF = 72, S_GUEST_TOUCHES = 73, S_GUEST_WALKS = 74, S_DEADLOCKS = 75, S_EXP_SAMPLES = 76,
   S_EXP_CYCLES = 77, S_EXP_OPS = 78, S_EXP_MAX_CYCLES = 79, S_EXP_MAX_OPS = 80, S_EXP_INSTANTS = 81,
   S_EXP_REACHABLE = 82, S_EXP_SLOT = 83, S_EXP_MFN = 84, S_EXP_T0 = 85, S_EXP_OP0 = 86,
@@ -89,8 +91,6 @@ const char testbed_dom_layouts[] = "xen,padded";
 #define X_LOCK_OWNER 16
 #define X_HANDOFF_TSC 17
 #define X_HANDOFF_FROM 18
-#define TICKET_ONE ((i64)1 << 32)
-#define TICKET_MASK 0xFFFFFFFFLL
 #define D_LOCK_HEAD 8
 #define D_LOCK_TAIL 9
 #define D_LOCK_OWNER 10
@@ -156,6 +156,8 @@ INLINE void cpu_relax(void) { _mm_pause(); }
 INLINE i64 rdtsc(void) { return (i64)__rdtsc(); }
 INLINE i64 lowest_bit(i64 x) { return __builtin_ctzll((u64)x); }
 INLINE i64 bit64(i64 k) { return (i64)((u64)1 << k); }
+
+#include "ticket_lock.h"
 
 /* --- the random generator (kernels.py) ------------------------------------------------------ */
 INLINE u64 next_rand(u64 *rng) {
@@ -401,18 +403,7 @@ static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind, i64 layout) {
   } else if (kind == LOCK_TAS) {
     tas_lock(dom, srow, vcpu, lw, own);
   } else if (layout == LAYOUT_XEN) {
-    i64 t = fetch_add(dom, lw, TICKET_ONE);
-    my = (t >> 32) & TICKET_MASK;
-    srow[S_LOCK_ACQ] += 1;
-    if ((t & TICKET_MASK) != my) {
-      srow[S_LOCK_CONTENDED] += 1;
-      i64 t0 = rdtsc();
-      while ((load_acquire(dom, lw) & TICKET_MASK) != my) {
-        cpu_relax();
-        srow[S_PROGRESS] += 1;
-      }
-      srow[S_LOCK_SPIN] += rdtsc() - t0;
-    }
+    my = ticket_lock(&dom[lw], srow);
     dom[own] = vcpu + 1;
   } else {
     my = fetch_add(dom, lw + 1, 1);
@@ -468,12 +459,12 @@ static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold, i64 vcpu, i64 ki
     }
     store_release(dom, lw, 0);
   } else if (layout == LAYOUT_XEN) {
-    if (((load_acquire(dom, lw) >> 32) & TICKET_MASK) != ((my + 1) & TICKET_MASK)) {
+    if (ticket_waiters(&dom[lw], my)) {
       dom[hfrom] = vcpu + 1;
       dom[hts] = rdtsc();
     }
     dom[own] = 0;
-    store_release_lo32(dom, lw, my + 1);
+    ticket_unlock(&dom[lw], my);
   } else {
     if (load_acquire(dom, lw + 1) != my + 1) {
       dom[hfrom] = vcpu + 1;
@@ -898,8 +889,20 @@ INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
   return ST_OK;
 }
 
+/* --- a Xen tree's own domain_page.c (testbed/xen.py builds it with -DTESTBED_XEN) ------------- */
+#ifdef TESTBED_XEN
+/* Defined after the Xen file, in csrc/xen/glue.c: its map_domain_page / unmap_domain_page on
+ * the shim's Xen, with the port's arrays. VID_XEN is the registry's variants.xen.VID. */
+#define VID_XEN 64
+static i64 xen_map(struct arrays *a, i64 vcpu, i64 mfn, int irq);
+static i64 xen_unmap(struct arrays *a, i64 vcpu, i64 va, int irq);
+#endif
+
 /* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
 INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
+#ifdef TESTBED_XEN
+  if (vid == VID_XEN) return xen_map(a, vcpu, mfn, irq);
+#endif
   if (vid == VID_DIRECTMAP) return mfn;
   if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn, irq);
   if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn, irq);
@@ -909,6 +912,9 @@ INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
 }
 
 INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va, int irq) {
+#ifdef TESTBED_XEN
+  if (vid == VID_XEN) return xen_unmap(a, vcpu, va, irq);
+#endif
   if (vid == VID_DIRECTMAP) return ST_OK;
   if (vid == VID_LOCKED) return locked_unmap(a, vcpu, va, irq);
   if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va, irq);
@@ -1114,7 +1120,8 @@ static void arm_timer(const i64 *p, i64 *srow, i64 deadline) {
   i64 now = rdtsc();
   srow[S_TIMER_SETS] += 1;
   srow[S_TIMER_CYCLES] += now - (deadline - p[P_SLACK]);
-  if (now <= deadline) {
+  if (now > deadline) srow[S_TIMER_LATE] += 1;
+  if (now <= deadline || p[P_SSHOT_FUTURE] == 0) {  /* Xen >= 4.18 ignores VCPU_SSHOTTMR_future */
     srow[S_STREAK] = 0;
     return;
   }
@@ -1239,6 +1246,10 @@ LOOP(loop_lockless_irq, VID_LOCKLESS, 1)
 LOOP(loop_percpu_irq, VID_PERCPU, 1)
 LOOP(loop_kmap_local_irq, VID_KMAP_LOCAL, 1)
 LOOP(loop_any_irq, A.p[P_VARIANT], 1)
+#ifdef TESTBED_XEN
+LOOP(loop_xen, VID_XEN, 0)
+LOOP(loop_xen_irq, VID_XEN, 1)
+#endif
 
 /* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
  * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
@@ -1252,6 +1263,9 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
       .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
   };
+#ifdef TESTBED_XEN
+  if (p[P_VARIANT] == VID_XEN) return p[P_IRQ_INTERVAL] != 0 ? loop_xen_irq(n, vcpu, A) : loop_xen(n, vcpu, A);
+#endif
   if (p[P_IRQ_INTERVAL] != 0) {
     switch (p[P_VARIANT]) {
       case VID_DIRECTMAP: return loop_directmap_irq(n, vcpu, A);
