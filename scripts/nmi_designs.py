@@ -11,7 +11,7 @@ counts as this script's own failure): a design that cannot be NMI-safe must fail
 named check, never hang. Exit status 1 if any run hung or ended with neither
 SUCCESS nor FAILURE.
 
-    python scripts/nmi_designs.py [--vcpus 2] [--duration 3] [--seed 1] [--nmi-rate 10000] [--workload uniform]
+    PYTHONPATH=. python3 scripts/nmi_designs.py [--vcpus 2] [--duration 3] [--seed 1] [--nmi-rate 10000] [--workload uniform]
 """
 
 from __future__ import annotations
