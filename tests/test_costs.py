@@ -134,7 +134,8 @@ def test_compare_sweep_end_to_end(tmp_path, exclusive, no_leftovers):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("Performance drop against directmap") == 2
     assert "=== cost-refill=0 (" in r.stdout and "=== cost-refill=512 (" in r.stdout
-    verdicts = [x for x in r.stdout.splitlines() if x.startswith("findings: ")]
+    # the sweep's lines ("findings: single-core: ..."), not each table's ("findings: single-core (1 vCPU): ...")
+    verdicts = [x for x in r.stdout.splitlines() if x.startswith(("findings: single-core:", "findings: multi-core:"))]
     assert [v.split()[1] for v in verdicts] == ["single-core:", "multi-core:"]
     assert r.stdout.splitlines()[-1].startswith("verdict: SUCCESS")
     res = json.loads(js.read_text())
