@@ -269,6 +269,11 @@ def read_topology(root: str | None = None) -> Topology:
         online = {c for c in present if tree.text(f"{SYS_CPU}/cpu{c}/online") in (None, "1")}
     if not present:
         present = sorted(online)
+    listed = tree.text(f"{SYS_CPU}/offline")
+    try:
+        present = sorted(set(present) | set(parse_cpu_list(listed) if listed else []))
+    except ValueError:
+        pass
     offline = tuple(c for c in present if c not in online)
 
     threads, pkg_sets, core_ids, pkg_ids = {}, {}, {}, {}

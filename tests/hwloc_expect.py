@@ -7,10 +7,12 @@ allowed NUMA nodes in hwloc's logical order, and the distance matrix between the
 
 from __future__ import annotations
 
+import itertools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+_UID = itertools.count()      # objects' identities (id() is reused once an object is freed)
 _LINE = re.compile(r"^(\s*)(\S+) L#(\d+)(?: \((.*))?$")
 
 
@@ -25,9 +27,9 @@ def _walk_pu(stack, pu_p, out: Expected) -> None:
     rec = {"core": None, "core_p": None, "package": None, "package_p": None, "node": None}
     for obj in reversed(stack):
         if obj["type"] == "Core" and rec["core"] is None:
-            rec["core"], rec["core_p"] = id(obj), obj["p"]
+            rec["core"], rec["core_p"] = obj["uid"], obj["p"]
         if obj["type"] == "Package" and rec["package"] is None:
-            rec["package"], rec["package_p"] = id(obj), obj["p"]
+            rec["package"], rec["package_p"] = obj["uid"], obj["p"]
         if rec["node"] is None and len(obj["nodes"]) == 1:
             rec["node"] = obj["nodes"][0]
     out.pus[pu_p] = rec
@@ -38,11 +40,14 @@ def read_console(path) -> Expected:
     stack: list[dict] = []
     lines = open(path).read().splitlines()
     for i, line in enumerate(lines):
+        if line.startswith("Machine"):
+            stack = [{"indent": 0, "type": "Machine", "p": 0, "nodes": []}]
+            continue
         m = _LINE.match(line)
         if m:
             indent, kind, rest = len(m.group(1)), m.group(2), m.group(4) or ""
             p = re.match(r"P#(\d+)", rest)
-            obj = {"indent": indent, "type": kind, "p": int(p.group(1)) if p else None, "nodes": []}
+            obj = {"indent": indent, "type": kind, "p": int(p.group(1)) if p else None, "nodes": [], "uid": next(_UID)}
             while stack and stack[-1]["indent"] >= indent:
                 stack.pop()
             if kind == "NUMANode":
@@ -66,7 +71,7 @@ def read_xml(path) -> Expected:
 
     def visit(elem, stack):
         obj = {"type": elem.get("type"), "p": int(elem.get("os_index")) if elem.get("os_index") else None,
-               "nodes": []}
+               "nodes": [], "uid": next(_UID)}
         for child in elem.findall("object"):
             if child.get("type") == "NUMANode":
                 obj["nodes"].append(int(child.get("os_index")))
