@@ -51,6 +51,8 @@ def cmd_run(args) -> int:
         res = harness.run(c, on_sample=None if args.quiet else print_sample, t_launch=T_LAUNCH if i == 0 else None)
         runs.append(res)
         print_result(res)
+        if i == 0:
+            _print_placement(res)
         if res["interrupted"] or res["verdict"] != "SUCCESS":
             break
     out = runs[0] if len(runs) == 1 else results.repeated(runs)
@@ -62,6 +64,18 @@ def cmd_run(args) -> int:
     if runs[-1]["interrupted"]:
         return signal_exit(runs[-1]["interrupted"])
     return EXIT_OK if out["verdict"] == "SUCCESS" else EXIT_FAILURE
+
+
+def _print_placement(res: dict) -> None:
+    """Where the vCPUs ran and where their memory was (read back, testbed/numa.py)."""
+    from .numa import describe
+
+    rows = res.get("vcpu_placement") or []
+    nodes = sorted({r["node"] for r in rows if r["node"] is not None})
+    print(f"placement {res['config'].get('placement')}: " + ", ".join(
+        f"vCPU {r['vcpu']} on CPU {r['cpu']} (core {r['core']}, node {r['node']})" for r in rows[:8])
+        + (f", ... ({len(rows)} vCPUs on nodes {','.join(map(str, nodes))})" if len(rows) > 8 else ""))
+    print(describe(res.get("memory_placement")))
 
 
 def _check_outputs(args) -> None:

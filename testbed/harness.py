@@ -254,7 +254,7 @@ def _memory_placement(state: RunState, plan, done: str, views) -> None:
     back["binding"] = done
     if done == "one node":
         back["note"] = ("one NUMA node allowed: --numa-home, --frames-numa and the per-vCPU binding change nothing "
-                        "(every page is on node " + str(plan.allowed_mems[0] if plan.allowed_mems else 0) + ")")
+                        f"(node {plan.allowed_mems[0] if plan.allowed_mems else 0} only)")
     elif done != "bound":
         back["note"] = f"memory not bound ({done}): pages are where first touched"
     state.extra["memory_placement"] = back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -231,6 +232,22 @@ def compare_facts(a: dict, b: dict) -> tuple[list[str], list[str]]:
                 else:
                     out.append(f"host {'.'.join(path)} ({va} vs {vb})")
     return refuse, flag
+
+
+def flat_facts(f: dict) -> dict:
+    """The facts as flat columns (report's CSV): numa_nodes, numa_distances, smt_threads_per_core, ..."""
+    out = {}
+    for key, value in f.items():
+        if key == "vulnerabilities" and isinstance(value, dict):
+            out["vulnerable"] = ",".join(k for k, v in value.items() if v.startswith("Vulnerable")) or "none"
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{key}_{sub}"] = json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else v
+        elif isinstance(value, list):
+            out[key] = ",".join(map(str, value))
+        else:
+            out[key] = value
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -278,8 +278,7 @@ def describe(back: dict | None) -> str:
     """One line for the run's output: where the memory ended up."""
     if not back:
         return "memory: not placed"
-    if back.get("note"):
-        return f"memory: {back['note']}"
+    note = f"memory: {back['note']}\n" if back.get("note") else ""
 
     def nodes(entry):
         pages = (entry or {}).get("pages") or {}
@@ -291,7 +290,7 @@ def describe(back: dict | None) -> str:
             if n != "absent":
                 vnodes[n] += c
     mis = back.get("misplaced") or []
-    return (f"memory: domain lines on {nodes(back.get('domain'))} pages; frames ({back['requested']['frames']}) on "
+    return note + (f"memory (read back, {back['source']}): domain lines on {nodes(back.get('domain'))} pages; frames ({back['requested']['frames']}) on "
             f"{nodes(back.get('frames'))}; vCPU rows on " + (", ".join(f"node {n}: {c}" for n, c in sorted(vnodes.items()))
                                                              or "unknown")
             + (f"; off their node: {', '.join(mis)}" if mis else ""))

@@ -59,10 +59,9 @@ def test_topology_is_what_hwloc_says(trees, name):
     distance matrix are hwloc's, snapshot by snapshot.
 
     Mutations tried, each failing here: grouping cores by (package, core_id) instead of their
-    threads (48amd64-4pa2n6c-sparse: core_id repeats across a package's two dies); ignoring the
-    cpuset (16amd64-8n2c-cpusets, 32amd64-4s2n4c-cgroup2); dropping the Bulldozer compute-unit
-    quirk (64amd64-4s2n4ca2co); reading distance rows by node index instead of position
-    (48amd64 and 256ppc, sparse node numbers).
+    threads (three snapshots fail); dropping the Bulldozer compute-unit quirk
+    (64amd64-4s2n4ca2co); taking the allowed CPUs from this process's affinity under
+    TESTBED_FSROOT (all eight fail).
     """
     want = expected(name)
     topo = topology.read_topology(str(trees / name))
@@ -122,8 +121,8 @@ def test_placement_on_snapshot(trees, monkeypatch, capsys, name, how):
     (never this process's), compact fills nodes in order, scatter balances them.
 
     Mutations tried, each failing here: scatter dealing by CPU number instead of node; compact
-    taking SMT siblings before the next core; allowed CPUs from os.sched_getaffinity under
-    TESTBED_FSROOT (this 2-CPU host: half and all refused).
+    taking a core's SMT siblings before the next core. (Allowed CPUs from os.sched_getaffinity
+    under TESTBED_FSROOT fails test_topology_is_what_hwloc_says on every snapshot.)
     """
     topo = topology.read_topology(str(trees / name))
     cores = topo.physical_in(topo.allowed)
@@ -309,8 +308,8 @@ def test_arena_binding_read_back_on_this_host():
     """Bind a page-rowed arena as a run does, through libnuma, and read every region back with
     move_pages: each vCPU's rows on pages of their own, every page where asked.
 
-    Mutation tried: build_layout without page_rows: two vCPUs' rows then shared a page and the
-    no-shared-page assertion failed.
+    Mutation tried: Field.padded_shape ignoring ``align`` (rows padded to a cache line only): two
+    vCPUs' rows then shared a page and the no-shared-page assertion failed.
     """
     from testbed.config import RunConfig, validate
     from testbed.harness import build_layout
@@ -361,3 +360,61 @@ def test_placement_records_exist_on_one_node(monkeypatch, capsys):
     assert cli.main(["placement", "--vcpus", "1", "--numa-home", str(topo.nodes[0])]) == 0
     assert f"node {topo.nodes[0]}" in capsys.readouterr().out
     assert os.environ.get("TESTBED_FSROOT") is None
+
+
+# --- a run on this host, and its rerun --------------------------------------------------
+
+def test_run_records_placement_memory_facts_and_reruns(tmp_path, trees, capsys, exclusive, warm_kernels,
+                                                       no_leftovers):
+    """A run records where its vCPUs ran, where its memory is, the host facts and its command; the
+    header warns once (this host is a VM); 'testbed rerun' runs the command into a new file and
+    says what differs. The same result, given a 64-CPU host's facts, is enough for report and diff.
+
+    Mutation tried: rerun writing over the result it reads (--json kept as recorded): the
+    original's seed-and-figures assertion failed.
+    """
+    from conftest import REPO, testbed_cli
+
+    env = {"PYTHONPATH": str(REPO)}           # this checkout's testbed, from any folder
+    out = testbed_cli("run", "--variant", "directmap", "--vcpus", "2", "--duration", "0.5", "--warmup", "0",
+                      "--quiet", "--placement", "scatter", "--frames-numa", "home", "--json", "a.json", cwd=tmp_path,
+                      env=env)
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "a.json").read_text())
+    topo = topology.host_topology()
+    assert [r["cpu"] for r in res["vcpu_placement"]] == res["placement"]
+    assert all(r["node"] == topo.cpus[r["cpu"]].node for r in res["vcpu_placement"])
+    mem = res["memory_placement"]
+    assert mem["source"] == "move_pages" and mem["misplaced"] == []
+    assert [v["vcpu"] for v in mem["vcpus"]] == [0, 1] and all(v["pages"] for v in mem["vcpus"])
+    assert mem["frames"]["requested"] == mem["requested"]["home"]
+    assert res["host"]["facts"]["numa"]["nodes"] == list(topo.nodes)
+    assert "--seed" in res["command"]["argv"] and res["command"]["argv"][:2] == ["testbed", "run"]
+    warns = [line for line in out.stdout.splitlines() if line.startswith("warning:")]
+    if res["host"]["facts"]["virtualization"]["verdict"].startswith("VM"):
+        assert len(warns) == 1 and "VM" in warns[0]
+    if len(topo.allowed_mems) == 1:
+        assert "change nothing" in out.stdout
+    assert "memory (read back, move_pages)" in out.stdout
+
+    again = testbed_cli("rerun", "a.json", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    new = json.loads((tmp_path / "a.rerun.json").read_text())
+    old = json.loads((tmp_path / "a.json").read_text())
+    assert old == res                                   # never written over
+    assert new["seed"] == res["seed"] and new["config"] == res["config"]
+    assert "rerun: host facts as in the original" in again.stdout and "rerun: B/A = " in again.stdout
+
+    bundle = json.loads(json.dumps(res))               # as a user's 64-CPU host would send it
+    bundle["host"]["facts"] = hostinfo.facts(str(trees / "64amd64-4s2n4ca2co"))
+    bundle["host"].update(hostname="c6145", cpu_model="AMD Opteron(TM) Processor 6276", logical_cpus=64,
+                          physical_cores=64)
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps(bundle))
+    assert cli.main(["report", str(folder)]) == 0
+    csv_text = (folder / "report.csv").read_text()
+    assert "host_numa_nodes" in csv_text and "0,1,2,3,4,5,6,7" in csv_text
+    (folder / "twin.json").write_text(json.dumps(bundle))
+    assert cli.main(["diff", str(folder / "run.json"), str(folder / "twin.json")]) == 0
+    assert "B/A = 1.0000" in capsys.readouterr().out
