@@ -275,6 +275,23 @@ def _fresh_path(path: str) -> str:
     raise UsageError(f"{path}: 999 reruns already beside it; pass --json to name the new file")
 
 
+def rerun_argv(argv: list[str], out: str) -> list[str]:
+    """A recorded command's arguments with its output files moved: --json to ``out``, --csv and
+    --plot beside their old names (``_fresh_path``), so that a rerun overwrites nothing."""
+    new_argv, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--json", "--csv", "--plot") and i + 1 < len(argv):
+            new_argv += [a, out if a == "--json" else _fresh_path(argv[i + 1])]
+            i += 2
+            continue
+        new_argv.append(a)
+        i += 1
+    if "--json" not in new_argv:
+        new_argv += ["--json", out]
+    return new_argv
+
+
 def cmd_rerun(args) -> int:
     """Run a result's command again into a new file; say what differs in host facts and figures."""
     import os
@@ -290,17 +307,7 @@ def cmd_rerun(args) -> int:
     out = args.json or _fresh_path(args.result)
     if os.path.abspath(out) == os.path.abspath(args.result):
         raise UsageError(f"--json {out}: that is the result being rerun; name another file")
-    new_argv, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("--json", "--csv", "--plot") and i + 1 < len(argv):
-            new_argv += [a, out if a == "--json" else _fresh_path(argv[i + 1])]
-            i += 2
-            continue
-        new_argv.append(a)
-        i += 1
-    if "--json" not in new_argv:
-        new_argv += ["--json", out]
+    new_argv = rerun_argv(argv, out)
     print(f"testbed rerun: {' '.join(['testbed', *new_argv])}", flush=True)
     global ARGV
     saved, ARGV = ARGV, new_argv

@@ -364,14 +364,33 @@ def test_placement_records_exist_on_one_node(monkeypatch, capsys):
 
 # --- a run on this host, and its rerun --------------------------------------------------
 
+def test_rerun_never_writes_over(tmp_path, monkeypatch):
+    """The rerun's command writes to new files only, and refuses a result with no command.
+
+    Mutation tried: rerun_argv keeping --json as recorded: the first assertion failed.
+    """
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "a.csv").write_text("")
+    argv = ["run", "--vcpus", "2", "--json", "a.json", "--csv", "a.csv", "--seed", "5"]
+    new = cli.rerun_argv(argv, cli._fresh_path("a.json"))
+    assert new == ["run", "--vcpus", "2", "--json", "a.rerun.json", "--csv", "a.rerun.csv", "--seed", "5"]
+    (tmp_path / "a.rerun.json").write_text("{}")
+    assert cli._fresh_path("a.json") == "a.rerun2.json"
+    assert cli.rerun_argv(["run"], "b.json") == ["run", "--json", "b.json"]
+    from testbed import results
+
+    old = {"schema": results.SCHEMA, "kind": "testbed.run"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert cli.main(["rerun", "old.json"]) == 2
+
+
 def test_run_records_placement_memory_facts_and_reruns(tmp_path, trees, capsys, exclusive, warm_kernels,
                                                        no_leftovers):
     """A run records where its vCPUs ran, where its memory is, the host facts and its command; the
     header warns once (this host is a VM); 'testbed rerun' runs the command into a new file and
     says what differs. The same result, given a 64-CPU host's facts, is enough for report and diff.
-
-    Mutation tried: rerun writing over the result it reads (--json kept as recorded): the
-    original's seed-and-figures assertion failed.
+    (The rerun's file handling has its own test and mutation: test_rerun_never_writes_over.)
     """
     from conftest import REPO, testbed_cli
 
