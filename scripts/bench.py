@@ -17,6 +17,10 @@ Prints, from real runs of the harness (pinned worker processes):
 All figures of one invocation come from the same machine in the same minute;
 compare ratios, not absolute times, across invocations.
 
+With ``--vs-xen xen:TREE[+PATCH],...`` it prints instead, for each Xen tree (and patches), its own
+``domain_page.c`` built against the shim (``testbed/xen.py``) against the C port of the design it
+has the shape of (the old design: ``locked``; the seed: ``lockless``), timed the same way.
+
 With ``--vs-c`` it prints instead, for every design of the registry (locked
 under each of its locks, in each layout) and frame count, the compiled
 loop against the same loop in C (``testbed/csrc/testbed_op.c``, built with the
@@ -25,13 +29,28 @@ to one CPU, cost model off, uniform workload. A round times three calls of
 each, alternating which goes first, and keeps each side's fastest (whatever
 else runs on the host only ever adds time); the figures are medians over
 --repeat rounds, the ratio the median of the rounds' ratios.
+
+The ``yardstick`` section (in the default set, or alone with ``--only yardstick``)
+builds the minimal C loop of the first release, ``shared/yardstick/testbed_op.c``
+beside the checkout (or ``--yardstick PATH``, or ``$TESTBED_YARDSTICK``), as it is,
+into a temporary directory, and prints it beside the compiled ``directmap`` loop at
+256 and 4096 frames, both pinned to the same CPU, uniform workload, cost model off,
+with their ratio: the floor our loop is measured against. That C loop does the map,
+checked access and unmap with the same TLB, counters and latency sampling, without
+what today's loop has grown since (nested walks, rechecks, interrupts, hypercalls).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 from testbed import harness
 from testbed.config import RunConfig
@@ -82,7 +101,7 @@ def _loop_args(name: str, frames: int, lock: str | None = None, layout: str | No
 
 
 PAIRS = 3     # --vs-c: calls of each loop per round
-SECTIONS = ("kernel", "contended", "harness", "scaling")
+SECTIONS = ("kernel", "yardstick", "contended", "harness", "scaling")
 
 
 def with_locks(names):
@@ -198,6 +217,151 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
     return 0
 
 
+def vs_xen(specs, frames: int, repeat: int, cpu: int | None, call_ms: float) -> int:
+    """A Xen tree's own code against the C port of its transcription (the old design: locked,
+    ticket lock, Xen's layout; the seed: lockless), the same loop in the same process: ns/op of
+    both and their ratio, measured as --vs-c does. 0 if every row ran."""
+    import dataclasses
+    import os
+    import time
+
+    from testbed import abi, config, native
+    from testbed import variants as registry
+    from testbed.errors import UsageError
+    from testbed.variants import xen as xen_design
+
+    nat = native.Native()
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1] if cpu is None else cpu})
+    print(f"# Xen's own domain_page.c vs the C port of its transcription ({native.compiler_version(nat.cc)} -O2), "
+          f"uniform workload, 1 vCPU, {frames} frames, cost model off; ratio = Xen / port per round, median")
+    print(f"{'variant':28} {'port of':9} {'Xen ns/op':>10} {'port ns/op':>10} {'ratio':>7}   spread")
+    for text in specs:
+        tree, patches = xen_design.spec(text)
+        try:
+            xcfg = config.validate(RunConfig(variant="xen", xen_tree=tree, xen_patches=patches, vcpus=1,
+                                             frames=frames, cost_flush_one=0, cost_flush_all=0, cost_walk=0,
+                                             cost_refill=0))
+        except UsageError as e:
+            print(f"bench: {text}: {e}", file=sys.stderr)
+            return 2
+        kind = xen_design.shape(xen_design.build_of(xcfg))
+        if kind is None:
+            print(f"bench: {text}: its structs have the shape of no transcribed design", file=sys.stderr)
+            return 2
+        tcfg = config.validate(dataclasses.replace(xcfg, variant=kind, xen_tree=None, xen_patches=(),
+                                                   **({"lock": "ticket", "dom_layout": "xen"} if kind == "locked"
+                                                      else {})))
+        runs = []
+        for cfg, loop in ((xcfg, xen_design.runner(xcfg).native), (tcfg, nat)):
+            p = config.params(cfg)
+            p[abi.P_CHUNK_CYCLES] = 1 << 62
+            bound = loop.bind(*harness.private_state(cfg, p)[2])
+            runs.append(lambda n, bound=bound: bound(n, 0))
+        for f in runs:
+            f(20_000)
+        t0 = time.perf_counter()
+        runs[0](200_000)
+        n = max(20_000, int(200_000 * call_ms * 1e-3 / (time.perf_counter() - t0)))
+        xs, ts, ratios = [], [], []
+        for r in range(repeat):
+            best = [float("inf"), float("inf")]
+            for k in range(PAIRS):
+                for i in ((0, 1) if (r + k) % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    st = runs[i](n)
+                    best[i] = min(best[i], (time.perf_counter() - t0) / n * 1e9)
+                    if st != 0:
+                        print(f"bench: {text} stopped with status {st}", file=sys.stderr)
+                        return 1
+            xs.append(best[0])
+            ts.append(best[1])
+            ratios.append(best[0] / best[1])
+        name = xen_design.label(xcfg)
+        print(f"{name:28} {kind:9} {statistics.median(xs):10.1f} {statistics.median(ts):10.1f} "
+              f"{statistics.median(ratios):6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
+    nat.close()
+    return 0
+
+
+YARDSTICK = Path("shared") / "yardstick" / "testbed_op.c"
+YARDSTICK_ROUNDS_S = 0.5     # one run of the C loop: its own median of 5 runs of a tenth of a second each
+
+
+def find_yardstick(given: str | None) -> Path | None:
+    """The yardstick's source: ``given``, else $TESTBED_YARDSTICK, else shared/yardstick/testbed_op.c in
+    the nearest parent directory of this checkout that has one; None if there is none."""
+    if given or os.environ.get("TESTBED_YARDSTICK"):
+        return Path(given or os.environ["TESTBED_YARDSTICK"])
+    for folder in Path(__file__).resolve().parents[1].parents:
+        if (folder / YARDSTICK).is_file():
+            return folder / YARDSTICK
+    return None
+
+
+def yardstick(frame_counts, repeat: int, cpu: int | None, source: Path | None) -> int:
+    """The minimal C loop beside the compiled directmap loop, same CPU, interleaved rounds: ns/op and ratio."""
+    from testbed import kernels, native
+
+    if source is None or not source.is_file():
+        print(f"bench: yardstick: {source or YARDSTICK} not found; give its path with --yardstick PATH",
+              file=sys.stderr)
+        return 2
+    cc = native.compiler()
+    if cc is None:
+        print("bench: yardstick: no C compiler found (looked for $CC, cc, gcc, clang)", file=sys.stderr)
+        return 2
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1] if cpu is None else cpu
+    if cpu not in allowed:
+        print(f"bench: --cpu {cpu}: not one of this process's CPUs {allowed}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="testbed-yardstick-") as tmp:
+        exe = os.path.join(tmp, "testbed_op")
+        res = subprocess.run([cc, "-O2", "-march=native", str(source), "-o", exe], capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"bench: yardstick: {cc} could not build {source}: {res.stderr.strip()[-300:]}", file=sys.stderr)
+            return 1
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        try:
+            print(f"\n# the minimal C loop ({source}, {native.compiler_version(cc)} -O2 -march=native) beside the "
+                  f"compiled directmap loop,\n# uniform workload, 1 vCPU, cost model off, both pinned to CPU {cpu}; "
+                  f"{repeat} rounds, each the median of 5 runs of {YARDSTICK_ROUNDS_S / 5:g} s of either; "
+                  "ratio = ours / C per round, median [min-max]")
+            print(f"{'frames':>6} {'directmap ns/op':>16} {'C loop ns/op':>13} {'ratio':>7}   spread")
+            for frames in frame_counts:
+                ours = _loop_args("directmap", frames)
+                kernels.run_ops(200_000, 0, *ours)
+                t0 = time.perf_counter()
+                kernels.run_ops(200_000, 0, *ours)
+                n = max(100_000, int(200_000 * YARDSTICK_ROUNDS_S / 5 / (time.perf_counter() - t0)))
+                jit_ns, c_ns, ratios = [], [], []
+                for r in range(repeat):
+                    for side in (("jit", "c") if r % 2 == 0 else ("c", "jit")):
+                        if side == "jit":
+                            calls = []
+                            for _ in range(5):
+                                t0 = time.perf_counter()
+                                kernels.run_ops(n, 0, *ours)
+                                calls.append((time.perf_counter() - t0) / n * 1e9)
+                            jit_ns.append(statistics.median(calls))
+                        else:
+                            out = subprocess.run([exe, "directmap", str(YARDSTICK_ROUNDS_S), "--frames", str(frames),
+                                                  "--cpu", str(cpu)], capture_output=True, text=True)
+                            m = re.search(r"([0-9.]+) ns/op", out.stdout)
+                            if out.returncode != 0 or m is None:
+                                print(f"bench: yardstick: {exe} directmap: {(out.stdout + out.stderr).strip()[-300:]}",
+                                      file=sys.stderr)
+                                return 1
+                            c_ns.append(float(m.group(1)))
+                    ratios.append(jit_ns[-1] / c_ns[-1])
+                j, c, q = statistics.median(jit_ns), statistics.median(c_ns), statistics.median(ratios)
+                print(f"{frames:>6} {j:16.2f} {c:13.2f} {q:6.2f}x   [{min(ratios):.2f}-{max(ratios):.2f}]")
+        finally:
+            os.sched_setaffinity(0, old)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -214,11 +378,21 @@ def main() -> int:
                          "(or --frames when given)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to print, of {','.join(SECTIONS)} (default: all)")
-    ap.add_argument("--cpu", type=int, default=None, help="--vs-c: the CPU to pin to (default: the last allowed)")
+    ap.add_argument("--vs-xen", default=None, metavar="SPECS",
+                    help="instead: Xen's own code against the C port of its transcription, for each comma-separated "
+                         "xen:TREE[+PATCH] (at --frames, default 256)")
+    ap.add_argument("--cpu", type=int, default=None,
+                    help="--vs-c and the yardstick: the CPU to pin to (default: the last allowed)")
     ap.add_argument("--call-ms", type=float, default=15.0, help="--vs-c: about how long one timed call runs")
+    ap.add_argument("--yardstick", default=None, metavar="PATH",
+                    help="the minimal C loop's source (default: $TESTBED_YARDSTICK, else shared/yardstick/testbed_op.c "
+                         "in the nearest parent folder of this checkout that has one)")
     args = ap.parse_args()
     from testbed import variants as registry
 
+    if args.vs_xen:
+        return vs_xen([x.strip() for x in args.vs_xen.split(",") if x.strip()], args.frames, args.repeat, args.cpu,
+                      args.call_ms)
     if args.variants is not None:
         names = [x.strip() for x in args.variants.split(",") if x.strip()]
     elif args.vs_c:
@@ -247,6 +421,12 @@ def main() -> int:
         for row, ns_op in kn.items():
             ratio = f"{ns_op / kn['directmap']:.2f}x directmap" if "directmap" in kn else ""
             print(f"{row:22} {ns_op:8.1f} ns/op   {ratio}")
+
+    if "yardstick" in only:
+        counts = (args.frames,) if frames_given(sys.argv) else (256, 4096)
+        st = yardstick(counts, args.repeat, args.cpu, find_yardstick(args.yardstick))
+        if st != 0 and only == ["yardstick"]:
+            return st
 
     if "contended" in only and "locked" in names:
         contended(args.repeat, common)

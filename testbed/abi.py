@@ -28,7 +28,7 @@ P_FRAME_WORDS = 4      # int64 words per frame
 P_ENTRIES = 5          # MAPCACHE_VCPU_ENTRIES
 P_HASH = 6             # MAPHASH_ENTRIES
 P_LEVELS = 7           # PAGING_LEVELS
-P_SLOTS = 8            # slots in the domain (vcpus * entries)
+P_SLOTS = 8            # slots in the domain (domain vCPUs * entries)
 P_WORKLOAD = 9
 P_NEST = 10            # mappings held at once by the nested workload
 P_TLB_SETS = 11
@@ -55,6 +55,13 @@ P_DOM_LAYOUT = 31      # which of the variant's domain-word layouts (its DOM_LAY
 P_REFCOUNT_WRAP = 32   # 1: a refcount wraps silently, as the seed's uint8_t does (--refcount-wrap wrap)
 P_IRQ_INTERVAL = 34    # --irq-rate: mean cycles between simulated interrupts of one vCPU; 0: none
 # 35..39: free
+# 40..47 fidelity (domain, timers, TLB clock):
+P_DOMAIN_VCPUS = 40    # vCPUs of the domain (--domain-vcpus, Xen's max_vcpus); the first P_VCPUS of them run
+P_SSHOT_FUTURE = 41    # timers workload: 1 if Xen honours VCPU_SSHOTTMR_future (-ETIME; Xen <= 4.17), 0 if not
+# 48..55: the cost model, NMIs, recursive walks, exposure (docs/cost-model.md)
+P_NMI = 48             # 1: the simulated interrupts are NMIs (--nmi-rate): irq_save does not defer them
+P_RECURSIVE = 49       # ptwalk: chance, in 1/2**16, that a level's entry maps an earlier level's table again (--recursive)
+P_GUEST_PAGES = 50     # hypercall workloads: guest pages touched through the TLB before each hypercall (--guest-pages)
 # Reserved ranges, one per area of work, so that parallel changes never collide:
 # 40..47 fidelity (domain, timers), 48..55 cost model, NMIs, recursive walks, exposure,
 # 56..59 Xen's own code, 60..63 command line and hosts.
@@ -93,7 +100,6 @@ S_HANDOFFS = 28        # acquisitions of a lock another vCPU released while vCPU
 S_HANDOFF_CYCLES = 29  # ... cycles from that release to this acquisition, summed
 S_LOCK_REACQ = 30      # acquisitions that re-took the lock this vCPU had released while others waited (barging)
 N_COUNTERS = 32        # counters summed into totals live below this column
-MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX)
 # harness and kernel words in the same row (written by the vCPU only)
 S_HEARTBEAT = 32       # monotonic ns of the last finished chunk
 S_STATUS = 33          # kernel status that ended the run, ST_*
@@ -127,10 +133,37 @@ S_HELD_PTE = 59        # ... its PTE no longer mapped its MFN: the slot was take
 S_RECHECKS = 61        # held mappings checked again before their unmap
 S_REFILL_LEFT = 62     # guest accesses still to pay a refill walk since the last full flush
 S_REFILLS = 63         # refill walks paid (--cost-refill)
+S_TIMER_LATE = 64      # timers workload: single-shot timers armed after their deadline (counted however Xen answers)
+# 72..87: NMIs, the guest's pages, exposure (docs/cost-model.md)
+S_NMI_IRQS_OFF = 72    # NMIs taken inside a map or unmap while the variant had interrupts disabled
+S_GUEST_TOUCHES = 73   # guest page accesses through the TLB (--guest-pages)
+S_GUEST_WALKS = 74     # ... that missed and paid a walk
+S_DEADLOCKS = 75       # lock acquisitions refused because this CPU already holds the lock (an NMI inside it)
+S_EXP_SAMPLES = 76     # exposure: sampled unmaps whose frame was followed until unreachable
+S_EXP_CYCLES = 77      # ... cycles it stayed reachable, summed
+S_EXP_OPS = 78         # ... operations it stayed reachable, summed
+S_EXP_MAX_CYCLES = 79  # ... the longest, in cycles (a maximum)
+S_EXP_MAX_OPS = 80     # ... the longest, in operations (a maximum)
+S_EXP_INSTANTS = 81    # exposure: instants at which the reachable frames were counted
+S_EXP_REACHABLE = 82   # ... frames reachable (a present PTE or this CPU's TLB entry) at those instants, summed
+S_EXP_SLOT = 83        # exposure state: the followed slot + 1 (0: none)
+S_EXP_MFN = 84         # ... the frame it mapped at the unmap
+S_EXP_T0 = 85          # ... cycle counter at the first look after the unmap
+S_EXP_OP0 = 86         # ... this vCPU's operation count then
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.
+# 88..103: a Xen tree's own domain_page.c (variants/xen.py; written by csrc/xen/shim.h, same ids)
+S_XEN_MAPS = 88        # perfc map_domain_page_count: must equal the maps (no directmap shortcut)
+S_XEN_TLB_FLUSH = 89   # perfc domain_page_tlb_flush
+S_XEN_BUGS = 90        # ASSERT / BUG_ON / BUG / BUILD_BUG_ON of the Xen file that failed
+S_XEN_BUG_LINE = 91    # ... the Xen file's line of the first (not a counter)
+S_XEN_BUG_KIND = 92    # ... which macro: 1 ASSERT, 2 BUG_ON, 3 BUG, 4 BUILD_BUG_ON (not a counter)
+S_XEN_DIRECT = 93      # maps the Xen file answered from the directmap: must stay 0
+S_XEN_PTE_WRITES = 94  # l1e_write calls of the Xen file
+# 95..103: free (Xen's own code)
 N_STATS = 128
+MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX, S_EXP_MAX_CYCLES, S_EXP_MAX_OPS)   # maxima, not sums
 LAT_BINS = 64          # log2 histogram of map latency in cycles
 
 COUNTER_NAMES = {
@@ -146,6 +179,13 @@ COUNTER_NAMES = {
     S_HANDOFFS: "lock_handoffs", S_HANDOFF_CYCLES: "lock_handoff_cycles", S_LOCK_REACQ: "lock_reacquired",
     S_HELD_STALE: "held_stale_translations", S_HELD_PTE: "reused_held_slots", S_RECHECKS: "held_rechecks",
     S_IRQ_TAKEN: "irq_taken", S_IRQ_DEFERRED: "irq_deferred", S_IRQ_MAPS: "irq_maps", S_IRQ_INSIDE: "irq_inside",
+    S_TIMER_LATE: "timer_late",
+    S_NMI_IRQS_OFF: "nmi_irqs_off", S_GUEST_TOUCHES: "guest_touches", S_GUEST_WALKS: "guest_walks",
+    S_DEADLOCKS: "deadlocks", S_EXP_SAMPLES: "exposure_samples", S_EXP_CYCLES: "exposure_cycles",
+    S_EXP_OPS: "exposure_ops", S_EXP_MAX_CYCLES: "exposure_max_cycles", S_EXP_MAX_OPS: "exposure_max_ops",
+    S_EXP_INSTANTS: "exposure_instants", S_EXP_REACHABLE: "exposure_reachable",
+    S_XEN_MAPS: "map_domain_page_count", S_XEN_TLB_FLUSH: "domain_page_tlb_flush", S_XEN_BUGS: "xen_assertions",
+    S_XEN_DIRECT: "xen_directmap_maps", S_XEN_PTE_WRITES: "xen_pte_writes",
 }
 
 # --- workloads (p[P_WORKLOAD]); their names and descriptions are config.WORKLOADS ----
@@ -224,9 +264,12 @@ ST_REFCOUNT = 2        # a refcount wrapped or went negative
 ST_BAD_VA = 3          # unmap of an address that is not mapped
 ST_BAD_VARIANT = 4     # p[P_VARIANT] names no registered variant: the dispatch runs nothing
 ST_ORDER = 5           # unmap out of the order the variant requires (kmap-local: last mapped, first unmapped)
+ST_DEADLOCK = 6        # a lock taken by the CPU that holds it (an NMI handler inside the critical section)
+ST_XEN_BUG = 7         # a Xen file's ASSERT / BUG_ON failed (csrc/xen/shim.h): Xen would panic
 
 STATUS_NAMES = {ST_OK: "ok", ST_EXHAUSTED: "exhaustion", ST_REFCOUNT: "refcount_error", ST_BAD_VA: "bad_unmap",
-                ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order"}
+                ST_BAD_VARIANT: "bad_variant", ST_ORDER: "unmap_order",
+                ST_DEADLOCK: "deadlock", ST_XEN_BUG: "xen_assertion"}
 
 # Virtual addresses handed out by map: mapcache slots sit above this bit, the direct map below.
 MAPCACHE_VA = 1 << 40

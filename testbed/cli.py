@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_run(args) -> int:
     from . import harness, results, stats
+    from . import variants as registry
     from .config import validate
     from .textreport import print_result, print_sample
 
@@ -38,7 +39,7 @@ def cmd_run(args) -> int:
     _check_outputs(args)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
-    print(f"testbed run: variant {cfg.variant}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, "
+    print(f"testbed run: variant {registry.get(cfg.variant).module.label(cfg)}{f' (lock {cfg.lock})' if cfg.lock else ''}, {cfg.vcpus} vCPUs, "
           f"workload {cfg.workload}, seed {cfg.seed}" + (f", {args.repeat} repetitions (seeds {cfg.seed}.."
                                                           f"{cfg.seed + args.repeat - 1})" if args.repeat > 1 else ""),
           flush=True)
@@ -133,7 +134,8 @@ def cmd_compare(args) -> int:
     cfg = _experiment_base(args)
     names = _variants(args, registry.DESIGNS)
     print(f"testbed compare: variants {','.join(names)} against {registry.BASELINE}, workload {cfg.workload}, "
-          f"1 and {cfg.vcpus} vCPUs, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
+          f"1 and {cfg.vcpus} active vCPUs in a {experiments.compare_columns(cfg, cfg.vcpus)['multi']['domain_vcpus']}"
+          f"-vCPU domain, {args.repeat} repetitions of {cfg.duration:g} s (+{cfg.warmup:g} s warm-up), "
           f"seed {cfg.seed}", flush=True)
     if args.sweep is None:
         res = experiments.compare(cfg, variants=names, vcpus_multi=cfg.vcpus, repeat=args.repeat, locks=args.locks)
@@ -166,6 +168,10 @@ def cmd_timers(args) -> int:
     print(f"testbed timers: {cfg.vcpus} vCPUs{' (oversubscribed)' if cfg.oversubscribe else ''}, slack "
           f"{cfg.slack_us:g} us, burst {cfg.burst}, panic after {cfg.panic_streak} consecutive -ETIME, "
           f"{cfg.duration:g} s, seed {cfg.seed}", flush=True)
+    from .config import SSHOT_FUTURE
+
+    print(f"modelled: FreeBSD 10.4's Xen timer (sys/dev/xen/timer/timer.c, xentimer_et_start), VCPU_SSHOTTMR_future "
+          f"{cfg.sshot_future}: {SSHOT_FUTURE.get(cfg.sshot_future, '?')}", flush=True)
     res = experiments.timers(cfg, locks=args.locks)
     textreport.print_timers(res)
     return _finish(res, args)
@@ -350,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     cmp_ = sub.add_parser("compare", help="the seed's table: drop of every design against the baseline")
-    add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False)
+    add_run_options(cmp_, duration=2.0, workload="guest", vcpus=None, variant=False,
+                    shown={"domain_vcpus": "32, the seed's guest, or the multi-core column's --vcpus if more; "
+                                           "the single-core column is 1 active vCPU in it"})
     cmp_.add_argument("--vcpus", dest="vcpus_multi", type=_int, default=None,
                       help="vCPUs of the multi-core column (default: all physical cores)")
     cmp_.add_argument("--variants", default=None, help="comma-separated variants (default: every real design)")
@@ -362,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=cmd_compare)
 
     sc = sub.add_parser("scale", help="sweep vCPU counts: throughput, linear, efficiency, p99 latency")
-    add_run_options(sc, duration=2.0, vcpus=None, variant=False)
+    add_run_options(sc, duration=2.0, vcpus=None, variant=False, shown={"domain_vcpus": "the largest --vcpus"})
     sc.add_argument("--variants", default=None, help="comma-separated variants (default: every real one)")
     sc.add_argument("--vcpus", dest="vcpu_list", type=_counts, default=None,
                     help="vCPU counts, e.g. 1,2,4 (default 1, 2, 4, ... physical cores)")

@@ -16,6 +16,7 @@ from . import abi, irq, tlb
 from . import variants as registry
 from .errors import UsageError
 from .topology import check_placement
+from .variants.contract import domain_vcpus  # noqa: F401  (config.domain_vcpus: the one rule)
 from .timing import tsc_hz
 
 WORKLOADS = {
@@ -32,6 +33,22 @@ WORKLOADS = {
 }
 
 MAX_VCPUS = 1024
+# Xen's MAX_VIRT_CPUS (xen/arch/x86/include/asm/config.h: GDT_LDT_MBYTES << (20 - GDT_LDT_VCPU_VA_SHIFT),
+# 1024 << 3): the most vCPUs a domain can be given.
+MAX_DOMAIN_VCPUS = 8192
+
+# Timers, as FreeBSD 10.4's sys/dev/xen/timer/timer.c counts them (read at freebsd/freebsd-src
+# 064bee341e, the code releng/10.4 ships): xentimer_et_start is asked for at least et_min_period,
+# XENTIMER_MIN_PERIOD_IN_NSEC = 100 us ("Xen timers may fire up to 100us off"), and its retry loop
+# is `do { if (++i == 60) panic(...); ...; error = set_singleshot_timer(...); } while (error == -ETIME)`:
+# the 60th try panics before it is made, so 59 -ETIME in a row panic.
+SLACK_US = 100.0
+PANIC_STREAK = 59
+# Xen's answer to VCPU_SSHOTTMR_future when the deadline has passed (xen/common/domain.c,
+# VCPUOP_set_singleshot_timer): -ETIME up to Xen 4.17; ignored from Xen 4.18 on (commit
+# 19c6cbd909, "xen/vcpu: ignore VCPU_SSHOTTMR_future"), the timer then fires at once.
+SSHOT_FUTURE = {"honoured": "Xen 4.17 and older: -ETIME when the deadline has passed",
+                "ignored": "Xen 4.18 and later (commit 19c6cbd909): the flag is ignored, the timer fires at once"}
 
 # Scheduling models for more vCPUs than CPUs (--sched); see workers/sched.py and the README.
 SCHED_MODELS = {
@@ -64,6 +81,10 @@ def option(default, help: str, slot: int | None = None, flag: str | None = None,
 class RunConfig:
     variant: str = option(registry.BASELINE, "mapcache design (see 'testbed variants')", cli=False)
     vcpus: int = option(2, "vCPU processes, or 'all' physical cores", slot=abi.P_VCPUS, cli=False)
+    domain_vcpus: int | None = option(
+        None, "vCPUs of the domain (Xen's max_vcpus): every design's state and locked's pool are sized for them; "
+        "the first --vcpus run the workload, the others are blocked idle vCPUs that take no CPU",
+        slot=abi.P_DOMAIN_VCPUS, metavar="D")
     duration: float = option(3.0, "measured seconds")
     warmup: float = option(1.0, "warm-up seconds, reported but not measured")
     seed: int = option(1, "seed for every random choice (default: from the clock)", cli=False)
@@ -97,9 +118,14 @@ class RunConfig:
                               f"(default {tlb.COST_REFILL}: an L1 dTLB's 4 KiB entries)", slot=abi.P_COST_REFILL)
     guest_work: int = option(2000, "guest workload: work units between maps", slot=abi.P_GUEST_WORK)
     burst: int = option(4, "guest/timers: map operations per hypercall", slot=abi.P_BURST)
-    slack_us: float = option(50.0, "timers: deadline slack in microseconds")
-    # FreeBSD 10.4 gives up after 60 consecutive -ETIME
-    panic_streak: int = option(60, "timers: consecutive -ETIME that panic", slot=abi.P_PANIC_STREAK)
+    slack_us: float = option(SLACK_US, "timers: deadline slack in microseconds (FreeBSD's et_min_period, "
+                             "XENTIMER_MIN_PERIOD_IN_NSEC)")
+    panic_streak: int = option(PANIC_STREAK, "timers: consecutive -ETIME that panic (FreeBSD 10.4's "
+                               "xentimer_et_start panics on its 60th try: 59 in a row)", slot=abi.P_PANIC_STREAK)
+    sshot_future: str = option(
+        "honoured", "timers: Xen's answer to VCPU_SSHOTTMR_future with the deadline passed: 'honoured' returns "
+        "-ETIME (Xen 4.17 and older), 'ignored' arms the timer anyway, no -ETIME (Xen 4.18 and later, commit "
+        "19c6cbd909)", metavar="{honoured,ignored}")
     lat_every: int = option(6, "sample map latency every 2**k maps", slot=abi.P_LAT_EVERY)
     long_hold: int = option(0, "cycles to spin inside the critical section", slot=abi.P_LONG_HOLD)
     chunk_ms: float = option(5.0, "kernel chunk between stop checks, ms")
@@ -109,26 +135,44 @@ class RunConfig:
         "guest spinlocks). No effect with vCPUs <= CPUs", metavar="{hypervisor,host}")
     timeslice_us: float = option(TIMESLICE_US, "--sched hypervisor: time slice (Xen credit2's rate limit)")
     lock: str | None = option(None, "--lock: one of the variant's LOCKS; default its first", cli=False)
-    irq_rate: float = option(0.0, "simulated interrupts per second per vCPU, each mapping a page inside whatever "
-                             "the vCPU does (0: off)")
+    irq_rate: float = option(0.0, "a stress Xen forbids: simulated interrupts per second per vCPU whose handler "
+                             "maps a page inside whatever the vCPU does (Xen's handlers do not map: traps.c, "
+                             "\"map_domain_page() is not IRQ-safe\"; --nmi-rate is what can); 0: off")
+    nmi_rate: float = option(0.0, "simulated NMIs per second per vCPU: arrivals local_irq_save does not defer, at "
+                             "the same points inside map and unmap, whose handler maps, accesses and unmaps a page "
+                             "as Xen's NMI paths can (0: off)")
+    recursive: float = option(0.0, "ptwalk: chance that a level's entry maps a table an earlier level of the walk "
+                              "mapped, as a PV guest's linear (recursive) page table does (the testbed's choice: 0, "
+                              "off)")
+    guest_pages: int = option(tlb.GUEST_PAGES, "guest/timers: the guest's own pages, touched through the TLB before "
+                              "each hypercall, so that a full flush costs the walks of what it dropped (0: off, and "
+                              "--cost-refill charges instead)", slot=abi.P_GUEST_PAGES)
+    pcid: str = option("off", "a one-slot flush as Xen's flush_area_local does it: 'off' one invlpg, 'on' two "
+                       "INVPCIDs (CR4.PCIDE), 'xpti' four", metavar="{off,on,xpti}")
+    cost_invpcid: int = option(tlb.COST_INVPCID, "cycles per INVPCID (--pcid on/xpti; 0: off)")
     dom_layout: str | None = option(
         None, "where the domain's shared words sit, for a variant that lays them out more than one way: 'xen' as "
         "Xen's struct mapcache_domain (cursor, lock, epoch and TLB stamp on one cache line, the ticket lock one "
         "head/tail word) or 'padded' (each on a line of its own); default the variant's first", metavar="{xen,padded}")
+    xen_tree: str | None = option(None, "--variant xen: the Xen tree whose xen/arch/x86/domain_page.c runs",
+                                  metavar="DIR")
+    xen_patches: tuple = option((), "--variant xen: patches applied to the tree first (--xen-patch FILE, repeatable)",
+                                cli=False)
     refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
                                 "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
     def resolved(self) -> "RunConfig":
         """Fill the defaults that depend on other fields."""
         v = registry.get(self.variant)
-        return dataclasses.replace(
+        return v.module.resolve(dataclasses.replace(
             self,
+            domain_vcpus=self.domain_vcpus if self.domain_vcpus is not None else self.vcpus,
             entries=self.entries if self.entries is not None else v.module.DEFAULT_ENTRIES,
             working_set=self.working_set if self.working_set is not None else self.frames,
             nest=self.nest if self.nest is not None else default_nest(self.workload, self.levels),
             lock=self.lock if self.lock is not None or not v.locks else v.locks[0],
             dom_layout=self.dom_layout if self.dom_layout is not None or not v.dom_layouts else v.dom_layouts[0],
-        )
+        ))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,11 +211,26 @@ def checked(cfg: RunConfig) -> RunConfig:
 
     require_live_host()
     cfg = validate(cfg)
+    _check_domain_memory(cfg)
     topo = host_topology()
     place(topo, allowed_cpus(topo, cfg.cpus, ordered=cfg.placement == "given"), cfg.vcpus, cfg.oversubscribe,
           cfg.placement)
     check_home(topo, cfg.numa_home)
     return cfg
+
+
+def _check_domain_memory(cfg: RunConfig) -> None:
+    """The shared arena of a domain must fit in the memory available now (UsageError otherwise)."""
+    from . import limits
+    from .harness import build_layout
+
+    size = build_layout(cfg).size
+    avail = limits.available_bytes()
+    if avail is not None and size > avail:
+        what = (f"--domain-vcpus {cfg.domain_vcpus}" if cfg.domain_vcpus > cfg.vcpus else f"--frames {cfg.frames}")
+        raise UsageError(f"{what}: the domain's shared state needs {size >> 20} MiB ({cfg.domain_vcpus} vCPUs of "
+                         f"{cfg.entries} slots, {cfg.frames} frames), but only {avail >> 20} MiB are available; "
+                         "lower --domain-vcpus, --entries or --frames")
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -202,6 +261,17 @@ def validate(cfg: RunConfig) -> RunConfig:
                              f"--dom-layout applies to {with_layouts}")
         raise UsageError(f"--dom-layout {cfg.dom_layout}: unknown layout for {v.name}; choose one of: "
                          f"{', '.join(v.dom_layouts)}")
+    if cfg.domain_vcpus is not None and not cfg.vcpus <= cfg.domain_vcpus <= MAX_DOMAIN_VCPUS:
+        if cfg.domain_vcpus < cfg.vcpus:
+            raise UsageError(f"--domain-vcpus {cfg.domain_vcpus}: below --vcpus {cfg.vcpus}; the domain holds the "
+                             f"vCPUs that run, give at least {cfg.vcpus}")
+        raise UsageError(f"--domain-vcpus {cfg.domain_vcpus}: Xen gives a domain at most {MAX_DOMAIN_VCPUS} vCPUs "
+                         "(MAX_VIRT_CPUS); give fewer")
+    if cfg.sshot_future not in SSHOT_FUTURE:
+        raise UsageError(f"--sshot-future {cfg.sshot_future!r}: choose one of: {', '.join(SSHOT_FUTURE)} "
+                         "(honoured: Xen 4.17 and older; ignored: Xen 4.18 and later)")
+    if (cfg.xen_tree or cfg.xen_patches) and v.kind != "xen":
+        raise UsageError(f"--xen-tree / --xen-patch apply to --variant xen, not {cfg.variant}")
     if cfg.refcount_wrap not in REFCOUNT_WRAP:
         raise UsageError(f"--refcount-wrap {cfg.refcount_wrap!r}: choose one of: {', '.join(REFCOUNT_WRAP)} "
                          "(stop: a wrapped 8-bit refcount ends the run; wrap: it wraps as the seed's uint8_t does)")
@@ -236,7 +306,18 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--tlb-entries {cfg.tlb_entries} --tlb-ways {cfg.tlb_ways}: entries must be ways times a power of two "
             "(the number of sets), e.g. 64 and 4"
         )
-    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill", "guest_work", "long_hold"):
+    if cfg.pcid not in tlb.PCID_MODES:
+        raise UsageError(f"--pcid {cfg.pcid!r}: choose one of: {', '.join(tlb.PCID_MODES)} (off: invlpg; on: two "
+                         "INVPCIDs per one-slot flush; xpti: four)")
+    if not 0 <= cfg.recursive <= 1:        # also refuses nan
+        raise UsageError(f"--recursive {cfg.recursive:g}: a probability, between 0 (off) and 1")
+    if cfg.recursive > 0 and cfg.workload != "ptwalk":
+        raise UsageError(f"--recursive {cfg.recursive:g}: recursive page-table walks are the ptwalk workload's; "
+                         "add --workload ptwalk or drop --recursive")
+    if not 0 <= cfg.guest_pages <= 1 << 20:
+        raise UsageError(f"--guest-pages {cfg.guest_pages}: must be between 0 (off) and {1 << 20}")
+    for name in ("cost_flush_one", "cost_flush_all", "cost_walk", "cost_refill", "cost_invpcid", "guest_work",
+                 "long_hold"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be 0 or more")
     if not 1 <= cfg.burst <= 1 << 20:
@@ -262,6 +343,14 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"--irq-rate {cfg.irq_rate:g}: interrupts per second per vCPU; must be between 0 (off) and {top:,} "
             f"(one every {irq.MIN_INTERVAL_CYCLES} cycles of this host's cycle counter)"
         )
+    if not 0 <= cfg.nmi_rate <= top:       # also refuses nan
+        raise UsageError(
+            f"--nmi-rate {cfg.nmi_rate:g}: NMIs per second per vCPU; must be between 0 (off) and {top:,} "
+            f"(one every {irq.MIN_INTERVAL_CYCLES} cycles of this host's cycle counter)"
+        )
+    if cfg.nmi_rate > 0 and cfg.irq_rate > 0:
+        raise UsageError(f"--nmi-rate {cfg.nmi_rate:g} with --irq-rate {cfg.irq_rate:g}: a run simulates one kind "
+                         "of interrupt; drop one of them")
     v.module.validate(cfg)             # the design's own rules (contract.py)
     _VALIDATED.add(cfg)
     return cfg
@@ -292,14 +381,23 @@ def params(cfg: RunConfig) -> np.ndarray:
     p[abi.P_DOM_LAYOUT] = v.dom_layouts.index(cfg.dom_layout) if v.dom_layouts else 0
     p[abi.P_REFCOUNT_WRAP] = int(cfg.refcount_wrap == "wrap")
     p[abi.P_FRAME_WORDS] = abi.frame_words(cfg.vcpus)
-    p[abi.P_SLOTS] = cfg.vcpus * cfg.entries
+    p[abi.P_SLOTS] = domain_vcpus(cfg) * cfg.entries
+    p[abi.P_SSHOT_FUTURE] = int(cfg.sshot_future == "honoured")
     p[abi.P_WORKLOAD] = WORKLOADS[cfg.workload][0]
     p[abi.P_TLB_SETS] = cfg.tlb_entries // cfg.tlb_ways
     hz = tsc_hz()
     p[abi.P_CHUNK_CYCLES] = int(cfg.chunk_ms * 1e-3 * hz)
     p[abi.P_TSC_KHZ] = int(hz / 1000)
     p[abi.P_TIMESLICE_NS] = int(cfg.timeslice_us * 1000)
-    p[abi.P_IRQ_INTERVAL] = irq.interval_cycles(cfg.irq_rate, hz)
+    p[abi.P_IRQ_INTERVAL] = irq.interval_cycles(cfg.irq_rate or cfg.nmi_rate, hz)
+    p[abi.P_NMI] = int(cfg.nmi_rate > 0)
+    p[abi.P_RECURSIVE] = round(cfg.recursive * (1 << 16))
+    if cfg.pcid != "off":              # flush_area_local: 2 or 4 INVPCIDs for one page (tlb.py)
+        p[abi.P_COST_FLUSH_ONE] = tlb.PCID_MODES[cfg.pcid] * cfg.cost_invpcid
+    hypercall = cfg.workload in ("guest", "timers")
+    p[abi.P_GUEST_PAGES] = cfg.guest_pages if hypercall else 0
+    if p[abi.P_GUEST_PAGES] > 0:
+        p[abi.P_COST_REFILL] = 0       # the TLB charges what a full flush dropped (tlb.py)
     if cfg.workload == "timers":
         p[abi.P_SLACK] = int(cfg.slack_us * 1e-6 * hz)
     return p

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 
-from . import harness, results, stats
+from . import harness, jitcache, results, stats
 from . import variants as registry
 from .config import SCHED_MODELS, RunConfig, checked
 from .errors import UsageError
@@ -39,7 +39,7 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
     once per lock, labelled ``variant:lock``; variants without one run once.
     """
     if not locks:
-        return [(name, _own_fields(name, {"variant": name})) for name in variants]
+        return [(_label(name), _own_fields(name, registry.spec_fields(name))) for name in variants]
     if not any(registry.get(name).locks for name in variants):
         with_locks = [f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks]
         raise UsageError(f"--lock {','.join(locks)}: none of {', '.join(variants)} has a lock; --lock applies to "
@@ -49,8 +49,16 @@ def series(variants, locks=None) -> list[tuple[str, dict]]:
         if registry.get(name).locks:
             out += [(f"{name}:{lock}", _own_fields(name, {"variant": name, "lock": lock})) for lock in locks]
         else:
-            out.append((name, _own_fields(name, {"variant": name})))
+            out.append((_label(name), _own_fields(name, registry.spec_fields(name))))
     return out
+
+
+def _label(name: str) -> str:
+    """A series' label: the variant's name, or for ``xen:TREE+PATCH`` its build's (``xen(af01d33+seed)``)."""
+    fields = registry.spec_fields(name)
+    if fields["variant"] == name:
+        return name
+    return registry.get(name).module.label(RunConfig(**fields))
 
 
 def _own_fields(name: str, fields: dict) -> dict:
@@ -63,8 +71,11 @@ def _own_fields(name: str, fields: dict) -> dict:
 
 def plan(configs) -> list[RunConfig]:
     """The plan step: every run of an experiment's grid validated, its vCPUs placed, before the
-    first starts (the first bad one raises UsageError); the runs then use these configs as they are."""
-    return [checked(c) for c in configs]
+    first starts (the first bad one raises UsageError); the runs then use these configs as they are.
+    The loops they will run are compiled then, all CPUs at once, where the disk cache lacks them."""
+    cfgs = [checked(c) for c in configs]
+    jitcache.prepare(cfgs)
+    return cfgs
 
 
 def _until_interrupted(loop) -> str | None:
@@ -118,14 +129,40 @@ def _median_or_none(values):
     return stats.median(values) if values else None
 
 
+# The seed's guest: Geekbench in a 32-vCPU domain. compare's single-core column runs one active
+# vCPU in a domain this large, its multi-core column every allowed core active in it.
+SEED_DOMAIN_VCPUS = 32
+
+
+def compare_columns(base: RunConfig, vcpus_multi: int) -> dict:
+    """Each column of ``compare``: its domain's vCPUs (D), the active ones (A) and how they run.
+
+    D is ``base.domain_vcpus`` or, by default, the seed's 32 (raised to ``vcpus_multi`` when
+    that is larger). The D - A idle vCPUs are blocked, as in a guest running one thread: they
+    hold state (locked's pool is sized for all D) and take no CPU; the A active ones run one per
+    CPU ("dedicated"), or under the scheduling model when A exceeds the allowed CPUs.
+    """
+    d = base.domain_vcpus if base.domain_vcpus is not None else max(SEED_DOMAIN_VCPUS, vcpus_multi)
+    cpus = allowed_cpu_count(base)
+    return {scope: {"domain_vcpus": d, "active_vcpus": a,
+                    "sched": "dedicated" if a <= cpus else (base.sched or "hypervisor")}
+            for scope, a in (("single", 1), ("multi", vcpus_multi))}
+
+
 def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 3, locks=None,
             show_progress: bool | None = None) -> dict:
-    """Drop of each variant (default: every real design) against the baseline, single-core and multi-core."""
+    """Drop of each variant (default: every real design) against the baseline, single-core and multi-core.
+
+    Both columns run in one domain of ``compare_columns``' D vCPUs: 1 active in the single-core
+    column, ``vcpus_multi`` in the multi-core one; the rest idle.
+    """
     names = [v for v in (variants or registry.DESIGNS) if v != registry.BASELINE]
     todo = [(registry.BASELINE, {"variant": registry.BASELINE})] + series(names, locks)
     runs = [(scope, i, label) for scope in ("single", "multi") for i in range(repeat) for label, _ in todo]
     fields = dict(todo)
-    cfgs = plan(dataclasses.replace(base, vcpus=1 if scope == "single" else vcpus_multi, seed=base.seed + i,
+    columns = compare_columns(base, vcpus_multi)
+    cfgs = plan(dataclasses.replace(base, vcpus=columns[scope]["active_vcpus"],
+                                    domain_vcpus=columns[scope]["domain_vcpus"], seed=base.seed + i,
                                     **fields[label]) for scope, i, label in runs)
     cells = {}
     all_runs = []
@@ -160,6 +197,7 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
                 if cells.get((scope, registry.BASELINE)) else None for scope in ("single", "multi")}
     return results.envelope(
         "compare", base, {"rows": rows, "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
+                          "columns": columns, "xen": xen_modelled(base),
                           "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs,
                           **_stopped(interrupted)})
 
@@ -203,7 +241,7 @@ def compare_sweep(base: RunConfig, option: str, values: list[int], **kw) -> dict
         tables.append(res)
     rows = [dict(row, sweep_value=t["sweep"]["value"]) for t in tables for row in t["rows"]]
     first = tables[0]
-    body = {k: first[k] for k in ("baseline", "vcpus_multi", "repeat")}
+    body = {k: first[k] for k in ("baseline", "vcpus_multi", "repeat", "columns", "xen")}
     body.update({"rows": rows, "sweep": {"option": option, "values": list(values),
                                          "verdict": sweep_verdict(option, values, [t["rows"] for t in tables]),
                                          "tables": [{k: t[k] for k in ("sweep", "config", "rows", "baseline_ops_per_s")}
@@ -301,12 +339,14 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
     every row names the model its figures come from.
     """
     counts = sorted(set(vcpu_counts) | {1})
+    # one domain for the whole sweep, sized for its largest count: n of its vCPUs active per row
+    domain = base.domain_vcpus if base.domain_vcpus is not None else counts[-1]
     cpus = allowed_cpu_count(base)
     todo = series(variants or [v.name for v in registry.REAL], locks)
     cells = [(n, m) for n in counts for m in sched_models(base, n, cpus)]
     grid = [(name, fields, n, model) for name, fields in todo for n, model in cells]
-    cfgs = plan(dataclasses.replace(base, vcpus=n, sched=None if model == "dedicated" else model, seed=base.seed + i,
-                                    **fields) for _, fields, n, model in grid for i in range(repeat))
+    cfgs = plan(dataclasses.replace(base, vcpus=n, domain_vcpus=domain, sched=None if model == "dedicated" else model,
+                                    seed=base.seed + i, **fields) for _, fields, n, model in grid for i in range(repeat))
     rows, all_runs = [], []
 
     def loop():
@@ -321,7 +361,8 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
                 one = rate
             p99 = [r["latency"]["p99"] for r in runs if r["latency"]["p99"] is not None]
             rows.append({
-                "variant": name, "lock": fields.get("lock"), "vcpus": n, "sched": model, "ops_per_s": rate,
+                "variant": name, "lock": fields.get("lock"), "vcpus": n, "domain_vcpus": domain, "sched": model,
+                "ops_per_s": rate,
                 "spread": stats.spread(_rate(r) for r in runs),
                 "linear": n * one, "efficiency": stats.efficiency(rate, one, n),
                 "p99_cycles": stats.median(p99) if p99 else None,
@@ -338,8 +379,23 @@ def scale(base: RunConfig, variants=None, vcpu_counts=(1, 2), repeat: int = 1, l
     with progress(len(todo) * len(cells) * repeat, "scale", show_progress) as bar:
         interrupted = _until_interrupted(loop)
     return results.envelope("scale", base, {"rows": rows, "repeat": repeat, "vcpu_counts": counts, "cpus": cpus,
+                                            "domain_vcpus": domain, "xen": xen_modelled(base),
                                             "failures": _failures(all_runs), "runs": all_runs,
                                             **_stopped(interrupted)})
+
+
+def xen_modelled(cfg: RunConfig) -> dict:
+    """Which Xen (and guest) behaviour a result models, in words (docs/fidelity.md has the sources)."""
+    from .config import SSHOT_FUTURE
+
+    out = {"domain": "a domain of --domain-vcpus vCPUs (max_vcpus), --vcpus of them active, the others blocked "
+                     "idle; locked's pool is max_vcpus * MAPCACHE_VCPU_ENTRIES (mapcache_domain_init)",
+           "tlb_clock": "release build: the 32-bit TLB clock wraps at 2**32 (WRAP_MASK 0xFFFFFFFF)"}
+    if cfg.workload == "timers":
+        out["timers"] = (f"FreeBSD 10.4 xentimer_et_start (slack {cfg.slack_us:g} us, panic after "
+                         f"{cfg.panic_streak} consecutive -ETIME); VCPU_SSHOTTMR_future {cfg.sshot_future}: "
+                         f"{SSHOT_FUTURE.get(cfg.sshot_future, '?')}")
+    return out
 
 
 def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | None = None) -> dict:
@@ -362,7 +418,7 @@ def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | Non
             rows.append({
                 "variant": name, "sched": model, "timer_sets": sets, "etime": t["etime"],
                 "etime_rate": t["etime"] / sets if sets else 0.0,
-                "worst_streak": t["etime_streak_max"], "panics": t["panics"],
+                "worst_streak": t["etime_streak_max"], "panics": t["panics"], "late": t["timer_late"],
                 "mean_path_us": (t["timer_path_cycles"] / sets / res["host"]["tsc_hz"] * 1e6) if sets else None,
                 "guest_work_per_s": t["ops_per_s"], "verdict": res["verdict"],
             })
@@ -371,5 +427,7 @@ def timers(base: RunConfig, variants=None, locks=None, show_progress: bool | Non
     with progress(len(todo) * len(models), "timers", show_progress) as bar:
         interrupted = _until_interrupted(loop)
     return results.envelope("timers", base, {"rows": rows, "panic_streak": base.panic_streak,
-                                             "slack_us": base.slack_us, "failures": _failures(all_runs),
+                                             "slack_us": base.slack_us, "sshot_future": base.sshot_future,
+                                             "domain_vcpus": base.domain_vcpus or base.vcpus,
+                                             "xen": xen_modelled(base), "failures": _failures(all_runs),
                                              "runs": all_runs, **_stopped(interrupted)})

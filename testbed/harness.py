@@ -24,7 +24,7 @@ import numpy as np
 from testbed.shared import Arena, Field, Layout, futex, remove_stale
 from testbed.workers import vcpu as vcpu_worker
 
-from . import abi, irq, kernels, limits, numa, oracle, tlb
+from . import abi, irq, jitcache, kernels, limits, numa, oracle, tlb
 from . import config as cfgmod
 from . import variants as registry
 from .topology import allowed_cpus, host_topology, place, placement_rows
@@ -56,17 +56,21 @@ def design(cfg: cfgmod.RunConfig):
 
 
 def build_layout(cfg: cfgmod.RunConfig, module=None, page_rows: bool = False) -> Layout:
-    """The arena's arrays; ``page_rows`` (NUMA placement, testbed/numa.py): every array and every
-    per-vCPU row starts a page, so that each page belongs to one vCPU or to the domain."""
+    """The arena: the domain's state (``dom``, ``pte``, ``dbits``, ``vst``) sized for its
+    ``domain_vcpus`` (Xen's max_vcpus), and what belongs to the running vCPU processes (their
+    counters, mailboxes, histograms, live mappings, expectations, frame counter lines) for the
+    ``vcpus`` of them that run. Idle vCPUs are state only: blocked in Xen, they never run.
+    ``page_rows`` (NUMA placement, testbed/numa.py): every array and every per-vCPU row starts a
+    page, so that each page belongs to one vCPU or to the domain."""
     dom_words, bit_words, row_words = (module or design(cfg)).state_shape(cfg)
-    V = cfg.vcpus
+    V, D = cfg.vcpus, cfgmod.domain_vcpus(cfg)
     layout = Layout((
         Field("ctl", "int64", (abi.N_CTL,)),
         Field("runq", "int64", (abi.RQ_RING + V,)),
         Field("dom", "int64", (max(dom_words, 8),)),
-        Field("pte", "int64", (max(V * cfg.entries, 1),)),
+        Field("pte", "int64", (max(D * cfg.entries, 1),)),
         Field("dbits", "int64", (max(bit_words, 1),)),
-        Field("vst", "int64", (V, max(row_words, abi.V_RESERVED)), per_vcpu=True),
+        Field("vst", "int64", (D, max(row_words, abi.V_RESERVED)), per_vcpu=True),
         Field("stats", "int64", (V, abi.N_STATS), per_vcpu=True),
         Field("mail", "int64", (V, abi.N_MAIL), per_vcpu=True),
         Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),
@@ -103,7 +107,7 @@ def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> None:
     Done in the parent before forking, so that every worker inherits the code.
     """
     views, tlbv, args = private_state(cfg, p, module)
-    kernels.run_ops(1, 0, *args)
+    (module or design(cfg)).runner(cfg)(1, 0, *args)
     # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
     # would compile (or load) it on its first switch, seconds of CPU each.
     tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])
@@ -174,6 +178,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     state = RunState(cfg, cores, sched=model, module=module)
     state.extra["vcpu_placement"] = placement_rows(topo, cores)
     t_compile = time.perf_counter()
+    jitcache.prepare([cfg])         # a cold cache: says so on stderr (a command's plan step did it for all its runs)
     compile_kernels(cfg, p, module)
     state.startup["compile_s"] = time.perf_counter() - t_compile
 
@@ -325,8 +330,10 @@ def _death(v: int, proc, views, when: str, cfg) -> dict:
                     f"{cfg.hash_entries}, PAGING_LEVELS {cfg.levels}, workload {cfg.workload}, seed {cfg.seed}")
         name = abi.STATUS_NAMES.get(status, str(status))
         live = oracle.live(views, v)
+        detail = registry.get(cfg.variant).module.failure_detail(cfg, row)
         return {"kind": name, "vcpu": v, "status": status, "live": live,
-                "message": f"vCPU {v} stopped: {name} with {len(live)} live mappings ({geometry})"}
+                "message": f"vCPU {v} stopped: {name}{': ' + detail if detail else ''} with {len(live)} live "
+                           f"mappings ({geometry})"}
     return {"kind": "exited", "vcpu": v, "exitcode": code, "message": f"vCPU {v} exited with status {code} {when}"}
 
 

@@ -1,10 +1,24 @@
-"""Simulated interrupts (``--irq-rate R``): what a variant calls, and the rules of arrival.
+"""Simulated interrupts (``--irq-rate R``) and NMIs (``--nmi-rate R``): what a variant calls, and the rules of arrival.
 
-An interrupt handler in a hypervisor may itself map a page: Xen's mapcache keeps
-interrupt-time mappings in the same slots as everything else, and both Xen
-designs run ``map_domain_page`` and ``unmap_domain_page`` under
-``local_irq_save`` so that a handler never finds them half done. With
-``--irq-rate R`` every vCPU is interrupted about R times per second; each
+``--irq-rate`` is a stress that Xen forbids: its interrupt handlers do not map
+(``traps.c``: "map_domain_page() is not IRQ-safe", and a bail-out ``if (
+in_irq() )``). The ``local_irq_save`` in Xen's ``map_domain_page`` guards
+against the ``FLUSH_VCPU_STATE`` IPI of a lazy context switch changing the page
+tables under an in-use slot, not against handlers that map. What can map in a
+context ``local_irq_save`` does not mask is an NMI (or #MC): XSA-494 (Xen
+commit 622c9a5ba9) ends "There are known issues with the use of mapcache in
+NMI context". With ``--nmi-rate R`` the interrupts are NMIs
+(``p[abi.P_NMI]``): they arrive at the same points, but ``irq_save`` does not
+defer them, so a handler can run between any two steps of a map or unmap with
+interrupts off (counted in ``S_NMI_IRQS_OFF``). A design that cannot survive
+that fails by a named check; ``locked``'s handler, reaching the lock its own
+CPU holds, stops with ``ST_DEADLOCK`` rather than spin for ever. NMIs do not
+nest (the handler's own map and unmap have no arrival points, as NMIs are
+blocked until the handler's IRET). ``slots`` adds no handler slot for them: a
+design's default geometry is never refused for ``--nmi-rate``, and a handler
+that finds no slot is an exhaustion, the run's named failure.
+
+With either option every vCPU is interrupted about R times per second; each
 interrupt's handler maps a page, accesses it through the oracle's check
 (``kernels.access``) and unmaps it, nested inside whatever the vCPU was doing.
 

@@ -14,10 +14,10 @@ The variant is chosen by the small integer ``p[P_VARIANT]``. ``run_ops``
 picks, by that id, the variant's own compiled loop: ``ops_loop`` inlined with
 the id as a constant into one function per registered variant (generated from
 the registry, ``variants/dispatch.py``, and cached on disk like every kernel),
-so LLVM folds the dispatch away and each design's loop is compiled alone,
-none paying in registers or code layout for the others' paths. An id the
-registry does not know runs the loop that dispatches on it at run time, and
-that reports ``abi.ST_BAD_VARIANT``.
+so each design's loop is compiled with its own map and unmap alone (the
+dispatch's overload on a constant id), none paying in compile time, registers or
+code layout for the others' paths. An id the registry does not know runs a loop
+whose map reports ``abi.ST_BAD_VARIANT`` at once.
 """
 
 import numpy as np
@@ -169,8 +169,10 @@ def ops_loop(vid, irq, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, 
     # (distinct, when the working set has enough of them).
     below = p[abi.P_LEVELS] if same else 0
     others = same and p[abi.P_WORKING_SET] > below
-    # A page-table walk maps distinct frames, when the working set has enough of them.
+    # A page-table walk maps distinct frames, when the working set has enough of them, except where
+    # an entry maps a table an earlier level of the walk mapped (--recursive: a linear page table).
     distinct = wl == WL_PTWALK and p[abi.P_WORKING_SET] >= nest
+    recursive = wl == WL_PTWALK and p[abi.P_RECURSIVE] > 0
     hypercall = wl == WL_GUEST or wl == WL_TIMERS
     burst = p[abi.P_BURST] if hypercall else 1
     done = 0
@@ -183,22 +185,30 @@ def ops_loop(vid, irq, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, 
         # seen soon even when operations slow down a thousandfold: the clock is read
         # every 16 operations, or every operation for hypercall workloads (each is
         # microseconds of guest work) and where a lock convoy can form (P_CHECK_EVERY_OP).
-        if (done & check_mask) == check_mask and rdtsc() - t_chunk > budget:
-            break
-        # The guest computes, then makes a hypercall; after -ETIME it retries at once.
+        # Where the clock is read, the exposure of the last unmapped frame is looked at (expose).
+        if (done & check_mask) == check_mask:
+            now = rdtsc()
+            if now - t_chunk > budget:
+                break
+            expose(now, srow[abi.S_OPS] + done, p, pte, lrow, srow, tlbv)
+        # The guest computes, touching its own pages, then makes a hypercall; after -ETIME it retries at once.
         if hypercall and srow[abi.S_STREAK] == 0:
             guest_work(p, rng, srow)
+            guest_pages(p, srow, tlbv)
         irq_arm(irq, p, vrow)
         deadline = rdtsc() + p[abi.P_SLACK] if wl == WL_TIMERS else 0
         for _b in range(burst):
             depth = nest + below if wl != WL_PTWALK else 1 + draw(rng, nest)
             held = 0
             for k in range(depth):
-                if same and 0 < k < nest:
+                again = recursive and k > 0 and draw(rng, 1 << 16) < p[abi.P_RECURSIVE]
+                if again:
+                    mfn = lrow[2 * draw(rng, k) + 1]       # the table an earlier level mapped, again
+                elif same and 0 < k < nest:
                     mfn = lrow[1]
                 else:
                     mfn = draw_mfn(rng, p)
-                if distinct or (others and k >= nest):
+                if not again and (distinct or (others and k >= nest)):
                     while held_mfn(lrow, k, mfn):
                         mfn = draw_mfn(rng, p)
                 loop_point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv)
@@ -280,7 +290,8 @@ def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
     if n > 1:
         vrow[abi.V_IRQ_PENDING] = n - 1
         return
-    if vrow[abi.V_IRQ_OFF] != 0:
+    off = vrow[abi.V_IRQ_OFF] != 0
+    if off and p[abi.P_NMI] == 0:
         if n == 1:
             srow[abi.S_IRQ_DEFERRED] += 1
             vrow[abi.V_IRQ_PENDING] = -1           # held until interrupts are enabled again
@@ -289,6 +300,8 @@ def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
     srow[abi.S_IRQ_TAKEN] += 1
     if inside:
         srow[abi.S_IRQ_INSIDE] += 1
+        if off:
+            srow[abi.S_NMI_IRQS_OFF] += 1      # an NMI: local_irq_save does not hold it back
     vrow[abi.V_IRQ_OFF] += 1
     mfn = irq_rand(vrow, p[abi.P_WORKING_SET])
     va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
@@ -306,6 +319,91 @@ def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
     vrow[abi.V_IRQ_OFF] -= 1
 
 
+# --- exposure: how long an unmapped frame stays reachable (docs/cost-model.md) ----------
+
+
+@inline_kernel
+def reachable(tlbv, p, pte, slot, mfn):
+    """Can this CPU still reach ``mfn`` through ``slot``: its PTE maps it, or the TLB does?"""
+    if load_acquire(pte, slot) == (mfn | tlb.PTE_PRESENT):
+        return True
+    ways = p[abi.P_TLB_WAYS]
+    base = (slot & (p[abi.P_TLB_SETS] - 1)) * ways
+    for w in range(base, base + ways):
+        if tlbv[tlb.word(w, tlb.T_TAG)] == slot + 1 and tlbv[tlb.word(w, tlb.T_PFN)] == mfn:
+            return True
+    return False
+
+
+@kernel
+def reachable_frames(p, pte, tlbv):
+    """Frames this CPU can reach through the mapcache now: present PTEs of the domain's slots,
+    and entries of its TLB that translate a slot to a frame its PTE no longer maps."""
+    n = 0
+    slots = p[abi.P_SLOTS]
+    for s in range(slots):
+        if (load_acquire(pte, s) & tlb.PTE_PRESENT) != 0:
+            n += 1
+    for w in range(tlbv.size // tlb.T_COLS - 1):
+        tag = tlbv[tlb.word(w, tlb.T_TAG)]
+        if 0 < tag <= slots and load_acquire(pte, tag - 1) != (tlbv[tlb.word(w, tlb.T_PFN)] | tlb.PTE_PRESENT):
+            n += 1
+    return n
+
+
+@kernel
+def expose(now, ops, p, pte, lrow, srow, tlbv):
+    """At a look (where the loop reads the clock): follow one unmapped frame until it is unreachable.
+
+    The frame followed is the last operation's first mapping (``live[vcpu]``'s
+    first pair), unmapped last. While one is followed, each look checks it;
+    when it is no longer reachable the sample ends, its cycles and operations
+    counted from the first look after its unmap. A frame unreachable at that
+    first look is a sample of zero. Every ``2**lat_every`` samples the
+    reachable frames are counted too. A direct-map address is not followed:
+    the direct map reaches every frame, always.
+    """
+    s = srow[abi.S_EXP_SLOT]
+    if s != 0:
+        if reachable(tlbv, p, pte, s - 1, srow[abi.S_EXP_MFN]):
+            return
+        srow[abi.S_EXP_SLOT] = 0
+        exposed(srow, now - srow[abi.S_EXP_T0], ops - srow[abi.S_EXP_OP0])
+        return
+    va = lrow[0]
+    if va < abi.MAPCACHE_VA:
+        return
+    slot = va - abi.MAPCACHE_VA
+    if (srow[abi.S_EXP_SAMPLES] & ((np.int64(1) << p[abi.P_LAT_EVERY]) - 1)) == 0:
+        srow[abi.S_EXP_INSTANTS] += 1
+        srow[abi.S_EXP_REACHABLE] += reachable_frames(p, pte, tlbv)
+    if reachable(tlbv, p, pte, slot, lrow[1]):
+        srow[abi.S_EXP_SLOT] = slot + 1
+        srow[abi.S_EXP_MFN] = lrow[1]
+        srow[abi.S_EXP_T0] = now
+        srow[abi.S_EXP_OP0] = ops
+    else:
+        exposed(srow, 0, 0)
+
+
+@kernel
+def exposed(srow, cycles, ops):
+    srow[abi.S_EXP_SAMPLES] += 1
+    srow[abi.S_EXP_CYCLES] += cycles
+    srow[abi.S_EXP_OPS] += ops
+    if cycles > srow[abi.S_EXP_MAX_CYCLES]:
+        srow[abi.S_EXP_MAX_CYCLES] = cycles
+    if ops > srow[abi.S_EXP_MAX_OPS]:
+        srow[abi.S_EXP_MAX_OPS] = ops
+
+
+@kernel
+def guest_pages(p, srow, tlbv):
+    """The guest touching its own --guest-pages pages through the TLB (tlb.touch_guest)."""
+    for g in range(p[abi.P_GUEST_PAGES]):
+        tlb.touch_guest(tlbv, p, g, srow)
+
+
 @kernel
 def held_mfn(lrow, k, mfn):
     for j in range(k):
@@ -316,11 +414,16 @@ def held_mfn(lrow, k, mfn):
 
 @kernel
 def arm_timer(p, srow, deadline):
-    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed."""
+    """VCPUOP_set_singleshot_timer with VCPU_SSHOTTMR_future: -ETIME if the deadline passed and
+    Xen honours the flag (4.17 and older, ``P_SSHOT_FUTURE``); Xen 4.18 and later arm it anyway
+    (it fires at once). A late timer is counted either way (``S_TIMER_LATE``). The streak is
+    FreeBSD's: ``P_PANIC_STREAK`` -ETIME in a row panic (10.4's retry loop: 59)."""
     now = rdtsc()
     srow[abi.S_TIMER_SETS] += 1
     srow[abi.S_TIMER_CYCLES] += now - (deadline - p[abi.P_SLACK])
-    if now <= deadline:
+    if now > deadline:
+        srow[abi.S_TIMER_LATE] += 1
+    if now <= deadline or p[abi.P_SSHOT_FUTURE] == 0:
         srow[abi.S_STREAK] = 0
         return
     srow[abi.S_ETIME] += 1
@@ -355,13 +458,18 @@ def guest_work(p, rng, srow):
 _LOOPS = dispatch.loops()      # imports this module, partly initialised: ops_loop exists by now
 
 
-def loop(p):
-    """The compiled operation loop for ``p[P_VARIANT]``: the variant's own, or the generic one for an
-    unknown id; with interrupts (``p[P_IRQ_INTERVAL]`` non-zero, testbed/irq.py) its interrupt loop."""
-    vid = int(p[abi.P_VARIANT])
-    if p[abi.P_IRQ_INTERVAL] != 0:
+def loop_of(vid: int, irq: bool):
+    """The compiled operation loop of variant id ``vid``, with interrupts or not: the variant's own,
+    or, for an id the registry does not know, the loop that runs nothing (it reports ``abi.ST_BAD_VARIANT``)."""
+    if irq:
         return _LOOPS.LOOPS_IRQ[vid] if 0 <= vid < len(_LOOPS.LOOPS_IRQ) else _LOOPS.run_ops_any_irq
     return _LOOPS.LOOPS[vid] if 0 <= vid < len(_LOOPS.LOOPS) else _LOOPS.run_ops_any
+
+
+def loop(p):
+    """The compiled operation loop for ``p[P_VARIANT]``; with interrupts (``p[P_IRQ_INTERVAL]``
+    non-zero, testbed/irq.py) its interrupt loop."""
+    return loop_of(int(p[abi.P_VARIANT]), p[abi.P_IRQ_INTERVAL] != 0)
 
 
 def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):

@@ -67,6 +67,12 @@ def _user_processes() -> int:
     return n
 
 
+def available_bytes() -> int | None:
+    """Memory available for new allocations now (MemAvailable), in bytes; None if unknown."""
+    kib = _meminfo_kib("MemAvailable")
+    return None if kib is None else kib * 1024
+
+
 def check_capacity(vcpus: int, arena_bytes: int) -> None:
     """Raise UsageError if ``vcpus`` processes and the arena cannot fit on this host."""
     # file descriptors in the parent: raise the soft limit to the hard one if that is enough

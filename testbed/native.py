@@ -55,23 +55,26 @@ def compiler_version(cc: str) -> str:
 class Native:
     """The C ``run_ops``, loaded from a shared object built in a temporary directory."""
 
-    def __init__(self, cc: str | None = None):
-        cc = cc or compiler()
-        if cc is None:
-            raise NoCompiler("no C compiler found (looked for $CC, cc, gcc, clang)")
-        self.cc = cc
-        self._dir = tempfile.TemporaryDirectory(prefix="testbed-native-")
-        lib = os.path.join(self._dir.name, "testbed_op.so")
-        res = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", lib], capture_output=True, text=True)
-        if res.returncode != 0:
-            self._dir.cleanup()
-            raise NoCompiler(f"{cc} could not build {SOURCE.name}: {res.stderr.strip().splitlines()[-1:]}")
+    def __init__(self, cc: str | None = None, lib: str | None = None):
+        """Build the port; or, with ``lib``, load a shared object built from it already (testbed.xen's)."""
+        self._dir = None
+        if lib is None:
+            cc = cc or compiler()
+            if cc is None:
+                raise NoCompiler("no C compiler found (looked for $CC, cc, gcc, clang)")
+            self.cc = cc
+            self._dir = tempfile.TemporaryDirectory(prefix="testbed-native-")
+            lib = os.path.join(self._dir.name, "testbed_op.so")
+            res = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", lib], capture_output=True, text=True)
+            if res.returncode != 0:
+                self._dir.cleanup()
+                raise NoCompiler(f"{cc} could not build {SOURCE.name}: {res.stderr.strip().splitlines()[-1:]}")
         self._lib = ctypes.CDLL(lib)
         for symbol, want in (("testbed_variants", variant_names()), ("testbed_locks", lock_names()),
                              ("testbed_dom_layouts", dom_layout_names())):
             have = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(self._lib, symbol))).decode()
             if have != want:
-                self._dir.cleanup()
+                self.close()
                 raise OutOfStep(f"{SOURCE.name} numbers its {symbol[8:]} {have!r}, the registry {want!r}: "
                                  "port the change to the C file")
         fn = self._lib.testbed_run_ops
@@ -107,7 +110,8 @@ class Native:
         return run_ops
 
     def close(self) -> None:
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 def variant_names() -> str:

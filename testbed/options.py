@@ -75,8 +75,11 @@ def _declared():
 
 
 def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload: str = "uniform",
-                    vcpus: str | None = "all", variant: bool = True) -> None:
-    """Every declared run option, with its help, type and default; a command's own defaults override."""
+                    vcpus: str | None = "all", variant: bool = True, shown: dict | None = None) -> None:
+    """Every declared run option, with its help, type and default; a command's own defaults override.
+
+    ``shown``: for an option whose default the command itself decides (left None here), the words
+    its help gives for that default, e.g. ``{"domain_vcpus": "32, the seed's guest"}``."""
     from . import variants as registry
 
     locks = "; ".join(f"{v.name}: {', '.join(v.locks)}" for v in registry.REAL if v.locks)
@@ -90,6 +93,7 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
         ap.add_argument("--vcpus", type=_vcpus, default=vcpus, help="vCPU processes, or 'all' physical cores (default)")
     ap.add_argument("--seed", type=_int, default=None, help="seed for every random choice (default: from the clock)")
     own = {"duration": duration, "workload": workload}
+    words = {"domain_vcpus": "--vcpus", **(shown or {})}
     for f in _declared():
         m, default = f.metadata, own.get(f.name, f.default)
         flag = m["flag"] or "--" + f.name.replace("_", "-")
@@ -97,8 +101,11 @@ def add_run_options(ap: argparse.ArgumentParser, duration: float = 3.0, workload
             ap.add_argument(flag, dest=f.name, action="store_true", help=m["help"])
             continue
         kind = _float if "float" in f.type else _int if "int" in f.type else str
-        shown = "" if default is None else f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
-        ap.add_argument(flag, dest=f.name, type=kind, default=default, metavar=m["metavar"], help=m["help"] + shown)
+        said = (f" (default {words[f.name]})" if f.name in words else "" if default is None
+                else f" (default {default:g})" if isinstance(default, float) else f" (default {default})")
+        ap.add_argument(flag, dest=f.name, type=kind, default=default, metavar=m["metavar"], help=m["help"] + said)
+    ap.add_argument("--xen-patch", dest="xen_patch", action="append", default=None, metavar="FILE",
+                    help="--variant xen: a patch to apply to --xen-tree first, as mailed (repeatable)")
     ap.add_argument("--no-cost", action="store_true", help="turn the TLB cost model off")
 
 
@@ -122,9 +129,14 @@ def config_from(args):
         args.seed = int(time.time_ns() % 1_000_000_007)   # the same for the whole command
     fields = {f.name: getattr(args, f.name) for f in _declared()}
     if args.no_cost:
-        fields.update(cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0)
-    return RunConfig(variant=getattr(args, "variant", None) or registry.BASELINE, lock=getattr(args, "lock", None),
-                     vcpus=vcpus, seed=args.seed, **fields)
+        fields.update(cost_flush_one=0, cost_flush_all=0, cost_walk=0, cost_refill=0, cost_invpcid=0)
+    fields["xen_patches"] = tuple(getattr(args, "xen_patch", None) or ())
+    variant = getattr(args, "variant", None) or registry.BASELINE
+    if variant.startswith("xen:"):            # the short spelling: xen:TREE+PATCH
+        spelled = registry.spec_fields(variant)
+        variant = spelled.pop("variant")
+        fields.update(xen_tree=spelled["xen_tree"], xen_patches=spelled["xen_patches"] + fields["xen_patches"])
+    return RunConfig(variant=variant, lock=getattr(args, "lock", None), vcpus=vcpus, seed=args.seed, **fields)
 
 
 def checked_config(args):

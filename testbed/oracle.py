@@ -36,7 +36,7 @@ from . import variants as registry
 
 CHECK_KEYS = ("stale_translations", "held_stale_translations", "reused_held_slots", "lost_writes", "slot_leaks",
               "refcount_errors", "exhaustion", "invariant_violations", "periodic_violations", "worker_failures",
-              "sched_violations")
+              "sched_violations", "xen_assertions")
 WORKER_FAILURES = ("killed", "stalled", "exited", "start_timeout", "hung")
 
 
@@ -88,7 +88,7 @@ def quiescent(views, cfg) -> dict:
 
 # Counters the kernels bump that stop nothing by themselves, and the first moment stress saw one.
 KERNEL_VIOLATIONS = (abi.S_STALE, abi.S_HELD_STALE, abi.S_HELD_PTE, abi.S_REFCNT_ERR, abi.S_EXHAUSTED,
-                     abi.S_INVARIANT)
+                     abi.S_INVARIANT, abi.S_XEN_BUGS)
 
 
 def kernel_violations(stats, n: int) -> int:
@@ -110,6 +110,7 @@ def checks(*, totals: dict, stats, lost_writes: int, writes_reported: int, write
         "periodic_violations": int((extra or {}).get("stress", {}).get("periodic_violations", 0)),
         "worker_failures": 1 if failure is not None and failure.get("kind") in WORKER_FAILURES else 0,
         "sched_violations": int(stats[:, abi.S_BAD_SWITCH].sum()),
+        "xen_assertions": totals.get("xen_assertions", 0),
     }
     # Frame counters must add up to the writes the vCPUs report; a worker killed
     # mid-operation may have counted a write it never made, so only a complete run is held to it.

@@ -42,6 +42,18 @@ Schema history (bump SCHEMA on any change a reader must know about):
   "memory_placement" (the pages of the domain's lines, the frames and each
   vCPU's rows per node, read back after the run); in every result written by
   a command, "command" (argv and cwd that reproduce it, for 'testbed rerun').
+  Also in 2, added keys only (docs/cost-model.md): "nmi" in a run (NMIs taken,
+  inside a map or unmap, of those with interrupts off, the handlers' maps and
+  the deadlocks found; null without --nmi-rate), "exposure" (how long an
+  unmapped frame stays reachable, and the frames reachable at sampled
+  instants), "tlb_model" (the one-slot flush under --pcid, the guest's pages);
+  config nmi_rate, recursive, guest_pages, pcid, cost_invpcid; totals and per
+  vCPU nmi_irqs_off, guest_touches, guest_walks, deadlocks, exposure_*.
+  Also in 2, added keys only: "label" in a run (the variant's name, or for a Xen tree's own code
+  its build's, e.g. xen(af01d33+seed)), "xen" (the tree, commit, file and patch hashes, skipped
+  hunks and failed BUILD_BUG_ONs of the code a xen run ran; null otherwise), config xen_tree and
+  xen_patches, totals and per vCPU map_domain_page_count, domain_page_tlb_flush, xen_assertions,
+  xen_directmap_maps, xen_pte_writes, checks xen_assertions.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ import math
 import numpy as np
 
 from . import abi, hostinfo, oracle
+from . import variants as registry
 
 SCHEMA = 2
 KIND = "testbed.run"
@@ -170,8 +183,13 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "schema": SCHEMA,
         "kind": KIND,
         "variant": cfg.variant,
+        "label": registry.get(cfg.variant).module.label(cfg),
+        "xen": registry.get(cfg.variant).module.describe(cfg),
         "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
         "irq": irq_summary(getattr(cfg, "irq_rate", 0.0), totals),
+        "nmi": nmi_summary(getattr(cfg, "nmi_rate", 0.0), totals),
+        "exposure": exposure_summary(cfg, totals),
+        "tlb_model": tlb_model(cfg, totals),
         "vcpus": n,
         "seed": cfg.seed,
         "workload": cfg.workload,
@@ -212,6 +230,56 @@ def irq_summary(rate: float, totals: dict) -> dict | None:
         return None
     return {"rate": rate, "taken": totals["irq_taken"], "inside": totals["irq_inside"],
             "deferred": totals["irq_deferred"], "maps": totals["irq_maps"]}
+
+
+def nmi_summary(rate: float, totals: dict) -> dict | None:
+    """Simulated NMIs of a run with --nmi-rate (testbed/irq.py); None without.
+
+    taken: handlers that ran (never deferred); inside: of those, taken between a
+    variant's steps inside a map or unmap; inside_irqs_off: of those, taken while
+    the variant had interrupts disabled (what local_irq_save cannot keep out);
+    maps: the handlers' maps; deadlocks: handlers that found the lock their own
+    CPU holds.
+    """
+    if not rate:
+        return None
+    return {"rate": rate, "taken": totals["irq_taken"], "inside": totals["irq_inside"],
+            "inside_irqs_off": totals["nmi_irqs_off"], "maps": totals["irq_maps"], "deadlocks": totals["deadlocks"]}
+
+
+def exposure_summary(cfg, totals: dict) -> dict:
+    """How long a frame stays reachable after its last unmap (kernels.expose), and how many are.
+
+    Sampled: at the points where the loop reads the clock (every 16 operations,
+    every operation on the hypercall workloads) one unmapped frame is followed
+    until neither its PTE nor this CPU's TLB reaches it; the durations are
+    counted from the first look after the unmap, to the first look that finds it
+    gone (a resolution of one look). The direct map reaches every frame, always:
+    its exposure is the maximum by definition, not measured.
+    """
+    from . import variants as registry
+
+    if registry.get(cfg.variant).module.NAME == "directmap":
+        return {"always": True, "frames_reachable_mean": cfg.frames, "samples": 0, "mean_cycles": None,
+                "max_cycles": None, "mean_ops": None, "max_ops": None}
+    n, instants = totals["exposure_samples"], totals["exposure_instants"]
+    return {"always": False, "samples": n,
+            "mean_cycles": totals["exposure_cycles"] / n if n else None, "max_cycles": totals["exposure_max_cycles"],
+            "mean_ops": totals["exposure_ops"] / n if n else None, "max_ops": totals["exposure_max_ops"],
+            "instants": instants,
+            "frames_reachable_mean": totals["exposure_reachable"] / instants if instants else None}
+
+
+def tlb_model(cfg, totals: dict) -> dict:
+    """The TLB cost model as run: the one-slot flush under --pcid, and the guest's own pages."""
+    from . import tlb
+
+    pcid = getattr(cfg, "pcid", "off")
+    per = tlb.PCID_MODES.get(pcid, 1)
+    return {"pcid": pcid, "one_slot_flush": "invlpg" if per == 1 else f"{per} INVPCID",
+            "invpcids": totals["tlb_flush_one"] * per if per > 1 else 0,
+            "guest_pages": getattr(cfg, "guest_pages", 0) if cfg.workload in ("guest", "timers") else 0,
+            "guest_touches": totals["guest_touches"], "guest_walks": totals["guest_walks"]}
 
 
 def lock_summary(kind, totals: dict, per_vcpu: list[dict]) -> dict | None:

@@ -59,6 +59,14 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if irq:
         w(f"interrupts at {irq['rate']:g}/s per vCPU: {irq['taken']:,} taken ({irq['inside']:,} inside a map or "
           f"unmap), {irq['deferred']:,} deferred (arrived with interrupts disabled), {irq['maps']:,} nested maps\n")
+    nmi = res.get("nmi")
+    if nmi:
+        w(f"NMIs at {nmi['rate']:g}/s per vCPU: {nmi['taken']:,} taken ({nmi['inside']:,} inside a map or unmap, "
+          f"{nmi['inside_irqs_off']:,} of them with interrupts off), {nmi['maps']:,} nested maps, "
+          f"{nmi['deadlocks']:,} deadlocks\n")
+    exp = res.get("exposure")
+    if exp:
+        w(f"exposure: {describe_exposure(exp)}\n")
     checks = ", ".join(f"{k}={v}" for k, v in res["checks"].items())
     w(f"checks: {checks}\n")
     if res["failure"]:
@@ -70,6 +78,20 @@ def print_result(res: dict, out=sys.stdout) -> None:
     if res["verdict"] != "SUCCESS":
         w(f"replay: {replay_command(res['config'])}\n")
     w(f"verdict: {res['verdict']}\n")
+
+
+def describe_exposure(exp: dict) -> str:
+    """How long an unmapped frame stays reachable (results.exposure_summary), in one line."""
+    if exp["always"]:
+        return f"the direct map reaches every frame ({exp['frames_reachable_mean']:,}), always"
+    if not exp["samples"]:
+        return "no unmapped frame sampled"
+    reach = exp["frames_reachable_mean"]
+    line = (f"an unmapped frame stays reachable {exp['mean_cycles']:,.0f} cycles / {exp['mean_ops']:.1f} ops on "
+            f"average, at most {exp['max_cycles']:,} cycles / {exp['max_ops']:,} ops ({exp['samples']:,} sampled)")
+    if reach is not None:
+        line += f"; {reach:.1f} frames reachable at the sampled instants"
+    return line
 
 
 def describe_lock(lock: dict) -> str:
@@ -130,12 +152,19 @@ def print_compare(res: dict, out=sys.stdout) -> None:
     w(f"\nPerformance drop against {res.get('baseline', 'the baseline')} ({res['workload']} workload; host "
       f"{h['cpu_model']}, {h['physical_cores']} cores; median of {res['repeat']} repetitions +/- median absolute "
       f"deviation)\n\n")
-    w(f"{'perf drop':{width}} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
+    cols = res.get("columns") or {"single": {"active_vcpus": 1, "domain_vcpus": 1},
+                                  "multi": {"active_vcpus": res["vcpus_multi"], "domain_vcpus": res["vcpus_multi"]}}
+    heads = [f"{scope}-core ({c['active_vcpus']} of {c['domain_vcpus']} vCPUs)" for scope, c in cols.items()]
+    w(f"{'perf drop':{width}} {heads[0]:>26} {heads[1]:>28}\n")
     for row in res["rows"]:
         cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" if row[s + "_drops_pct"] else "-"
                  for s in ("single", "multi")]
-        w(f"{row['variant']:{width}} {cells[0]:>24} {cells[1]:>26}\n")
+        w(f"{row['variant']:{width}} {cells[0]:>26} {cells[1]:>28}\n")
     w("\n")
+    for scope, c in cols.items():
+        if "sched" in c:
+            w(f"{scope}-core: a {c['domain_vcpus']}-vCPU domain, {c['active_vcpus']} active ({c['sched']}), "
+              f"{c['domain_vcpus'] - c['active_vcpus']} blocked idle (state only, no CPU)\n")
     for row in res["rows"]:
         for scope in ("single", "multi"):
             if not row[scope + "_drops_pct"]:
@@ -184,10 +213,13 @@ def print_timers(res: dict, out=sys.stdout) -> None:
         path = f"{r['mean_path_us']:.2f}" if r["mean_path_us"] is not None else "-"
         w(f"{r['variant']:12} {r['sched']:>10} {r['timer_sets']:>12,} {r['etime']:>10,} "
           f"{100 * r['etime_rate']:>7.3f}% {r['worst_streak']:>12} {r['panics']:>7} {path:>12}\n")
+    for key in ("domain", "timers"):
+        if res.get("xen", {}).get(key):
+            w(f"models {key}: {res['xen'][key]}\n")
     for r in res["rows"]:
         w(f"{r['variant']} ({r['sched']} scheduling): "
           f"{'PANIC: a FreeBSD 10 guest would crash' if r['panics'] else 'no panic'} "
-          f"(worst streak {r['worst_streak']} of {res['panic_streak']})\n")
+          f"(worst streak {r['worst_streak']} of {res['panic_streak']}; {r.get('late', 0):,} timers armed late)\n")
     print_models({r["sched"] for r in res["rows"]}, out)
 
 
@@ -222,11 +254,14 @@ def variants_table() -> list[dict]:
 
     out = []
     for v in variants.VARIANTS.values():
-        d = {"name": v.name, "kind": "control" if v.control else "real", "description": v.description}
-        if v.control:
+        d = {"name": v.name, "kind": "real" if v.kind == "design" else v.kind, "description": v.description}
+        if v.kind == "xen":
+            d.update(usage="--variant xen --xen-tree DIR [--xen-patch FILE]..., or xen:DIR[+PATCH]... in a list")
+        elif v.control:
             d.update(caught_by=list(v.catches), options=v.cli_options)
         else:
-            d.update(default_entries=v.module.DEFAULT_ENTRIES, locks=list(v.locks), baseline=v.baseline)
+            d.update(default_entries=v.module.DEFAULT_ENTRIES, default_entries_source=v.module.GEOMETRY["entries"],
+                     geometry=dict(v.module.GEOMETRY), locks=list(v.locks), baseline=v.baseline)
         out.append(d)
     return out
 
@@ -241,12 +276,17 @@ def print_variants(out=sys.stdout, as_json: bool = False) -> None:
         return
     for v in variants.VARIANTS.values():
         m = v.module
-        if v.control:
+        if v.kind == "xen":
+            extra = "entries and hash from the tree; --xen-tree DIR [--xen-patch FILE]..., or xen:DIR+PATCH in lists"
+        elif v.control:
             extra = f"caught by: {', '.join(v.catches)}" + (f"; needs {' '.join(v.cli_options)}" if v.options else "")
         else:
             extra = f"entries {m.DEFAULT_ENTRIES}" + (f", --lock {'|'.join(v.locks)}" if v.locks else "") + (
                 ", the baseline" if v.baseline else "")
         out.write(f"{v.name:20} {v.description} [{extra}]\n")
+        if not v.control:
+            for key in ("entries", "hash", "pool"):
+                out.write(f"{'':20}   {key}: {m.GEOMETRY[key]}\n")
     out.write("\nwith more vCPUs than CPUs (--oversubscribe), --sched picks how they share the CPUs:\n")
     print_models({"hypervisor", "host"}, out)
 

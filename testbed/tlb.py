@@ -39,6 +39,23 @@ are orders of magnitude from published measurements and can be set to 0:
   ``--cost-refill`` accesses after a flush each pay ``--cost-walk`` cycles
   (counted in ``S_REFILLS``); 0 turns it off.
 
+The guest's own pages (``--guest-pages G``, hypercall workloads): before each
+hypercall the guest touches G pages of its own through this same TLB
+(``touch_guest``), as tags apart from every mapcache slot (``GUEST_TAG`` +
+page), so that they compete with the slots for entries and a full flush drops
+them too: the guest's next pass pays a walk for each one the flush (or an
+eviction) took, up to the TLB's entries, whoever touches them first. With G > 0
+the ``--cost-refill`` charge is not made (``config.params`` sets it to 0): the
+TLB itself now charges what the flush dropped. Default 64, the first-level
+dTLB's 4 KiB entries named above: a guest whose working set fills that level.
+
+PCID (``--pcid``): ``flush_area_local`` in Xen's ``flushtlb.c`` turns a
+one-page flush into ``invlpg`` with CR4.PCIDE clear, two ``INVPCID``s (the
+guest's kernel and user PCIDs) with it set, and four under XPTI (the same two
+again for XPTI's PCIDs). ``config.params`` folds the choice into the one-slot
+flush's cost (``P_COST_FLUSH_ONE`` = 2 or 4 times ``--cost-invpcid``), so the
+loop is unchanged; ``docs/cost-model.md`` gives the figures.
+
 Simplification: the 32-bit clock's wrap to 0 (Xen then flushes every CPU) is
 modelled by restarting the clock at 1 without flushing the other vCPUs; at one
 full flush per microsecond it takes over an hour to reach.
@@ -54,6 +71,10 @@ COST_FLUSH_ONE = 200
 COST_FLUSH_ALL = 500
 COST_WALK = 30
 COST_REFILL = 64
+COST_INVPCID = 350       # cycles per INVPCID (individual address): docs/cost-model.md
+GUEST_PAGES = 64         # the guest's own pages touched before each hypercall: docs/cost-model.md
+GUEST_TAG = 1 << 32      # TLB tag of guest page 0: above every mapcache slot + 1
+PCID_MODES = {"off": 1, "on": 2, "xpti": 4}      # flushes per one-page flush_area_local (1: invlpg, else INVPCIDs)
 
 T_TAG = 0      # slot + 1; 0 means invalid
 T_PFN = 1
@@ -154,6 +175,40 @@ def flush_one(tlb, p, slot, srow):
     srow[abi.S_FLUSH_ONE] += 1
     if p[abi.P_COST_FLUSH_ONE] > 0:
         spin_cycles(p[abi.P_COST_FLUSH_ONE])
+
+
+@inline_kernel
+def touch_guest(tlb, p, page, srow):
+    """The guest touching its own page ``page`` through the TLB: a hit, or a walk and a fill.
+
+    The page's tag is ``GUEST_TAG + page`` in set ``page & (sets - 1)``; its
+    translation is the guest's business, so a miss pays the walk and fills the
+    entry without reading the arena's page table.
+    """
+    ways = p[abi.P_TLB_WAYS]
+    base = (page & (p[abi.P_TLB_SETS] - 1)) * ways
+    tag = GUEST_TAG + page
+    meta = np.uint64(tlb.size - T_COLS)
+    tick = tlb[meta] + 1
+    tlb[meta] = tick
+    victim = base
+    oldest = np.int64(1) << np.int64(62)
+    srow[abi.S_GUEST_TOUCHES] += 1
+    for w in range(base, base + ways):
+        t = tlb[word(w, T_TAG)]
+        if t == tag:
+            tlb[word(w, T_AGE)] = tick
+            return
+        age = -1 if t == 0 else tlb[word(w, T_AGE)]
+        if age < oldest:
+            oldest = age
+            victim = w
+    srow[abi.S_GUEST_WALKS] += 1
+    if p[abi.P_COST_WALK] > 0:
+        spin_cycles(p[abi.P_COST_WALK])
+    tlb[word(victim, T_TAG)] = tag
+    tlb[word(victim, T_PFN)] = page
+    tlb[word(victim, T_AGE)] = tick
 
 
 @kernel

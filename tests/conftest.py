@@ -26,9 +26,39 @@ import pytest
 from testbed.shared import arena as arena_mod
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Tests that stop a command with SIGINT need it to reach the child as Ctrl-C would. A shell
+# without job control starts a background job with SIGINT ignored, and an ignored signal
+# stays ignored across fork and exec: the command would never see it. A handler does not
+# survive exec, so with one installed here every child starts with SIGINT's default
+# disposition (Python then turns it into KeyboardInterrupt), however the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SHM_DIR = "/dev/shm"
 LOCK_PATH = os.path.join(tempfile.gettempdir(), f"testbed-tests-{os.getuid()}.lock")
 LOCK_WAIT_S = 600.0
+
+
+# --- the compiled loops -----------------------------------------------------------------
+
+
+def pytest_sessionstart(session):
+    """Under ``-n``, the controller compiles every loop the suite runs before the workers start.
+
+    Each worker would otherwise compile the loops its tests meet, inside those tests, the
+    same loops in both workers at once and one CPU each (``jitcache.prepare`` runs one
+    compiling process per CPU, and the workers then load the loops from the disk cache). A
+    warm cache costs a look at a few index files. Without ``-n`` (one test file while
+    working on it) each test compiles what it needs, as before.
+    """
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    from testbed import jitcache
+
+    t0 = time.perf_counter()
+    if jitcache.prepare(jitcache.every_loop()):
+        sys.stderr.write(f"compiled the suite's loops in {time.perf_counter() - t0:.0f} s\n")
 
 
 # --- segments and processes ------------------------------------------------------------

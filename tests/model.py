@@ -509,7 +509,8 @@ class WorkloadModel:
       ``burst`` hypercalls;
     - ptwalk: one walk of ``1 + draw(nest)`` distinct MFNs (redrawn while the walk
       already holds it, when the working set has ``nest`` MFNs), unmapped in
-      reverse order;
+      reverse order; with ``recursive`` (in 1/2**16) each level below the first,
+      when ``draw(2**16) < recursive``, maps ``walk[draw(k)]`` again instead;
     - hot: 9 draws in 10 (``draw(10) != 0``) from the hot set, else the working set;
     - uniform: one MFN of the working set.
     - nest-same: one MFN mapped ``nest`` times, then ``levels`` other MFNs (distinct
@@ -519,7 +520,7 @@ class WorkloadModel:
     """
 
     def __init__(self, workload: str, state: int, *, working_set: int, hot: int = 8, nest: int = 1,
-                 burst: int = 1, guest_work: int = 0, levels: int = 0):
+                 burst: int = 1, guest_work: int = 0, levels: int = 0, recursive: int = 0):
         self.wl = WORKLOAD_IDS[workload]
         self.state = state
         self.working_set, self.hot, self.guest_work = working_set, hot, guest_work
@@ -528,6 +529,7 @@ class WorkloadModel:
         self.below = levels if self.same else 0
         self.burst = burst if self.wl in (WORKLOAD_IDS["guest"], WORKLOAD_IDS["timers"]) else 1
         self.work_done = 0
+        self.recursive = recursive if self.wl == WORKLOAD_IDS["ptwalk"] else 0
 
     def next_rand(self) -> int:
         x = self.state
@@ -566,6 +568,9 @@ class WorkloadModel:
             depth = 1 + self.draw(self.nest) if ptwalk else self.nest + self.below
             walk: list[int] = []
             for k in range(depth):
+                if self.recursive and k > 0 and self.draw(1 << 16) < self.recursive:
+                    walk.append(walk[self.draw(k)])     # a linear entry: an earlier level's table again
+                    continue
                 # nest-same: the first MFN mapped nest times, then below it levels others
                 mfn = walk[0] if self.same and 0 < k < self.nest else self.draw_mfn()
                 if distinct or (others and k >= self.nest):

@@ -77,6 +77,9 @@ BAD = [
     (("--refcount-wrap", "saturate"), "refcount-wrap", "saturate", ("stop, wrap",)),
     (("--variant", "lockless", "--dom-layout", "xen"), "dom-layout", "xen", ("locked: xen, padded",)),
     (("--variant", "locked", "--dom-layout", "tight"), "dom-layout", "tight", ("xen, padded",)),
+    (("--vcpus", "2", "--oversubscribe", "--domain-vcpus", "1"), "domain-vcpus", "1", ("below --vcpus 2",)),
+    (("--domain-vcpus", "9000"), "domain-vcpus", "9000", ("MAX_VIRT_CPUS",)),
+    (("--workload", "timers", "--sshot-future", "maybe"), "sshot-future", "maybe", ("honoured, ignored",)),
 ]
 
 

@@ -33,7 +33,7 @@ from testbed.config import RunConfig
 
 # Counters that measure time: they differ between two runs of the same loop.
 TIMED = (abi.S_LOCK_SPIN, abi.S_LOCK_HOLD, abi.S_LAT_CYCLES, abi.S_LAT_MAX, abi.S_TIMER_CYCLES,
-         abi.S_HANDOFF_CYCLES)
+         abi.S_HANDOFF_CYCLES, abi.S_EXP_CYCLES, abi.S_EXP_MAX_CYCLES, abi.S_EXP_T0)
 
 CC = native.compiler()
 
@@ -141,6 +141,21 @@ IRQ_CASES = [(v.name, wl) for v in registry.REAL for wl in ("uniform", "ptwalk",
 IRQ_CASES += [(c.name, "uniform") for c in registry.CONTROLS if "irq_rate" in dict(c.options)]
 
 
+def _pending_at_chosen_points(nat, a, b, seed):
+    """Up to 300 slices of three operations in both loops, each after the same interrupt was made
+    pending at the same k-th arrival point; both must end each slice with the same status."""
+    rnd = np.random.default_rng(seed)
+    st_jit = abi.ST_OK
+    for _ in range(300):
+        k = int(rnd.integers(1, 12))
+        a[0]["vst"][0, abi.V_IRQ_PENDING] = b[0]["vst"][0, abi.V_IRQ_PENDING] = k
+        st_jit = kernels.run_ops(3, 0, *a[3])
+        assert st_jit == nat.bind(*b[3])(3, 0)
+        if st_jit != abi.ST_OK:
+            break
+    return st_jit
+
+
 @pytest.mark.parametrize("variant,workload", IRQ_CASES)
 def test_same_state_with_interrupts_at_chosen_points(nat, variant, workload):
     """Simulated interrupts in both loops (the interrupt loop, no timer), made pending at the same points.
@@ -159,15 +174,37 @@ def test_same_state_with_interrupts_at_chosen_points(nat, variant, workload):
                                     **options))
     a, b = _fresh(cfg), _fresh(cfg)
     assert a[3][0][abi.P_IRQ_INTERVAL] == irq.NO_TIMER
-    rnd = np.random.default_rng(5)
-    for _ in range(300):
-        k = int(rnd.integers(1, 12))
-        a[0]["vst"][0, abi.V_IRQ_PENDING] = b[0]["vst"][0, abi.V_IRQ_PENDING] = k
-        st_jit = kernels.run_ops(3, 0, *a[3])
-        st_c = nat.bind(*b[3])(3, 0)
-        assert st_jit == st_c
-        if st_jit != abi.ST_OK:
-            break
+    st_jit = _pending_at_chosen_points(nat, a, b, seed=5)
     taken = int(a[0]["stats"][0, abi.S_IRQ_TAKEN])
     assert taken > 100 or st_jit != abi.ST_OK, taken
     assert _differences(a, b) == [], f"{variant} {workload}: C and numba loops disagree with interrupts"
+
+
+@pytest.mark.parametrize("variant,workload", [(v.name, wl) for v in registry.REAL for wl in ("uniform", "ptwalk")])
+def test_same_state_with_nmis_at_chosen_points(nat, variant, workload):
+    """NMIs (--nmi-rate: not deferred by irq_save) in both loops, made pending at the same points, as
+    above; locked stops on its first NMI with the lock held (deadlock), at the same operation in both.
+    Mutation tried: in testbed_op.c's irq_take, ``if (off)`` for ``if (off && a->p[P_NMI] == 0)``
+    (NMIs deferred as interrupts): the 6 cases of the designs that disable interrupts (locked,
+    lockless, percpu) fail; directmap and kmap-local (which never disables them) pass."""
+    extra = {"nest": 8} if variant == "locked" else {}
+    cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=256, seed=37, workload=workload,
+                                    nmi_rate=1000.0, **extra))
+    a, b = _fresh(cfg), _fresh(cfg)
+    assert a[3][0][abi.P_IRQ_INTERVAL] == irq.NO_TIMER and a[3][0][abi.P_NMI] == 1
+    _pending_at_chosen_points(nat, a, b, seed=7)
+    assert int(a[0]["stats"][0, abi.S_IRQ_TAKEN]) > 0
+    assert _differences(a, b) == [], f"{variant} {workload}: C and numba loops disagree with NMIs"
+
+
+@pytest.mark.parametrize("variant", [v.name for v in registry.REAL])
+def test_same_state_on_recursive_walks(nat, variant):
+    """ptwalk with --recursive 0.5 (a level maps an earlier level's table again): the same draws, the
+    same state; lockless leaks and may exhaust, at the same operation in both."""
+    extra = {"nest": 8} if variant == "locked" else {}
+    cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=256, seed=41, workload="ptwalk",
+                                    recursive=0.5, **extra))
+    a, b = _fresh(cfg), _fresh(cfg)
+    st_jit = kernels.run_ops(3000, 0, *a[3])
+    assert st_jit == nat.bind(*b[3])(3000, 0)
+    assert _differences(a, b) == [], f"{variant}: C and numba loops disagree on recursive walks"

@@ -102,7 +102,9 @@ def test_wheel_holds_only_the_testbed_package_and_its_data(installed):
     names = zipfile.ZipFile(installed.wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"testbed"}, tops
-    for needed in ("testbed/schema.json", "testbed/csrc/testbed_op.c", "testbed/shared/arena.py",
+    for needed in ("testbed/schema.json", "testbed/csrc/testbed_op.c", "testbed/csrc/ticket_lock.h",
+                   "testbed/csrc/xen/shim.h", "testbed/csrc/xen/shim_sched.h", "testbed/csrc/xen/glue.c",
+                   "testbed/shared/arena.py",
                    "testbed/shared/futex.py", "testbed/workers/vcpu.py", "testbed/workers/sched.py",
                    "testbed/variants/contract.py"):
         assert needed in names, needed

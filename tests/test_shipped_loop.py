@@ -71,21 +71,22 @@ class Shipped:
                                    w["expect"], w["stats"], w["hist"], w["live"], self.tlbs[v], self.rngs[v]))
 
 
-def make_cfg(variant, lock, workload, seed):
+def make_cfg(variant, lock, workload, seed, recursive=0.0):
     return config.validate(RunConfig(
         variant=variant, lock=lock, vcpus=VCPUS, frames=FRAMES, workload=workload, seed=seed,
-        levels=2, hot_set=6, guest_work=7, burst=3, slack_us=1e6,
+        levels=2, hot_set=6, guest_work=7, burst=3, slack_us=1e6, recursive=recursive,
         cost_flush_one=0, cost_flush_all=0, cost_walk=0))
 
 
-def replay(variant, lock, workload, steps, seed=11):
+def replay(variant, lock, workload, steps, seed=11, recursive=0.0):
     """Drive ``run_ops`` ``steps`` operations and the model alongside; assert they agree after each."""
-    cfg = make_cfg(variant, lock, workload, seed)
+    cfg = make_cfg(variant, lock, workload, seed, recursive)
     s = Shipped(cfg)
     mod = registry.get(variant).module
     model = MODELS[mod](cfg.vcpus, cfg.entries, cfg.hash_entries) if mod in MODELS else None
     gens = [WorkloadModel(workload, int(s.rngs[v][0]), working_set=cfg.working_set, hot=cfg.hot_set,
-                          nest=cfg.nest, burst=cfg.burst, guest_work=cfg.guest_work, levels=cfg.levels)
+                          nest=cfg.nest, burst=cfg.burst, guest_work=cfg.guest_work, levels=cfg.levels,
+                          recursive=int(s.p[abi.P_RECURSIVE]))
             for v in range(cfg.vcpus)]
     expect = np.zeros((cfg.vcpus, cfg.frames), dtype=np.int64)
     live = np.zeros((cfg.vcpus, 2 * config.held_most(cfg)), dtype=np.int64)
@@ -142,6 +143,17 @@ def replay(variant, lock, workload, steps, seed=11):
 @pytest.mark.parametrize("variant,lock", CASES, ids=[f"{v}:{lk}" if lk else v for v, lk in CASES])
 def test_shipped_loop_matches_model(variant, lock, workload):
     replay(variant, lock, workload, STEPS)
+
+
+@pytest.mark.parametrize("variant,lock", [c for c in CASES if c[0] != "lockless"],
+                         ids=[f"{v}:{lk}" if lk else v for v, lk in CASES if v != "lockless"])
+def test_recursive_walks_match_the_model(variant, lock):
+    """ptwalk with --recursive: the walks the loop drew (an earlier level's table mapped again) are the
+    workload model's, and every design but the seed's keeps its model's state and passes its check
+    (lockless leaks there: tests/test_cost_model.py). Mutation tried: in kernels.ops_loop, the level
+    above (``lrow[2 * (k - 1) + 1]``) in place of a drawn earlier level (``lrow[2 * draw(rng, k) + 1]``):
+    all 6 cases fail (the loop's random state and walks are no longer the model's)."""
+    replay(variant, lock, "ptwalk", STEPS, recursive=0.5)
 
 
 def test_every_real_variant_and_workload_is_replayed():

@@ -26,6 +26,7 @@ import time
 
 from testbed.shared import Arena, futex
 from testbed import abi, kernels
+from testbed import variants as registry
 from testbed.tlb import flush_all as tlb_flush_all
 from testbed.tlb import make_tlb
 
@@ -95,6 +96,7 @@ def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_l
     tlbv = make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
     rng = kernels.seed_state(cfg.seed, vcpu)
     args = abi.kernel_args(v, p, tlbv, rng)
+    run_ops = registry.get(cfg.variant).module.runner(cfg)     # the compiled loop, or a native design's C loop
     row[abi.S_PID] = os.getpid()
     row[abi.S_CORE] = -1 if core is None else core
     row[abi.S_HEARTBEAT] = time.monotonic_ns()
@@ -130,7 +132,7 @@ def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_l
             tlb_flush_all(tlbv, p, v["dom"], v["vst"][vcpu], row)
         if sched is not None:
             p[abi.P_CHUNK_CYCLES] = sched.chunk_cycles(chunk_cycles)
-        status = kernels.run_ops(n, vcpu, *args)
+        status = run_ops(n, vcpu, *args)
         row[abi.S_HEARTBEAT] = time.monotonic_ns()
         row[abi.S_CHUNKS] += 1
         if status != abi.ST_OK:

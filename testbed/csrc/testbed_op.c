@@ -36,6 +36,7 @@ enum {
   P_LAT_EVERY = 19, P_LONG_HOLD = 20, P_HOT = 21, P_BURST = 22, P_SLACK = 23, P_PANIC_STREAK = 24,
   P_CHUNK_CYCLES = 25, P_CHECK_EVERY_OP = 28, P_LOCK = 29, P_COST_REFILL = 30, P_DOM_LAYOUT = 31,
   P_REFCOUNT_WRAP = 32, P_IRQ_INTERVAL = 34,
+  P_SSHOT_FUTURE = 41, P_NMI = 48, P_RECURSIVE = 49, P_GUEST_PAGES = 50,
 };
 enum {
   S_OPS = 0, S_WRITES = 1, S_MAPS = 2, S_HASH_HITS = 3, S_TLB_HITS = 4, S_TLB_MISSES = 5, S_FLUSH_ONE = 6,
@@ -46,8 +47,12 @@ enum {
   S_LOCK_REACQ = 30, S_LIVE = 39, S_STREAK = 41, S_PROGRESS = 42,
   S_SAMPLING = 44, S_IRQ_TAKEN = 54, S_IRQ_DEFERRED = 55, S_IRQ_MAPS = 56, S_IRQ_INSIDE = 57,
   S_HELD_STALE = 58, S_HELD_PTE = 59, S_RECHECKS = 61, S_REFILL_LEFT = 62, S_REFILLS = 63,
+  S_TIMER_LATE = 64,
+  S_NMI_IRQS_OFF = 72, S_GUEST_TOUCHES = 73, S_GUEST_WALKS = 74, S_DEADLOCKS = 75, S_EXP_SAMPLES = 76,
+  S_EXP_CYCLES = 77, S_EXP_OPS = 78, S_EXP_MAX_CYCLES = 79, S_EXP_MAX_OPS = 80, S_EXP_INSTANTS = 81,
+  S_EXP_REACHABLE = 82, S_EXP_SLOT = 83, S_EXP_MFN = 84, S_EXP_T0 = 85, S_EXP_OP0 = 86,
 };
-enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5 };
+enum { ST_OK = 0, ST_EXHAUSTED = 1, ST_REFCOUNT = 2, ST_BAD_VA = 3, ST_BAD_VARIANT = 4, ST_ORDER = 5, ST_DEADLOCK = 6 };
 #define LAT_BINS 64
 #define MAPCACHE_VA ((i64)1 << 40)
 #define V_TLBFLUSH_TIME 0
@@ -67,6 +72,7 @@ enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
 #define PTE_MFN_MASK (PTE_PRESENT - 1)
 #define D_TLBCLOCK 0
 #define CLOCK_MASK 0xFFFFFFFFLL
+#define GUEST_TAG ((i64)1 << 32)
 
 /* --- variants ------------------------------------------------------------------------------- */
 /* Variant ids, in the registry's order (variants/__init__.py TABLE). */
@@ -85,8 +91,6 @@ const char testbed_dom_layouts[] = "xen,padded";
 #define X_LOCK_OWNER 16
 #define X_HANDOFF_TSC 17
 #define X_HANDOFF_FROM 18
-#define TICKET_ONE ((i64)1 << 32)
-#define TICKET_MASK 0xFFFFFFFFLL
 #define D_LOCK_HEAD 8
 #define D_LOCK_TAIL 9
 #define D_LOCK_OWNER 10
@@ -152,6 +156,8 @@ INLINE void cpu_relax(void) { _mm_pause(); }
 INLINE i64 rdtsc(void) { return (i64)__rdtsc(); }
 INLINE i64 lowest_bit(i64 x) { return __builtin_ctzll((u64)x); }
 INLINE i64 bit64(i64 k) { return (i64)((u64)1 << k); }
+
+#include "ticket_lock.h"
 
 /* --- the random generator (kernels.py) ------------------------------------------------------ */
 INLINE u64 next_rand(u64 *rng) {
@@ -257,6 +263,38 @@ static void flush_all(struct arrays *a) {
   a->srow[S_FLUSH_ALL] += 1;
   a->srow[S_REFILL_LEFT] = a->p[P_COST_REFILL];
   if (a->p[P_COST_FLUSH_ALL] > 0) spin_cycles(a->p[P_COST_FLUSH_ALL]);
+}
+
+/* tlb.touch_guest: the guest touching its own page through the TLB (tag GUEST_TAG + page). */
+INLINE void touch_guest(struct arrays *a, i64 page) {
+  i64 *tlb = a->tlb, *srow = a->srow;
+  const i64 *p = a->p;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (page & (p[P_TLB_SETS] - 1)) * ways;
+  i64 tag = GUEST_TAG + page;
+  i64 meta = a->tlb_rows - 1;
+  i64 tick = tlb[meta * T_COLS] + 1;
+  tlb[meta * T_COLS] = tick;
+  i64 victim = base;
+  i64 oldest = (i64)1 << 62;
+  srow[S_GUEST_TOUCHES] += 1;
+  for (i64 w = base; w < base + ways; w++) {
+    i64 t = tlb[w * T_COLS + T_TAG];
+    if (t == tag) {
+      tlb[w * T_COLS + T_AGE] = tick;
+      return;
+    }
+    i64 age = t == 0 ? -1 : tlb[w * T_COLS + T_AGE];
+    if (age < oldest) {
+      oldest = age;
+      victim = w;
+    }
+  }
+  srow[S_GUEST_WALKS] += 1;
+  if (p[P_COST_WALK] > 0) spin_cycles(p[P_COST_WALK]);
+  tlb[victim * T_COLS + T_TAG] = tag;
+  tlb[victim * T_COLS + T_PFN] = page;
+  tlb[victim * T_COLS + T_AGE] = tick;
 }
 
 /* tlb.refill */
@@ -365,18 +403,7 @@ static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind, i64 layout) {
   } else if (kind == LOCK_TAS) {
     tas_lock(dom, srow, vcpu, lw, own);
   } else if (layout == LAYOUT_XEN) {
-    i64 t = fetch_add(dom, lw, TICKET_ONE);
-    my = (t >> 32) & TICKET_MASK;
-    srow[S_LOCK_ACQ] += 1;
-    if ((t & TICKET_MASK) != my) {
-      srow[S_LOCK_CONTENDED] += 1;
-      i64 t0 = rdtsc();
-      while ((load_acquire(dom, lw) & TICKET_MASK) != my) {
-        cpu_relax();
-        srow[S_PROGRESS] += 1;
-      }
-      srow[S_LOCK_SPIN] += rdtsc() - t0;
-    }
+    my = ticket_lock(&dom[lw], srow);
     dom[own] = vcpu + 1;
   } else {
     my = fetch_add(dom, lw + 1, 1);
@@ -432,12 +459,12 @@ static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold, i64 vcpu, i64 ki
     }
     store_release(dom, lw, 0);
   } else if (layout == LAYOUT_XEN) {
-    if (((load_acquire(dom, lw) >> 32) & TICKET_MASK) != ((my + 1) & TICKET_MASK)) {
+    if (ticket_waiters(&dom[lw], my)) {
       dom[hfrom] = vcpu + 1;
       dom[hts] = rdtsc();
     }
     dom[own] = 0;
-    store_release_lo32(dom, lw, my + 1);
+    ticket_unlock(&dom[lw], my);
   } else {
     if (load_acquire(dom, lw + 1) != my + 1) {
       dom[hfrom] = vcpu + 1;
@@ -501,6 +528,13 @@ INLINE i64 locked_map_(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
   i64 layout = p[P_DOM_LAYOUT], d_cursor, d_epoch, d_tlbflush_ts;
   domain_words(layout, &d_cursor, &d_epoch, &d_tlbflush_ts);
   i64 my = 0;
+  /* an NMI handler inside this CPU's own critical section: named, not spun on for ever */
+  i64 own, hts, hfrom;
+  owner_words(layout, &own, &hts, &hfrom);
+  if (vrow[V_IRQ_OFF] != 0 && !nolock && dom[own] == vcpu + 1) {
+    srow[S_DEADLOCKS] += 1;
+    return -ST_DEADLOCK;
+  }
   if (!nolock) my = lk_acquire(dom, srow, vcpu, kind, layout);
   i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
   irq_point(a, vcpu, irq);                                         /* lock held */
@@ -855,8 +889,20 @@ INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
   return ST_OK;
 }
 
+/* --- a Xen tree's own domain_page.c (testbed/xen.py builds it with -DTESTBED_XEN) ------------- */
+#ifdef TESTBED_XEN
+/* Defined after the Xen file, in csrc/xen/glue.c: its map_domain_page / unmap_domain_page on
+ * the shim's Xen, with the port's arrays. VID_XEN is the registry's variants.xen.VID. */
+#define VID_XEN 64
+static i64 xen_map(struct arrays *a, i64 vcpu, i64 mfn, int irq);
+static i64 xen_unmap(struct arrays *a, i64 vcpu, i64 va, int irq);
+#endif
+
 /* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
 INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
+#ifdef TESTBED_XEN
+  if (vid == VID_XEN) return xen_map(a, vcpu, mfn, irq);
+#endif
   if (vid == VID_DIRECTMAP) return mfn;
   if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn, irq);
   if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn, irq);
@@ -866,6 +912,9 @@ INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
 }
 
 INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va, int irq) {
+#ifdef TESTBED_XEN
+  if (vid == VID_XEN) return xen_unmap(a, vcpu, va, irq);
+#endif
   if (vid == VID_DIRECTMAP) return ST_OK;
   if (vid == VID_LOCKED) return locked_unmap(a, vcpu, va, irq);
   if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va, irq);
@@ -963,7 +1012,8 @@ static void irq_take(struct arrays *a, i64 vcpu, i64 inside) {
     vrow[V_IRQ_PENDING] = n - 1;
     return;
   }
-  if (vrow[V_IRQ_OFF] != 0) {
+  int off = vrow[V_IRQ_OFF] != 0;
+  if (off && a->p[P_NMI] == 0) {
     if (n == 1) {
       srow[S_IRQ_DEFERRED] += 1;
       vrow[V_IRQ_PENDING] = -1;
@@ -972,7 +1022,10 @@ static void irq_take(struct arrays *a, i64 vcpu, i64 inside) {
   }
   vrow[V_IRQ_PENDING] = 0;
   srow[S_IRQ_TAKEN] += 1;
-  if (inside) srow[S_IRQ_INSIDE] += 1;
+  if (inside) {
+    srow[S_IRQ_INSIDE] += 1;
+    if (off) srow[S_NMI_IRQS_OFF] += 1;
+  }
   vrow[V_IRQ_OFF] += 1;
   i64 vid = a->p[P_VARIANT];
   i64 mfn = irq_rand(vrow, a->p[P_WORKING_SET]);
@@ -995,6 +1048,68 @@ INLINE void loop_point(struct arrays *a, i64 vcpu, int irq) {
   if (irq && a->vrow[V_IRQ_PENDING] != 0) irq_take(a, vcpu, 0);
 }
 
+/* --- kernels.py: exposure ------------------------------------------------------------------ */
+INLINE int reachable(struct arrays *a, i64 slot, i64 mfn) {
+  const i64 *tlb = a->tlb, *p = a->p;
+  if (load_acquire(a->pte, slot) == (mfn | PTE_PRESENT)) return 1;
+  i64 ways = p[P_TLB_WAYS];
+  i64 base = (slot & (p[P_TLB_SETS] - 1)) * ways;
+  for (i64 w = base; w < base + ways; w++)
+    if (tlb[w * T_COLS + T_TAG] == slot + 1 && tlb[w * T_COLS + T_PFN] == mfn) return 1;
+  return 0;
+}
+
+static i64 reachable_frames(struct arrays *a) {
+  i64 n = 0, slots = a->p[P_SLOTS];
+  for (i64 s = 0; s < slots; s++)
+    if ((load_acquire(a->pte, s) & PTE_PRESENT) != 0) n += 1;
+  for (i64 w = 0; w < a->tlb_rows - 1; w++) {
+    i64 tag = a->tlb[w * T_COLS + T_TAG];
+    if (0 < tag && tag <= slots && load_acquire(a->pte, tag - 1) != (a->tlb[w * T_COLS + T_PFN] | PTE_PRESENT)) n += 1;
+  }
+  return n;
+}
+
+static void exposed(i64 *srow, i64 cycles, i64 ops) {
+  srow[S_EXP_SAMPLES] += 1;
+  srow[S_EXP_CYCLES] += cycles;
+  srow[S_EXP_OPS] += ops;
+  if (cycles > srow[S_EXP_MAX_CYCLES]) srow[S_EXP_MAX_CYCLES] = cycles;
+  if (ops > srow[S_EXP_MAX_OPS]) srow[S_EXP_MAX_OPS] = ops;
+}
+
+/* kernels.expose: at a look, follow one unmapped frame until it is unreachable. */
+static void expose(struct arrays *a, i64 now, i64 ops) {
+  i64 *srow = a->srow, *lrow = a->lrow;
+  i64 s = srow[S_EXP_SLOT];
+  if (s != 0) {
+    if (reachable(a, s - 1, srow[S_EXP_MFN])) return;
+    srow[S_EXP_SLOT] = 0;
+    exposed(srow, now - srow[S_EXP_T0], ops - srow[S_EXP_OP0]);
+    return;
+  }
+  i64 va = lrow[0];
+  if (va < MAPCACHE_VA) return;
+  i64 slot = va - MAPCACHE_VA;
+  if ((srow[S_EXP_SAMPLES] & (((i64)1 << a->p[P_LAT_EVERY]) - 1)) == 0) {
+    srow[S_EXP_INSTANTS] += 1;
+    srow[S_EXP_REACHABLE] += reachable_frames(a);
+  }
+  if (reachable(a, slot, lrow[1])) {
+    srow[S_EXP_SLOT] = slot + 1;
+    srow[S_EXP_MFN] = lrow[1];
+    srow[S_EXP_T0] = now;
+    srow[S_EXP_OP0] = ops;
+  } else {
+    exposed(srow, 0, 0);
+  }
+}
+
+/* kernels.guest_pages */
+static void guest_pages(struct arrays *a) {
+  for (i64 g = 0; g < a->p[P_GUEST_PAGES]; g++) touch_guest(a, g);
+}
+
 static int held_mfn(const i64 *lrow, i64 k, i64 mfn) {
   for (i64 j = 0; j < k; j++)
     if (lrow[2 * j + 1] == mfn) return 1;
@@ -1005,7 +1120,8 @@ static void arm_timer(const i64 *p, i64 *srow, i64 deadline) {
   i64 now = rdtsc();
   srow[S_TIMER_SETS] += 1;
   srow[S_TIMER_CYCLES] += now - (deadline - p[P_SLACK]);
-  if (now <= deadline) {
+  if (now > deadline) srow[S_TIMER_LATE] += 1;
+  if (now <= deadline || p[P_SSHOT_FUTURE] == 0) {  /* Xen >= 4.18 ignores VCPU_SSHOTTMR_future */
     srow[S_STREAK] = 0;
     return;
   }
@@ -1044,6 +1160,7 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
   i64 below = same ? p[P_LEVELS] : 0;
   int others = same && p[P_WORKING_SET] > below;
   int distinct = wl == WL_PTWALK && p[P_WORKING_SET] >= nest;
+  int recursive = wl == WL_PTWALK && p[P_RECURSIVE] > 0;
   int hypercall = wl == WL_GUEST || wl == WL_TIMERS;
   i64 burst = hypercall ? p[P_BURST] : 1;
   i64 done = 0, status = ST_OK;
@@ -1051,8 +1168,15 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
   i64 check_mask = hypercall || p[P_CHECK_EVERY_OP] != 0 ? 0 : 15;
   i64 t_chunk = rdtsc();
   for (i64 it = 0; it < n; it++) {
-    if ((done & check_mask) == check_mask && rdtsc() - t_chunk > budget) break;
-    if (hypercall && srow[S_STREAK] == 0) guest_work(p, rng, srow);
+    if ((done & check_mask) == check_mask) {
+      i64 now = rdtsc();
+      if (now - t_chunk > budget) break;
+      expose(a, now, srow[S_OPS] + done);
+    }
+    if (hypercall && srow[S_STREAK] == 0) {
+      guest_work(p, rng, srow);
+      guest_pages(a);
+    }
     if (irq && p[P_IRQ_INTERVAL] > 0) irq_due(p, a->vrow);
     i64 deadline = wl == WL_TIMERS ? rdtsc() + p[P_SLACK] : 0;
     for (i64 bi = 0; bi < burst; bi++) {
@@ -1060,11 +1184,14 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
       i64 held = 0;
       for (i64 k = 0; k < depth; k++) {
         i64 mfn;
-        if (same && 0 < k && k < nest)
+        int again = recursive && k > 0 && draw(rng, 1 << 16) < p[P_RECURSIVE];
+        if (again)
+          mfn = lrow[2 * draw(rng, k) + 1];         /* the table an earlier level mapped, again */
+        else if (same && 0 < k && k < nest)
           mfn = lrow[1];
         else
           mfn = draw_mfn(rng, p);
-        if (distinct || (others && k >= nest))
+        if (!again && (distinct || (others && k >= nest)))
           while (held_mfn(lrow, k, mfn)) mfn = draw_mfn(rng, p);
         loop_point(a, vcpu, irq);
         i64 va = timed_map(a, vid, vcpu, mfn, irq);
@@ -1119,6 +1246,10 @@ LOOP(loop_lockless_irq, VID_LOCKLESS, 1)
 LOOP(loop_percpu_irq, VID_PERCPU, 1)
 LOOP(loop_kmap_local_irq, VID_KMAP_LOCAL, 1)
 LOOP(loop_any_irq, A.p[P_VARIANT], 1)
+#ifdef TESTBED_XEN
+LOOP(loop_xen, VID_XEN, 0)
+LOOP(loop_xen_irq, VID_XEN, 1)
+#endif
 
 /* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
  * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
@@ -1132,6 +1263,9 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
       .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
   };
+#ifdef TESTBED_XEN
+  if (p[P_VARIANT] == VID_XEN) return p[P_IRQ_INTERVAL] != 0 ? loop_xen_irq(n, vcpu, A) : loop_xen(n, vcpu, A);
+#endif
   if (p[P_IRQ_INTERVAL] != 0) {
     switch (p[P_VARIANT]) {
       case VID_DIRECTMAP: return loop_directmap_irq(n, vcpu, A);

@@ -45,7 +45,12 @@ class Variant:
 
     @property
     def vid(self) -> int:
-        return MODULES.index(self.module)
+        return MODULES.index(self.module) if self.module in MODULES else self.module.VID
+
+    @property
+    def kind(self) -> str:
+        """'design', 'control', or 'xen' (a tree's own code, apart from the transcriptions)."""
+        return "xen" if self.module is XEN.module else "control" if self.control else "design"
 
     @property
     def locks(self) -> tuple[str, ...]:
@@ -113,6 +118,10 @@ TABLE = (
 VARIANTS = {v.name: v for v in TABLE}
 if len(VARIANTS) != len(TABLE):
     raise ValueError("two registry lines give the same variant name")
+# A Xen tree's own domain_page.c (--variant xen --xen-tree DIR, or xen:DIR+PATCH in a list): one
+# entry, apart from the table (no numba id, no default run); its module builds and runs the tree.
+XEN = real("xen")
+VARIANTS[XEN.name] = XEN
 REAL = tuple(v for v in TABLE if not v.control)
 CONTROLS = tuple(v for v in TABLE if v.control)
 MODULES = tuple(dict.fromkeys(v.module for v in TABLE))    # distinct, in table order: index = variant id
@@ -123,6 +132,8 @@ DESIGNS = tuple(v.name for v in REAL if not v.baseline)     # what compare measu
 def get(name: str) -> Variant:
     from ..errors import UsageError
 
+    if name.startswith("xen:"):
+        return XEN
     try:
         return VARIANTS[name]
     except KeyError:
@@ -140,4 +151,14 @@ def names(text: str, option: str = "--variants") -> list[str]:
         raise UsageError(f"{option} is empty; name at least one variant, e.g. {','.join(DESIGNS[:2])}")
     for name in out:
         get(name)
+        if name.startswith("xen:"):
+            XEN.module.spec(name)
     return out
+
+
+def spec_fields(name: str) -> dict:
+    """The config fields of a variant name: ``xen:TREE+PATCH`` -> variant xen, its tree and patches."""
+    if name.startswith("xen:"):
+        tree, patches = XEN.module.spec(name)
+        return {"variant": "xen", "xen_tree": tree, "xen_patches": patches}
+    return {"variant": name}

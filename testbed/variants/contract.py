@@ -12,7 +12,13 @@ Required names:
 - ``DESCRIPTION`` (str): one line for ``testbed variants``.
 - ``DEFAULT_ENTRIES`` (int): MAPCACHE_VCPU_ENTRIES when ``--entries`` is not given.
 - ``MAX_ENTRIES`` (int): the most slots per vCPU its state can hold.
-- ``state_shape(cfg)``: words of shared state, ``(domain words, domain bitmap
+- ``GEOMETRY`` (dict): where its default geometry comes from, in words naming
+  the real code: ``entries`` (``DEFAULT_ENTRIES``), ``hash`` (MAPHASH_ENTRIES)
+  and ``pool`` (how many slots, shared or per vCPU). ``testbed variants``
+  prints it; docs/fidelity.md is the table of them.
+- ``state_shape(cfg)``: words of shared state, sized for the domain's
+  ``domain_vcpus(cfg)`` (below; the harness gives ``vst`` that many rows and
+  ``pte`` that many times ``cfg.entries`` slots), ``(domain words, domain bitmap
   words, per-vCPU row words)``; the row starts with ``abi.V_RESERVED`` words
   that belong to the harness and the TLB.
 - ``init_state(views, cfg)``: fill a fresh arena's variant state.
@@ -53,6 +59,11 @@ Optional names (default in brackets):
   ``vrow[abi.V_IRQ_OFF]``), so that a negative control can leave it out; an
   interrupt arriving inside an operation named here is deferred to its end.
   ``tests/test_irq.py`` checks the declaration against the compiled code.
+- ``resolve(cfg)`` [the config as it is]: a config with the fields the design decides itself
+  (the xen design: ``entries`` and ``hash_entries`` from the tree's headers).
+- ``NATIVE`` [False] and ``runner(cfg)`` [``kernels.run_ops``]: a native design (``xen``) has
+  no compiled ``map_page`` / ``unmap_page``; its ``runner`` is a function of ``run_ops``'s
+  signature that runs its C loop, which the harness and the vCPU worker call instead.
 - ``FAULT_*`` (int bits): the faults its negative controls switch on, read
   from ``p[abi.P_FAULT]``; the controls themselves are registry lines.
 
@@ -65,9 +76,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-REQUIRED = ("NAME", "DESCRIPTION", "DEFAULT_ENTRIES", "MAX_ENTRIES", "state_shape", "init_state", "map_page",
+REQUIRED = ("NAME", "DESCRIPTION", "DEFAULT_ENTRIES", "MAX_ENTRIES", "GEOMETRY", "state_shape", "init_state", "map_page",
             "unmap_page", "check")
 COMPILED = ("map_page", "unmap_page")
+
+
+def domain_vcpus(cfg) -> int:
+    """The vCPUs a design sizes its state for: the domain's (``--domain-vcpus``, Xen's
+    ``max_vcpus``), of which the first ``cfg.vcpus`` run and the others are blocked idle vCPUs."""
+    d = getattr(cfg, "domain_vcpus", None)
+    return cfg.vcpus if d is None else d
 
 
 def validate(cfg) -> None:
@@ -89,11 +107,44 @@ def lock_waiters(views, cfg) -> int:
     return 0
 
 
+def resolve(cfg):
+    """Default: the design takes its geometry from the command line."""
+    return cfg
+
+
+def failure_detail(cfg, row) -> str:
+    """Default: a kernel status says it all."""
+    return ""
+
+
+def label(cfg) -> str:
+    """Default: the variant's name is its label in tables."""
+    return cfg.variant
+
+
+def describe(cfg):
+    """Default: a transcription's code is the testbed's own; nothing to record."""
+    return None
+
+
+def runner(cfg):
+    """Default: the compiled loop, ``kernels.run_ops`` (a native design gives its C loop instead)."""
+    from .. import kernels
+
+    return kernels.run_ops
+
+
 OPTIONAL = {
     "validate": validate,
     "describe_stall": describe_stall,
     "lock_holder": lock_holder,
     "lock_waiters": lock_waiters,
+    "resolve": resolve,
+    "runner": runner,
+    "failure_detail": failure_detail,
+    "label": label,
+    "describe": describe,
+    "NATIVE": False,
     "LOCKS": (),
     "DOM_LAYOUTS": (),
     "IRQS_OFF": (),
@@ -108,15 +159,19 @@ class ContractError(TypeError):
 def complete(module: ModuleType) -> ModuleType:
     """Check ``module`` against the contract and fill in the optional defaults; the module."""
     where = module.__name__
-    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    required = REQUIRED if not getattr(module, "NATIVE", False) else tuple(n for n in REQUIRED if n not in COMPILED)
+    missing = [name for name in required if not hasattr(module, name)]
     if missing:
         raise ContractError(f"variant module {where} lacks {', '.join(missing)} (see docs/variants.md)")
-    for name in COMPILED:
+    for name in COMPILED if not getattr(module, "NATIVE", False) else ():
         if not callable(getattr(module, name)):
             raise ContractError(f"{where}.{name} must be a function compiled with testbed.jit.inline_kernel")
     for name, default in OPTIONAL.items():
         if not hasattr(module, name):
             setattr(module, name, default)
+    if set(module.GEOMETRY) != {"entries", "hash", "pool"} or not all(isinstance(x, str) and x
+                                                                    for x in module.GEOMETRY.values()):
+        raise ContractError(f"{where}.GEOMETRY must name the source of entries, hash and pool")
     if not isinstance(module.LOCKS, tuple) or not all(isinstance(x, str) for x in module.LOCKS):
         raise ContractError(f"{where}.LOCKS must be a tuple of lock names")
     if not isinstance(module.DOM_LAYOUTS, tuple) or not all(isinstance(x, str) for x in module.DOM_LAYOUTS):

@@ -17,6 +17,8 @@ from ..jit import inline_kernel
 NAME = "directmap"
 DESCRIPTION = "no mapping work: the MFN's direct-map address (the baseline)"
 DEFAULT_ENTRIES = 16
+GEOMETRY = {"entries": "none used: a direct map has no slots (16 is the testbed's placeholder)",
+            "hash": "none used", "pool": "none: every frame is always mapped"}
 MAX_ENTRIES = 1 << 16
 
 

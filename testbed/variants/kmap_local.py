@@ -50,12 +50,19 @@ as a stale translation.
 from ..jit import inline_kernel
 
 from .. import abi, tlb
+from .contract import domain_vcpus
 from ..atomics import store_release
 from ..irq import irq_point, walk_slots
 
 NAME = "kmap-local"
 DESCRIPTION = "Linux's kmap_local_page: per-vCPU stack of 16 slots, PTE cleared and invlpg at LIFO unmap, no hash"
 DEFAULT_ENTRIES = 16
+GEOMETRY = {
+    "entries": "Linux include/asm-generic/kmap_size.h: KM_MAX_IDX 16 (33 with CONFIG_DEBUG_KMAP_LOCAL, guard "
+               "pages between the maps)",
+    "hash": "none: kmap_local has no hash",
+    "pool": "per CPU: KM_MAX_IDX fixmap slots used as a stack (mm/highmem.c kmap_local_idx_push)",
+}
 MAX_ENTRIES = 1 << 16
 FAULT_NO_FLUSH = 1
 IRQS_OFF = ()                   # safe by ordering, see above
@@ -133,7 +140,7 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     vst, pte = views["vst"], views["pte"]
     present = int(tlb.PTE_PRESENT)
     leaks = bad = 0
-    for v in range(cfg.vcpus):
+    for v in range(domain_vcpus(cfg)):      # idle vCPUs too: their stacks must stay empty
         if v in victims:          # killed mid-operation: its private state is half updated
             continue
         base = v * e

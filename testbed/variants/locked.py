@@ -97,6 +97,10 @@ points (``irq_point``: with the lock held, after it is dropped, in unmap
 between reading the bucket and updating it) therefore only defer an interrupt;
 a handler that ran with the lock held would spin on the lock forever. An
 interrupt handler's mapping takes a slot from the domain's pool like any other.
+An NMI (``--nmi-rate``) is not deferred: its handler's map, reaching the lock
+its own CPU holds (the owner word says so), stops with ``ST_DEADLOCK``
+(counted in ``S_DEADLOCKS``) instead of spinning for ever: the run fails by
+the check named ``deadlock``.
 
 Simplifications: the 32-bit refcount is an int64 checked against 2**32 (a wrap
 is a refcount error).
@@ -116,6 +120,7 @@ import numpy as np
 from ..jit import inline_kernel, kernel, nonneg
 
 from .. import abi, tlb
+from .contract import domain_vcpus
 from ..atomics import (cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc,
                        store_release, store_release_lo32)
 from ..irq import irq_point, irq_restore, irq_save
@@ -123,6 +128,13 @@ from ..irq import irq_point, irq_restore, irq_save
 NAME = "locked"
 DESCRIPTION = "Xen's per-domain mapcache: one spinlock (--lock), garbage bitmap, epochs, lazy TLB flush"
 DEFAULT_ENTRIES = 16
+GEOMETRY = {
+    "entries": "Xen xen/arch/x86/include/asm/config.h (head c447b7308b; include/asm-x86/config.h at seed-base "
+               "af01d330cb): MAPCACHE_VCPU_ENTRIES = CONFIG_PAGING_LEVELS * CONFIG_PAGING_LEVELS = 16",
+    "hash": "Xen asm/domain.h: MAPHASH_ENTRIES 8",
+    "pool": "Xen domain_page.c mapcache_domain_init: d->max_vcpus * MAPCACHE_VCPU_ENTRIES slots shared by the "
+            "domain (--domain-vcpus)",
+}
 FAULT_NO_LOCK = 1
 FAULT_NO_EPOCH_FLUSH = 2
 FAULT_GARBAGE_HELD = 4
@@ -230,8 +242,9 @@ def garbage_base(slots):
 
 def state_shape(cfg):
     """Words of shared state: (domain words, domain bitmap words, per-vCPU row words)."""
-    slots = cfg.vcpus * cfg.entries
-    return DOM_WORDS + 8 * cfg.vcpus, garbage_base(slots) + bitmap_words(slots), V_HASH + 3 * cfg.hash_entries
+    d = domain_vcpus(cfg)       # Xen: mapcache_domain_init sizes the pool for d->max_vcpus
+    slots = d * cfg.entries
+    return DOM_WORDS + 8 * d, garbage_base(slots) + bitmap_words(slots), V_HASH + 3 * cfg.hash_entries
 
 
 def init_state(views, cfg):
@@ -494,6 +507,11 @@ def map_slow(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, layout, irq):
     kind = p[abi.P_LOCK]
     d_cursor, d_epoch, d_tlbflush_ts = domain_words(layout)
     my = 0
+    # A handler (an NMI: irq_save does not hold it back) inside this CPU's own critical section
+    # would spin for ever on the lock its CPU holds: named, and the run ends (no ticket taken).
+    if vrow[abi.V_IRQ_OFF] != 0 and not nolock and dom[owner_words(layout)[0]] == vcpu + 1:
+        srow[abi.S_DEADLOCKS] += 1
+        return -abi.ST_DEADLOCK
     if not nolock:
         my = acquire(dom, srow, vcpu, kind, layout)
     # A cycle-counter read costs about 11 ns here, as much as the rest of the critical
@@ -684,7 +702,7 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     mappings are not checked, one unexplained slot per victim is its
     operation in flight, and the lock may stay taken.
     """
-    h, slots = cfg.hash_entries, cfg.vcpus * cfg.entries
+    h, slots = cfg.hash_entries, domain_vcpus(cfg) * cfg.entries
     dbits, pte, vst = views["dbits"], views["pte"], views["vst"]
     gb = garbage_base(slots)
     present = int(tlb.PTE_PRESENT)
@@ -695,7 +713,7 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     bad = 0 if lock_free(views, cfg) or victims else 1
     explained = set()
     owner: dict[int, int] = {}          # slot -> the vCPU holding or caching it
-    for v in range(cfg.vcpus):
+    for v in range(domain_vcpus(cfg)):      # idle vCPUs too: their hashes must stay empty
         row = vst[v]
         if v in victims:
             for b in range(h):

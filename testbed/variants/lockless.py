@@ -57,12 +57,20 @@ import numpy as np
 from ..jit import inline_kernel, nonneg
 
 from .. import abi, tlb
+from .contract import domain_vcpus
 from ..atomics import lowest_bit, store_release
 from ..irq import irq_point, irq_restore, irq_save, walk_slots
 
 NAME = "lockless"
 DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
 DEFAULT_ENTRIES = 32
+GEOMETRY = {
+    "entries": "the seed patch (per-vcpu-mapcache-patch.txt), include/asm-x86/config.h: "
+               "#define MAPCACHE_VCPU_ENTRIES 32",
+    "hash": "Xen asm/domain.h: MAPHASH_ENTRIES 8 (the seed keeps it)",
+    "pool": "the seed's mapcache_vcpu_init: MAPCACHE_VCPU_ENTRIES slots per vCPU, at vcpu_id * "
+            "MAPCACHE_VCPU_ENTRIES",
+}
 FAULT_NO_FLUSH = 1
 FAULT_FREE_HELD = 2
 FAULT_NO_IRQSAVE = 4
@@ -203,7 +211,7 @@ def check(views, cfg, live_by_vcpu, victims=frozenset()):
     hm, hi, rc, iu, _ = _offsets(h, e)
     vst, pte = views["vst"], views["pte"]
     leaks = bad = 0
-    for v in range(cfg.vcpus):
+    for v in range(domain_vcpus(cfg)):      # idle vCPUs too: their rows must stay empty
         if v in victims:
             continue
         row = vst[v]

@@ -1,0 +1,238 @@
+"""The operation loops a command will run, compiled before its first run, on every allowed CPU.
+
+A cold compile of one design's loop keeps a CPU busy for many seconds (numba's typing and
+inlining, then LLVM). Left to the runs, a command that runs several designs (``compare``,
+``scale``, ``timers``) would compile them one after the other, each inside its first run,
+while the other CPUs idle and the progress bar sits still. So the plan step calls
+``prepare`` with every run it will make: the loops those runs need are named (one per
+design, the interrupt loop only for runs with ``--irq-rate``: ``kernels.loop``), looked up
+in numba's on-disk cache, and the missing ones are compiled in worker processes, one per
+allowed CPU, which fill that cache; each run then loads its loop from disk. One line on
+stderr says what is happening. A warm start looks up a few index files and starts no
+process.
+
+A worker that fails leaves its loop uncompiled: the run compiles it in process and raises
+what there is to raise, where it would have without this step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import time
+
+from . import abi
+
+WHY = "first run on this machine; cached afterwards"
+
+
+def loop_key(p) -> tuple[int, bool]:
+    """(variant id, with interrupts): which compiled loop a run of parameter array ``p`` runs."""
+    return int(p[abi.P_VARIANT]), bool(p[abi.P_IRQ_INTERVAL] != 0)
+
+
+def cached(dispatcher) -> bool:
+    """Whether numba's disk cache holds machine code of ``dispatcher`` for this CPU (any signature:
+    a loop has one). Reads the cache's index only; nothing is compiled or loaded."""
+    impl = getattr(dispatcher, "_cache", None)
+    index = getattr(impl, "_cache_file", None)
+    if index is None:
+        return False
+    magic = dispatcher.targetctx.codegen().magic_tuple()
+    return any(key[1] == magic for key in index._load_index())
+
+
+def needed(cfgs) -> list[tuple[str, tuple[int, bool], object]]:
+    """(label, loop key, config) of each loop that ``cfgs`` (validated run configs) run, in the order
+    first needed; the label as in "the locked loop" (a design's module name, "interrupt" added)."""
+    from . import config as cfgmod
+    from . import variants as registry
+
+    out, seen = [], set()
+    for cfg in cfgs:
+        key = loop_key(cfgmod.params(cfg))
+        if key not in seen:
+            seen.add(key)
+            module = registry.get(cfg.variant).module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+            out.append((f"{module}{' interrupt' if key[1] else ''}", key, cfg))
+    return out
+
+
+def missing(cfgs) -> list[tuple[str, object]]:
+    """(label, config) of each loop that ``cfgs`` need and the disk cache lacks (``needed``)."""
+    from . import kernels, tlb
+
+    out = [(label, cfg) for label, key, cfg in needed(cfgs) if not cached(kernels.loop_of(*key))]
+    if out or cached(tlb.flush_all):
+        return out
+    return [("context-switch flush", cfgs[0])] if cfgs else []
+
+
+def every_loop() -> list:
+    """A validated run config for each loop of the registry: every design's, with and without
+    interrupts (what the test suite compiles before its workers start)."""
+    from . import config as cfgmod
+    from . import irq
+    from . import variants as registry
+
+    out = []
+    for v in registry.REAL:
+        base = cfgmod.RunConfig(variant=v.name, vcpus=1, frames=64, duration=0.5, warmup=0.0)
+        out.append(cfgmod.validate(base))
+        out.append(cfgmod.validate(dataclasses.replace(
+            base, irq_rate=1000.0, entries=v.module.DEFAULT_ENTRIES + irq.HANDLER_MAPS)))
+    return out
+
+
+def _weight(cfg) -> int:
+    """The source size of the design's module: the larger, the longer its loop compiles (the
+    testbed's own rule, to start the longest compiles first)."""
+    from . import variants as registry
+
+    path = registry.get(cfg.variant).module.__file__
+    try:
+        return os.path.getsize(path) + (1 << 20) * int(cfg.irq_rate > 0)
+    except OSError:
+        return 0
+
+
+def _compile_one(cfg) -> None:
+    from . import config as cfgmod
+    from . import harness
+
+    harness.compile_kernels(cfg, cfgmod.params(cfg))
+
+
+def _worker(tasks, results, parent_pid: int) -> None:
+    """A compiling process: takes (index, config) from ``tasks`` until None, says when each starts and ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the parent's: it kills us
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)    # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        i, cfg = task
+        results.put(("start", i, ""))
+        try:
+            _compile_one(cfg)
+            results.put(("done", i, ""))
+        except Exception as e:          # the run compiles it again in process and reports it there
+            results.put(("failed", i, f"{type(e).__name__}: {e}"))
+
+
+class _Line:
+    """One line on stderr: rewritten in place on a terminal, written once otherwise."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.said = False
+
+    def say(self, *texts: str) -> None:
+        """The first of ``texts`` that fits the terminal (each shorter than the one before)."""
+        text = texts[0]
+        if self.tty:
+            # A line wider than the terminal wraps, and erasing the line erases only its last
+            # part: the rest would stay on the screen. So it is shortened to fit.
+            width = shutil.get_terminal_size().columns - 1
+            text = next((t for t in texts if len(t) <= width), texts[-1])[:width]
+            self.stream.write("\r\x1b[2K" + text)
+            self.stream.flush()
+        elif not self.said:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        self.said = True
+
+    def close(self) -> None:
+        if self.tty and self.said:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def _names(labels) -> str:
+    labels = list(labels)
+    if len(labels) == 1:
+        return f"the {labels[0]} loop"
+    return "the " + ", ".join(labels[:-1]) + f" and {labels[-1]} loops"
+
+
+def prepare(cfgs, stream=None, processes: int | None = None) -> float:
+    """Compile the loops ``cfgs`` will run and the cache lacks, in parallel; the seconds it took.
+
+    ``processes``: how many at once (default: the CPUs this process may use, at most one per loop).
+    """
+    cfgs = list(cfgs)
+    todo = missing(cfgs)
+    if not todo:
+        return 0.0
+    t0 = time.perf_counter()
+    stream = stream or sys.stderr
+    todo.sort(key=lambda t: -_weight(t[1]))
+    n = min(len(todo), processes or len(os.sched_getaffinity(0)))
+    line = _Line(stream)
+    labels = [label for label, _ in todo]
+    if n <= 1:
+        try:
+            for i, (label, cfg) in enumerate(todo):
+                if line.tty:
+                    line.say(f"compiling {_names([label])} ({WHY}) {i + 1}/{len(todo)}",
+                             f"compiling {_names([label])} {i + 1}/{len(todo)}")
+                else:
+                    line.say(f"compiling {_names(labels)} ({WHY})")
+                _compile_one(cfg)
+        finally:
+            line.close()
+        return time.perf_counter() - t0
+    import multiprocess as mp
+
+    ctx = mp.get_context("fork")
+    tasks, results = ctx.SimpleQueue(), ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker, args=(tasks, results, os.getpid()), name=f"testbed-compile{k}", daemon=True)
+             for k in range(n)]
+    for i, (_, cfg) in enumerate(todo):
+        tasks.put((i, cfg))
+    for _ in procs:
+        tasks.put(None)
+    running, finished = [], 0
+    try:
+        for proc in procs:
+            proc.start()
+        line.say(f"compiling {_names(labels)} ({WHY}) in {n} processes" if not line.tty
+                 else f"compiling {_names(labels[:1])} ({WHY}) 1/{len(todo)}")
+        while finished < len(todo):
+            if results.empty():
+                if not any(p.is_alive() for p in procs):
+                    break                   # a worker died: the runs compile what is left
+                time.sleep(0.05)
+                continue
+            what, i, _ = results.get()
+            if what == "start":
+                running.append(i)
+            else:
+                finished += 1
+                with contextlib.suppress(ValueError):
+                    running.remove(i)
+            if running:
+                count = f"{min(finished + 1, len(todo))}/{len(todo)}"
+                line.say(f"compiling {_names(labels[j] for j in running)} ({WHY}) {count}",
+                         f"compiling {_names(labels[j] for j in running[:1])} ({WHY}) {count}",
+                         f"compiling {_names(labels[j] for j in running[:1])} {count}")
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+        line.close()
+    return time.perf_counter() - t0
