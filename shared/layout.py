@@ -29,6 +29,8 @@ class Field:
     dtype: str
     shape: tuple[int, ...]
     per_vcpu: bool = False
+    align: int = CACHE_LINE     # the array's start, and each per-vCPU row's size, a multiple of this
+
 
     def padded_shape(self) -> tuple[int, ...]:
         if not self.per_vcpu:
@@ -38,7 +40,7 @@ class Field:
         row_items = int(np.prod(rest, dtype=np.int64)) if rest else 1
         # A row of several axes is exposed flat: (rows, padded items per row).
         # Rows are whole cache lines and whole items: round up to a multiple of lcm(line, item).
-        row_bytes = _round_up(max(row_items * itemsize, 1), math.lcm(CACHE_LINE, itemsize))
+        row_bytes = _round_up(max(row_items * itemsize, 1), math.lcm(CACHE_LINE, self.align, itemsize))
         return (rows, row_bytes // itemsize)
 
     def nbytes(self) -> int:
@@ -63,6 +65,7 @@ class Layout:
     def offsets(self) -> dict[str, int]:
         out, pos = {}, 0
         for f in self.fields:
+            pos = _round_up(pos, f.align)
             out[f.name] = pos
             pos = _round_up(pos + f.nbytes(), CACHE_LINE)
         return out
@@ -71,7 +74,7 @@ class Layout:
     def size(self) -> int:
         pos = 0
         for f in self.fields:
-            pos = _round_up(pos + f.nbytes(), CACHE_LINE)
+            pos = _round_up(_round_up(pos, f.align) + f.nbytes(), CACHE_LINE)
         return max(pos, CACHE_LINE)
 
     def views(self, buf) -> dict[str, np.ndarray]:

@@ -23,8 +23,8 @@ import textwrap
 import time
 
 from .errors import ResultsError, UsageError, did_you_mean, signal_exit
-from .options import (_counts, _float, _int, add_run_options, check_writable, checked_config,  # noqa: F401
-                      config_from, duration_in, one_line, sweep_arg)
+from .options import (_counts, _float, _int, _vcpus as _vcpus_arg, add_run_options, check_writable,  # noqa: F401
+                      checked_config, config_from, duration_in, one_line, sweep_arg)
 
 T_LAUNCH = time.perf_counter()
 
@@ -76,6 +76,9 @@ def cmd_run(args) -> int:
                                                                 f"{cfg.seed + args.repeat - 1})" if args.repeat > 1
                                                                 else ""),
           flush=True)
+    from . import hostinfo
+
+    print("\n".join(hostinfo.header_lines(hostinfo.host()["facts"])), flush=True)
     runs = []
     for i in range(args.repeat):
         c = cfg if i == 0 else validate(dataclasses.replace(cfg, seed=cfg.seed + i))   # the seed changes no check
@@ -83,6 +86,8 @@ def cmd_run(args) -> int:
         res["figures"] = findings.run_figures(res)
         runs.append(res)
         print_result(res, closing=False)
+        if i == 0:
+            _print_placement(res)
         if args.repeat > 1:
             print(f"repetition {i + 1} of {args.repeat} (seed {c.seed}): {res['verdict']}")
         if res["interrupted"] or res["verdict"] != "SUCCESS":
@@ -106,6 +111,18 @@ def cmd_run(args) -> int:
 
 
 OUTPUTS = ("json", "csv", "plot")
+
+
+def _print_placement(res: dict) -> None:
+    """Where the vCPUs ran and where their memory was (read back, testbed/numa.py)."""
+    from .numa import describe
+
+    rows = res.get("vcpu_placement") or []
+    nodes = sorted({r["node"] for r in rows if r["node"] is not None})
+    print(f"placement {res['config'].get('placement')}: " + ", ".join(
+        f"vCPU {r['vcpu']} on CPU {r['cpu']} (core {r['core']}, node {r['node']})" for r in rows[:8])
+        + (f", ... ({len(rows)} vCPUs on nodes {','.join(map(str, nodes))})" if len(rows) > 8 else ""))
+    print(describe(res.get("memory_placement")))
 
 
 def _check_outputs(args) -> None:
@@ -132,6 +149,7 @@ def write_outputs(args, res: dict, csv=None, plot=None) -> list[str]:
     from . import output, results
 
     failed = []
+    res.setdefault("command", reproducing_command(args))
     for option, what, write in (("json", "results", lambda path: results.write_json(res, path)),
                                 ("csv", "CSV", csv), ("plot", "plot", plot)):
         path = getattr(args, option, None)
@@ -289,6 +307,124 @@ def cmd_explain(args) -> int:
     return glossary.main(args)
 
 
+ARGV: list[str] = []        # this command's own arguments (main), for the result's "command"
+
+
+def reproducing_command(args) -> dict:
+    """The exact command that reproduces a result: its arguments, with the seed it drew made explicit."""
+    import os
+
+    argv = list(ARGV)
+    seed = getattr(args, "seed", None)
+    if seed is not None and not any(a == "--seed" or a.startswith("--seed=") for a in argv):
+        argv += ["--seed", str(seed)]
+    env = {k: os.environ[k] for k in ("TESTBED_FSROOT",) if os.environ.get(k)}
+    return {"argv": ["testbed", *argv], "cwd": os.getcwd(), **({"env": env} if env else {})}
+
+
+def cmd_placement(args) -> int:
+    """Where each vCPU would run, on this host or on the TESTBED_FSROOT tree's; nothing is started."""
+    import json
+
+    from . import hostinfo
+    from .numa import check_home, default_home
+    from .topology import (allowed_cpus, check_placement, format_cpu_list, host_topology, place,
+                           placement_rows)
+
+    check_placement(args.placement, args.cpus)
+    topo = host_topology()
+    check_home(topo, args.numa_home)
+    allowed = allowed_cpus(topo, args.cpus, ordered=args.placement == "given")
+    vcpus = topo.physical_in(allowed) if args.vcpus == "all" else args.vcpus
+    if vcpus < 1:
+        raise UsageError(f"--vcpus {vcpus}: need at least 1 vCPU")
+    rows = placement_rows(topo, place(topo, allowed, vcpus, args.oversubscribe, args.placement))
+    home = args.numa_home if args.numa_home is not None else default_home(topo, [r["cpu"] for r in rows])
+    if args.json:
+        print(json.dumps({"vcpus": rows, "placement": args.placement, "numa_home": home,
+                          "topology": topo.summary(), "facts": hostinfo.facts()}, indent=2))
+        return EXIT_OK
+    s = topo.summary()
+    print(f"topology ({topo.root}): {s['packages']} package(s), NUMA nodes {','.join(map(str, topo.nodes))}, "
+          f"{s['physical_cores']} cores, {s['logical_cpus']} CPUs online ({s['threads_per_core']} per core), "
+          f"offline {s['offline'] or 'none'}; allowed CPUs {s['allowed']}"
+          + (f" ({', '.join(topo.restricted_by)})" if topo.restricted_by else "")
+          + f", memory nodes {s['allowed_mems']}")
+    print(f"placement {args.placement}: {vcpus} vCPUs on CPUs {format_cpu_list(r['cpu'] for r in rows)}; "
+          f"domain's shared lines on node {home}")
+    for r in rows:
+        print(f"  vCPU {r['vcpu']:>3}: CPU {r['cpu']:>4}  core {r['core']:>4}  package {r['package']:>3}  "
+              f"node {r['node']}")
+    return EXIT_OK
+
+
+RERUNNABLE = ("run", "compare", "scale", "timers", "stress")
+
+
+def _fresh_path(path: str) -> str:
+    import os
+
+    stem, ext = os.path.splitext(path)
+    for i in range(1, 1000):
+        cand = f"{stem}.rerun{'' if i == 1 else i}{ext}"
+        if not os.path.exists(cand):
+            return cand
+    raise UsageError(f"{path}: 999 reruns already beside it; pass --json to name the new file")
+
+
+def rerun_argv(argv: list[str], out: str) -> list[str]:
+    """A recorded command's arguments with its output files moved: --json to ``out``, --csv and
+    --plot beside their old names (``_fresh_path``), so that a rerun overwrites nothing."""
+    new_argv, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--json", "--csv", "--plot") and i + 1 < len(argv):
+            new_argv += [a, out if a == "--json" else _fresh_path(argv[i + 1])]
+            i += 2
+            continue
+        new_argv.append(a)
+        i += 1
+    if "--json" not in new_argv:
+        new_argv += ["--json", out]
+    return new_argv
+
+
+def cmd_rerun(args) -> int:
+    """Run a result's command again into a new file; say what differs in host facts and figures."""
+    import os
+
+    from . import hostinfo, results
+
+    old = results.read_json(args.result)
+    cmd = old.get("command") or {}
+    argv = list(cmd.get("argv") or [])[1:]
+    if not argv or argv[0] not in RERUNNABLE:
+        raise UsageError(f"{args.result}: holds no command to rerun (results before this testbed recorded one "
+                         "cannot be rerun); run its command by hand")
+    out = args.json or _fresh_path(args.result)
+    if os.path.abspath(out) == os.path.abspath(args.result):
+        raise UsageError(f"--json {out}: that is the result being rerun; name another file")
+    new_argv = rerun_argv(argv, out)
+    print(f"testbed rerun: {' '.join(['testbed', *new_argv])}", flush=True)
+    global ARGV
+    saved, ARGV = ARGV, new_argv
+    try:
+        sub = build_parser().parse_args(new_argv)
+        code = sub.func(sub)
+    finally:
+        ARGV = saved
+    if not os.path.exists(out):
+        return code
+    new = results.read_json(out)
+    refused, flagged = hostinfo.compare_facts(old.get("host"), new.get("host"))
+    for line in refused + flagged:
+        print(f"rerun: {line} differs from the original's")
+    if not refused and not flagged:
+        print("rerun: host facts as in the original")
+    print("\n".join(f"rerun: {line}" for line in results.diff_lines(old, new)))
+    return code
+
+
 def cmd_listing(args) -> int:
     """testbed variants | workloads | cleanup: what the textreport module prints."""
     from . import textreport
@@ -383,6 +519,25 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(stp, "--json", None, "write every run to this JSON file")
     _opt(stp, "--quiet", False, "no per-second lines", action="store_true")
 
+    pl = _command(sub, "placement", "where each vCPU would run (this host, or TESTBED_FSROOT's); starts nothing",
+                  "testbed placement --vcpus 4 --placement scatter --json", cmd_placement)
+    pl.add_argument("--vcpus", type=_vcpus_arg, default="all", help="vCPUs, or 'all' allowed physical cores (default)")
+    pl.add_argument("--placement", default="compact", help="compact, scatter or given (default compact)")
+    pl.add_argument("--cpus", default=None, help="CPUs to use, e.g. 0,2-5; with --placement given, in this order")
+    pl.add_argument("--numa-home", dest="numa_home", type=_int, default=None,
+                    help="node of the domain's shared lines (default: vCPU 0's)")
+    pl.add_argument("--oversubscribe", action="store_true", help="allow more vCPUs than CPUs")
+    pl.add_argument("--json", action="store_true", help='as JSON: {"vcpus": [{"vcpu", "cpu", "core", "package", '
+                    '"node"}, ...]}, the topology and the host facts')
+    pl.set_defaults(func=cmd_placement)
+
+    rr = _command(sub, "rerun", "run a result's command again into a new file; what differs in host and figures",
+                  "testbed rerun result.json", cmd_rerun)
+    rr.add_argument("result", help="a result JSON written by run, compare, scale, timers or stress")
+    rr.add_argument("--json", default=None, help="the new result's file (default: RESULT.rerun.json, never RESULT)")
+    rr.set_defaults(func=cmd_rerun)
+
+
     df = _command(sub, "diff", "compare two results of one kind (run, compare, scale, timers, a sweep folder)",
                   "testbed diff before.json after.json --max-slowdown 5", cmd_diff,
                   "A row per (design, vCPUs): A's and B's figures and B/A; with 5 repetitions on both sides, "
@@ -423,6 +578,8 @@ def main(argv=None) -> int:
     from . import output
     from .harness import Interrupted
 
+    global ARGV
+    ARGV = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # JSON on stdout is never wrapped; everything else fits 100 columns on a terminal unless --wide
     wide = getattr(args, "wide", False)

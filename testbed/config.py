@@ -15,6 +15,7 @@ import numpy as np
 from . import abi, irq, tlb
 from . import variants as registry
 from .errors import UsageError, did_you_mean
+from .topology import check_placement
 from .variants.contract import domain_vcpus  # noqa: F401  (config.domain_vcpus: the one rule)
 from .timing import tsc_hz
 
@@ -88,7 +89,15 @@ class RunConfig:
     duration: float = option(3.0, "measured seconds", unit="s")
     warmup: float = option(1.0, "warm-up seconds, reported but not measured", unit="s")
     seed: int = option(1, "seed for every random choice (default: from the clock)", cli=False)
-    cpus: str | None = option(None, "host CPUs to use, e.g. 0,2-5 (default: all allowed)")
+    cpus: str | None = option(None, "host CPUs to use, e.g. 0,2-5 (default: all allowed); with --placement given, "
+                              "vCPU i runs on the i-th CPU written")
+    placement: str = option("compact", "where vCPUs go: 'compact' fills a NUMA node's cores before the next node's, "
+                            "'scatter' deals them round-robin across nodes, 'given' takes --cpus in order; SMT "
+                            "siblings last (see 'testbed placement')", metavar="{compact,scatter,given}")
+    numa_home: int | None = option(None, "NUMA node of the domain's shared lines (lock, cursor, epoch, TLB clock) "
+                                   "(default: vCPU 0's node)")
+    frames_numa: str = option("interleave", "NUMA placement of the machine frames: 'interleave' across the allowed "
+                              "nodes, or 'home' on --numa-home's node", metavar="{interleave,home}")
     oversubscribe: bool = option(False, "allow more vCPUs than CPUs (they share CPUs)")
     workload: str = option("uniform", "operation mix (see 'testbed workloads')")
     frames: int = option(4096, "machine frames in the arena", slot=abi.P_FRAMES)
@@ -171,6 +180,7 @@ class RunConfig:
 
 
 REFCOUNT_WRAP = ("stop", "wrap")
+FRAMES_NUMA = ("interleave", "home")
 
 
 def default_nest(workload: str, levels: int) -> int:
@@ -197,12 +207,16 @@ def is_validated(cfg: RunConfig) -> bool:
 def checked(cfg: RunConfig) -> RunConfig:
     """``validate``, and the vCPUs placed on this host's allowed CPUs (or UsageError): what every
     command checks, for every run it will make, before the first starts."""
-    from .topology import allowed_cpus, host_topology, place
+    from .numa import check_home
+    from .topology import allowed_cpus, host_topology, place, require_live_host
 
+    require_live_host()
     cfg = validate(cfg)
     _check_domain_memory(cfg)
     topo = host_topology()
-    place(topo, allowed_cpus(topo, cfg.cpus), cfg.vcpus, cfg.oversubscribe)
+    place(topo, allowed_cpus(topo, cfg.cpus, ordered=cfg.placement == "given"), cfg.vcpus, cfg.oversubscribe,
+          cfg.placement)
+    check_home(topo, cfg.numa_home)
     return cfg
 
 
@@ -263,6 +277,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.refcount_wrap not in REFCOUNT_WRAP:
         raise UsageError(f"--refcount-wrap {cfg.refcount_wrap!r}: choose one of: {', '.join(REFCOUNT_WRAP)} "
                          "(stop: a wrapped 8-bit refcount ends the run; wrap: it wraps as the seed's uint8_t does)")
+    check_placement(cfg.placement, cfg.cpus)
+    if cfg.frames_numa not in FRAMES_NUMA:
+        raise UsageError(f"--frames-numa {cfg.frames_numa!r}: choose one of: {', '.join(FRAMES_NUMA)} (interleave: "
+                         "across the allowed NUMA nodes; home: on --numa-home's node)")
     if cfg.workload not in WORKLOADS:
         raise UsageError(f"unknown workload {cfg.workload!r}{did_you_mean(cfg.workload, WORKLOADS)}; choose one "
                          f"of: {', '.join(WORKLOADS)}")

@@ -12,7 +12,7 @@ PCT percent: the interval's lower end lies above PCT (pytest-benchmark's
 
 Two results of different kinds are refused first by kind; then, as before, by host
 and configuration (``results.incomparable``) unless ``--force``. A comparison of the
-hosts' facts beyond the identity keys belongs to ``hostinfo``: when it offers
+hosts' facts beyond the identity keys belongs to ``hostinfo.compare_facts``: when it offers
 ``compare_hosts(a_host, b_host) -> list[str]``, its lines are printed under the header.
 """
 
@@ -97,7 +97,7 @@ def rows(a: dict, b: dict) -> list[dict]:
 
 
 def main(args) -> int:
-    from . import findings, results
+    from . import findings, hostinfo, results
 
     a, b = load(args.a), load(args.b)
     if a["kind"] != b["kind"]:
@@ -107,7 +107,8 @@ def main(args) -> int:
         raise UsageError(f"{args.a}: kind {a['kind']}: diff compares run, compare, scale, timers and stress results "
                          "and sweep folders")
     if a["kind"] != SWEEP:
-        problems = results.incomparable(a, b)
+        refused, _ = hostinfo.compare_facts(a.get("host"), b.get("host"))
+        problems = results.incomparable(a, b) + refused
         if problems and not args.force:
             raise UsageError(f"{args.a} and {args.b} differ in {'; '.join(problems)}; pass --force to compare anyway")
     if args.max_slowdown is not None and not 0 <= args.max_slowdown < 100:
@@ -168,7 +169,5 @@ def host_lines(a: dict, b: dict) -> list[str]:
     """The hosts' facts compared, when ``hostinfo`` offers it (the hook named in the module docstring)."""
     from . import hostinfo
 
-    compare = getattr(hostinfo, "compare_hosts", None)
-    if compare is None:
-        return []
-    return [f"host: {line}" for line in compare(a.get("host") or {}, b.get("host") or {})]
+    _, flagged = hostinfo.compare_facts(a.get("host"), b.get("host"))
+    return [f"note: {line} differs: figures may move with it" for line in flagged]

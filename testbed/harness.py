@@ -11,6 +11,7 @@ exception so that it takes the same path as Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import signal
@@ -23,10 +24,10 @@ import numpy as np
 from testbed.shared import Arena, Field, Layout, futex, remove_stale
 from testbed.workers import vcpu as vcpu_worker
 
-from . import abi, irq, jitcache, kernels, latwatch, limits, oracle, tlb
+from . import abi, irq, jitcache, kernels, latwatch, limits, numa, oracle, tlb
 from . import config as cfgmod
 from . import variants as registry
-from .topology import allowed_cpus, host_topology, place
+from .topology import allowed_cpus, host_topology, place, placement_rows
 from .vproc import VcpuProcess, wait_any
 
 STALL_S = 1.0          # a vCPU whose pulse is older than this is looked at: stopped, hung or starved
@@ -54,14 +55,16 @@ def design(cfg: cfgmod.RunConfig):
     return registry.get(cfg.variant).module
 
 
-def build_layout(cfg: cfgmod.RunConfig, module=None) -> Layout:
+def build_layout(cfg: cfgmod.RunConfig, module=None, page_rows: bool = False) -> Layout:
     """The arena: the domain's state (``dom``, ``pte``, ``dbits``, ``vst``) sized for its
     ``domain_vcpus`` (Xen's max_vcpus), and what belongs to the running vCPU processes (their
     counters, mailboxes, histograms, live mappings, expectations, frame counter lines) for the
-    ``vcpus`` of them that run. Idle vCPUs are state only: blocked in Xen, they never run."""
+    ``vcpus`` of them that run. Idle vCPUs are state only: blocked in Xen, they never run.
+    ``page_rows`` (NUMA placement, testbed/numa.py): every array and every per-vCPU row starts a
+    page, so that each page belongs to one vCPU or to the domain."""
     dom_words, bit_words, row_words = (module or design(cfg)).state_shape(cfg)
     V, D = cfg.vcpus, cfgmod.domain_vcpus(cfg)
-    return Layout((
+    layout = Layout((
         Field("ctl", "int64", (abi.N_CTL,)),
         Field("runq", "int64", (abi.RQ_RING + V,)),
         Field("dom", "int64", (max(dom_words, 8),)),
@@ -75,6 +78,9 @@ def build_layout(cfg: cfgmod.RunConfig, module=None) -> Layout:
         Field("expect", "int64", (V, cfg.frames), per_vcpu=True),
         Field("frames", "int64", (cfg.frames, abi.frame_words(V))),
     ))
+    if not page_rows:
+        return layout
+    return Layout(tuple(dataclasses.replace(f, align=numa.PAGE) for f in layout.fields))
 
 
 def init_state(views: dict, cfg: cfgmod.RunConfig, module=None) -> None:
@@ -155,11 +161,11 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     if not cfgmod.is_validated(cfg):       # a command's plan step validated it already
         cfg = cfgmod.validate(cfg)
     topo = host_topology()
-    allowed = allowed_cpus(topo, cfg.cpus)
-    cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe)
+    allowed = allowed_cpus(topo, cfg.cpus, ordered=cfg.placement == "given")
+    cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe, cfg.placement)
     model = cfgmod.sched_model(cfg, len(allowed))
     module = design(cfg)
-    layout = build_layout(cfg, module)
+    layout = build_layout(cfg, module, page_rows=numa.spans_nodes(topo))
     limits.check_capacity(cfg.vcpus, layout.size)
     p = cfgmod.params(cfg)
     p[abi.P_SCHED] = {v: k for k, v in abi.SCHED_NAMES.items()}[model]
@@ -171,18 +177,22 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     remove_stale()
 
     state = RunState(cfg, cores, sched=model, module=module)
+    state.extra["vcpu_placement"] = placement_rows(topo, cores)
     t_compile = time.perf_counter()
     jitcache.prepare([cfg])         # a cold cache: says so on stderr (a command's plan step did it for all its runs)
     compile_kernels(cfg, p, module)
     state.startup["compile_s"] = time.perf_counter() - t_compile
 
     arena = None
+    mem_plan, mem_done = None, "not placed"
     procs = []
     old_term = signal.signal(signal.SIGTERM, raise_interrupted)
     ready_r = ready_w = go_r = go_w = None
     try:
         arena = Arena.create(layout)
         views = arena.views
+        mem_plan = numa.Plan(cfg, topo, cores).build(views, layout, cfg.entries)
+        mem_done = mem_plan.apply()            # before anything touches a page
         init_state(views, cfg, module)
         rq_lock = None
         if model == "hypervisor":
@@ -220,12 +230,14 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
             state.victims[f["vcpu"]] = f["kind"]
         stop_all(views, len(procs))
         _drain(state, procs, views)
+        _memory_placement(state, mem_plan, mem_done, views)
         return _result(state, procs, views, layout)
     except (KeyboardInterrupt, Interrupted) as e:
         state.interrupted = e.signame if isinstance(e, Interrupted) else "SIGINT"
         if arena is not None and arena.views:
             stop_all(arena.views, len(procs))
             _drain(state, procs, arena.views)
+            _memory_placement(state, mem_plan, mem_done, arena.views)
             return _result(state, procs, arena.views, layout)
         raise
     finally:
@@ -238,6 +250,20 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
         if arena is not None:
             arena.destroy()
         signal.signal(signal.SIGTERM, old_term)
+
+
+def _memory_placement(state: RunState, plan, done: str, views) -> None:
+    """Where the run's memory is, read back from the kernel (testbed/numa.py), into the result."""
+    if plan is None or not views:
+        return
+    back = numa.read_back(plan, numa.touch_reader(views))
+    back["binding"] = done
+    if done == "one node":
+        back["note"] = ("one NUMA node allowed: --numa-home, --frames-numa and the per-vCPU binding change nothing "
+                        f"(node {plan.allowed_mems[0] if plan.allowed_mems else 0} only)")
+    elif done != "bound":
+        back["note"] = f"memory not bound ({done}): pages are where first touched"
+    state.extra["memory_placement"] = back
 
 
 def _init_runqueue(views, cores: list, cpus: int) -> None:

@@ -75,6 +75,10 @@ def _flat_host(host: dict) -> dict:
         if k == "packages":
             for p, ver in sorted(v.items()):
                 out[f"host_package_{p}"] = ver
+        elif k == "facts":
+            from .hostinfo import flat_facts
+
+            out.update({f"host_{fk}": fv for fk, fv in flat_facts(v).items()})
         elif isinstance(v, list):
             out[f"host_{k}"] = ",".join(map(str, v))
         else:

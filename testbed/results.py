@@ -34,6 +34,14 @@ Schema history (bump SCHEMA on any change a reader must know about):
   inside a map or unmap, deferred, and the handlers' nested maps; null without
   --irq-rate), config irq_rate, totals and per vCPU irq_taken, irq_inside,
   irq_deferred, irq_maps.
+  Also in 2, added keys only (docs/hosts.md): host "facts" (NUMA nodes and
+  distances, packages, SMT, cpufreq driver, governor and boost, virtualization,
+  vulnerabilities, isolcpus, nohz_full, randomize_va_space, THP, offline CPUs,
+  cpuset), config placement, numa_home and frames_numa; in a run
+  "vcpu_placement" (per vCPU: cpu, core, package, node) and
+  "memory_placement" (the pages of the domain's lines, the frames and each
+  vCPU's rows per node, read back after the run); in every result written by
+  a command, "command" (argv and cwd that reproduce it, for 'testbed rerun').
   Also in 2, added keys only (docs/cost-model.md): "nmi" in a run (NMIs taken,
   inside a map or unmap, of those with interrupts off, the handlers' maps and
   the deadlocks found; null without --nmi-rate), "exposure" (how long an
