@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
 
+    pr = sub.add_parser("predict", help="fit a contention model here, predict 1..N pCPUs, check every measured point")
+    from . import predict
+
+    predict.add_arguments(pr)
+    pr.set_defaults(func=predict.main)
+
     rp = sub.add_parser("report", help="merge a sweep's results: one CSV, plots per host and workload")
     report.add_arguments(rp)
     rp.set_defaults(func=report.main)
