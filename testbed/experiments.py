@@ -155,6 +155,10 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
             row[f"{scope}_half_range_pct"] = stats.spread(drops) if drops else None
             row[f"{scope}_drops_pct"] = drops
             row[f"{scope}_significant"] = abs(row[f"{scope}_drop_pct"]) > row[f"{scope}_spread_pct"] if drops else None
+        mine, ref = cells.get(("single", label), []), cells.get(("single", registry.BASELINE), [])
+        extra = [x for x in (extra_cycles_per_map(r, b) for r, b in zip(mine, ref)) if x is not None]
+        row["extra_cycles_per_map"] = stats.median(extra) if extra else None
+        row["extra_cycles_per_map_spread"] = stats.mad(extra) if extra else None
         rows.append(row)
     baseline = {scope: stats.median(_rate(r) for r in cells[(scope, registry.BASELINE)])
                 if cells.get((scope, registry.BASELINE)) else None for scope in ("single", "multi")}
@@ -162,6 +166,16 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
         "compare", base, {"rows": rows, "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
                           "baseline_ops_per_s": baseline, "failures": _failures(all_runs), "runs": all_runs,
                           **_stopped(interrupted)})
+
+
+def extra_cycles_per_map(run: dict, ref: dict) -> float | None:
+    """Cycles per map a one-vCPU run spends over the baseline's run with the same seed (the cost per map
+    ``predict --seed-table`` turns into a map rate); None without maps."""
+    t = run["totals"]
+    if not t["maps"] or not _rate(run) or not _rate(ref):
+        return None
+    hz = run["host"]["tsc_hz"]
+    return (hz / _rate(run) - hz / _rate(ref)) / (t["maps"] / t["all_ops"])
 
 
 # The options ``compare --sweep`` takes: every parameter of the cost model.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 
 import numpy as np
 
@@ -97,6 +98,7 @@ def main(args) -> int:
           f"seed {base.seed}", flush=True)
 
     hz = tsc_hz()
+    load = [os.getloadavg()[0]]
     pp = pingpong.measure(topo, allowed, hz)
     c_pair = next((p for rel in ("same socket", "siblings", "across sockets") for p in pp if p["relation"] == rel))
     print("cache-line transfer c: " + "; ".join(f"{p['relation']} (CPUs {p['cpus'][0]},{p['cpus'][1]}) "
@@ -110,7 +112,9 @@ def main(args) -> int:
         tbase = dataclasses.replace(base, workload="timers")
         for n in counts:
             tm[n] = experiments.timers(dataclasses.replace(tbase, vcpus=n), variants=[LOCKED], locks=locks)
+    load.append(os.getloadavg()[0])
     res = build(sc, tm, pp, c_pair, hz, counts, fit_counts, args.to, base, seed_table=args.seed_table)
+    res["host_load"] = {"start": load[0], "end": load[1], "cpus": os.cpu_count()}
     print_predict(res)
     failures = sc["failures"] + [f for t in tm.values() for f in t["failures"]]
     res["failures"] = failures
@@ -290,7 +294,7 @@ def build(sc, tm, pp, c_pair, hz, counts, fit_counts, to, base, seed_table=False
            "c_relation": c_pair["relation"], "limits": list(contention.LIMITS), "designs": out,
            "timers": _timers(tm, models, hz, counts, fit_counts, to, base), "validation_note": _note(counts, fit_counts)}
     if seed_table:
-        res["seed_table"] = seed_table_of(measured, models, hz)
+        res["seed_table"] = seed_table_of(sc, measured, models, hz)
     return res
 
 
@@ -401,17 +405,15 @@ def _first(pred, to: int) -> int | None:
 # --- the seed's table read backwards --------------------------------------------------------------
 
 
-def _extra_per_map(measured: dict, lab: str) -> dict | None:
-    """Cycles per map a design adds over directmap on one vCPU: the seed table's single-core cost."""
-    if lab not in measured or registry.BASELINE not in measured:
-        return None
-    d, b = measured[lab][1], measured[registry.BASELINE][1]
-    maps = d["maps_per_op"]["value"]
-    if not maps:
-        return None
-    extra = (d["cycles_per_op"]["value"] - b["cycles_per_op"]["value"]) / maps
-    spread = ((d["cycles_per_op"]["spread"] or 0) + (b["cycles_per_op"]["spread"] or 0)) / maps
-    return {"value": extra, "spread": spread}
+def _extra_per_map(sc: dict, lab: str) -> dict | None:
+    """Cycles per map a design adds over directmap on one vCPU, its runs paired with the baseline's by
+    seed (``experiments.extra_cycles_per_map``, compare's column): the seed table's single-core cost."""
+    from .experiments import extra_cycles_per_map
+
+    ref = {r["seed"]: r for r in _runs(sc, registry.BASELINE, 1)}
+    xs = [extra_cycles_per_map(r, ref[r["seed"]]) for r in _runs(sc, lab, 1) if r["seed"] in ref]
+    xs = [x for x in xs if x is not None]
+    return {"value": stats.median(xs), "spread": stats.mad(xs), "n": len(xs)} if xs else None
 
 
 def rate_for(drop_pct: float, extra_cycles: float, hz: float) -> float:
@@ -434,11 +436,26 @@ def multi_drop(model: Design, rate: float, extra: float, maps_per_op: float, hz:
     return 100 * (1 - ratio / (1 + single))
 
 
-def seed_table_of(measured: dict, models: dict, hz: float) -> dict:
+def _rate_for_multi(model: Design, drop_pct: float, extra: float, maps_per_op: float, hz: float) -> float | None:
+    """The map rate at which the model predicts ``drop_pct`` on the seed's vCPUs (bisection on a log
+    scale between 1 and 10**9 maps a second), or None if no rate there does."""
+    def f(r):
+        return multi_drop(model, r, extra, maps_per_op, hz, SEED_VCPUS) - drop_pct
+
+    lo, hi = 1.0, 1e9
+    if f(lo) > 0 or f(hi) < 0:
+        return None
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
+def seed_table_of(sc: dict, measured: dict, models: dict, hz: float) -> dict:
     rows, rates = {}, {}
     for which, seed in SEED.items():
         lab = seed["design"]
-        ex = _extra_per_map(measured, lab)
+        ex = _extra_per_map(sc, lab)
         if ex is None or lab not in models:
             rows[which] = {"design": lab, "why": f"{lab} and {registry.BASELINE} were not both measured"}
             continue
@@ -463,6 +480,7 @@ def seed_table_of(measured: dict, models: dict, hz: float) -> dict:
         for key, r in (("own_rate", row["rate_maps_per_s"]), ("common_rate", common)):
             row[f"predicted_multi_pct_{key}"] = (multi_drop(m, r, ex, maps, hz, SEED_VCPUS)
                                                  if r is not None and math.isfinite(r) and ex > 0 else None)
+        row["rate_for_seed_multi"] = _rate_for_multi(m, row["seed_multi_pct"], ex, maps, hz) if ex > 0 else None
     ratio_needed = SEED["new"]["single"] / SEED["old"]["single"]
     exs = [rows[w].get("extra_cycles_per_map", {}).get("value") for w in ("old", "new")]
     ratio_seen = exs[1] / exs[0] if None not in exs and exs[0] else None
@@ -487,6 +505,11 @@ def print_predict(res: dict, out=None) -> None:
     w = (out or sys.stdout).write
     hz, to, last = res["tsc_hz"], res["to"], res["counts"][-1]
     w(f"\nPredicted from 1 to {to} pCPUs ({res['validation_note']})\n")
+    ld = res.get("host_load")
+    if ld and max(ld["start"], ld["end"]) > 0.5 * ld["cpus"]:
+        w(f"host load average {ld['start']:.1f} at the start, {ld['end']:.1f} at the end on {ld['cpus']} CPUs: other "
+          "work shares the CPUs, and measured points with more vCPUs fall below what the model predicts for "
+          "CPUs of their own\n")
     for d in res["designs"]:
         inp = d["inputs"]
         w(f"\n{d['design']}: {d['model']}\n")
@@ -517,6 +540,9 @@ def print_predict(res: dict, out=None) -> None:
             bits = [f"throughput {p['error_pct']:+.1f}%"]
             if p.get("measured_drop_pct") is not None:
                 bits.append(f"drop {p['predicted_drop_pct']:+.2f}% predicted, {p['measured_drop_pct']:+.2f}% measured")
+            if p.get("measured_handoff_cycles") is not None:
+                bits.append(f"handoff {d['inputs']['c_cycles']['value']:,.0f} (c) in the model, "
+                            f"{p['measured_handoff_cycles']:,.0f} measured cycles")
             if p.get("measured_wait_cycles") is not None:
                 bits.append(f"mean wait {p['predicted_wait_cycles']:,.0f} predicted, "
                             f"{p['measured_wait_cycles']:,.0f} measured cycles")
@@ -572,3 +598,11 @@ def print_seed_table(st: dict, hz: float, w) -> None:
         own, com = r.get("predicted_multi_pct_own_rate"), r.get("predicted_multi_pct_common_rate")
         w(f"  {which + ' ' + r['design']:16} {r['seed_single_pct']:>11.2f}% {r['seed_multi_pct']:>10.2f}% "
           f"{(f'{own:.2f}%' if own is not None else '-'):>21} {(f'{com:.2f}%' if com is not None else '-'):>11}\n")
+    for which, r in st["rows"].items():
+        if "why" in r:
+            continue
+        need = r.get("rate_for_seed_multi")
+        w(f"  {which}: the seed's multi-core {r['seed_multi_pct']:.2f}% " +
+          (f"needs {need:,.0f} maps/s per vCPU under this model\n" if need else
+           "is reached by no map rate under this model (the model's multi-core drop is never below its single-core "
+           "drop without a lock, and a lock's may saturate first)\n"))

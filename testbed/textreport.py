@@ -130,12 +130,16 @@ def print_compare(res: dict, out=sys.stdout) -> None:
     w(f"\nPerformance drop against {res.get('baseline', 'the baseline')} ({res['workload']} workload; host "
       f"{h['cpu_model']}, {h['physical_cores']} cores; median of {res['repeat']} repetitions +/- median absolute "
       f"deviation)\n\n")
-    w(f"{'perf drop':{width}} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}\n")
+    w(f"{'perf drop':{width}} {'single-core (1 vCPU)':>24} {'multi-core (' + str(res['vcpus_multi']) + ' vCPUs)':>26}"
+      f" {'cycles/map extra':>18}\n")
     for row in res["rows"]:
         cells = [f"{row[s + '_drop_pct']:+.2f}% +/- {row[s + '_spread_pct']:.2f}" if row[s + "_drops_pct"] else "-"
                  for s in ("single", "multi")]
-        w(f"{row['variant']:{width}} {cells[0]:>24} {cells[1]:>26}\n")
-    w("\n")
+        extra = row.get("extra_cycles_per_map")
+        extra = f"{extra:+,.0f} +/- {row['extra_cycles_per_map_spread']:,.0f}" if extra is not None else "-"
+        w(f"{row['variant']:{width}} {cells[0]:>24} {cells[1]:>26} {extra:>18}\n")
+    w(f"(cycles/map extra: cycles per map over {res.get('baseline', 'the baseline')} on 1 vCPU, median of the "
+      "repetitions paired by seed)\n\n")
     for row in res["rows"]:
         for scope in ("single", "multi"):
             if not row[scope + "_drops_pct"]:
