@@ -93,17 +93,18 @@ def main(args) -> int:
     todo = experiments.series([registry.BASELINE] + names, locks)
     experiments.plan(dataclasses.replace(base, vcpus=n, **f) for _, f in todo for n in counts)
     with_lock = [(label, f) for label, f in todo if registry.get(f["variant"]).locks]
-    print(f"testbed predict: {', '.join(label for label, _ in todo)}; measured at {','.join(map(str, counts))} "
-          f"pCPUs, fit on {','.join(map(str, fit_counts))}, predicted to {args.to}; workload {base.workload}, "
-          f"seed {base.seed}", flush=True)
+    say = wrapped(lambda text: print(text, flush=True))
+    say(f"testbed predict: {', '.join(label for label, _ in todo)}; measured at {','.join(map(str, counts))} "
+        f"pCPUs, fit on {','.join(map(str, fit_counts))}, predicted to {args.to}; workload {base.workload}, "
+        f"seed {base.seed}")
 
     hz = tsc_hz()
     load = [os.getloadavg()[0]]
     pp = pingpong.measure(topo, allowed, hz)
     c_pair = next((p for rel in ("same socket", "siblings", "across sockets") for p in pp if p["relation"] == rel))
-    print("cache-line transfer c: " + "; ".join(f"{p['relation']} (CPUs {p['cpus'][0]},{p['cpus'][1]}) "
-                                                 f"{p['cycles']:.0f} +/- {p['spread']:.0f} cycles" for p in pp)
-          + f"; the model uses {c_pair['relation']}", flush=True)
+    say("cache-line transfer c: " + "; ".join(f"{p['relation']} (CPUs {p['cpus'][0]},{p['cpus'][1]}) "
+                                               f"{p['cycles']:.0f} +/- {p['spread']:.0f} cycles" for p in pp)
+        + f"; the model uses {c_pair['relation']}")
 
     sc = experiments.scale(base, variants=[registry.BASELINE] + names, vcpu_counts=counts, repeat=args.repeat,
                            locks=locks)
@@ -117,7 +118,7 @@ def main(args) -> int:
     res["host_load"] = {"start": load[0], "end": load[1], "cpus": os.cpu_count()}
     print_predict(res)
     failures = sc["failures"] + [f for t in tm.values() for f in t["failures"]]
-    res["failures"] = failures
+    res.update(failures=failures, runs=sc["runs"] + [r for t in tm.values() for r in t["runs"]])
     if args.json:
         results.write_json(results.envelope("predict", base, res), args.json)
         print(f"results written to {args.json}")
@@ -125,8 +126,8 @@ def main(args) -> int:
     checks = [p for d in res["designs"] for p in d["points"] if p["error_pct"] is not None]
     worst = max((abs(p["error_pct"]) for p in checks), default=None)
     verdict = "FAILURE" if failures or interrupted else "SUCCESS"
-    print(f"verdict: {verdict} ({len(res['designs'])} designs to {args.to} pCPUs, {len(checks)} checked points"
-          + (f", worst error {worst:.1f}%" if worst is not None else "") + f"; unvalidated beyond {counts[-1]} pCPUs)")
+    print(f"verdict: {verdict} ({len(res['designs'])} designs, {len(checks)} points checked"
+          + (f", worst error {worst:.0f}%" if worst is not None else "") + f", unvalidated past {counts[-1]} pCPUs)")
     if interrupted:
         from .errors import signal_exit
         return signal_exit(interrupted)
@@ -499,10 +500,27 @@ def _n(x) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
+WIDTH = 100
+
+
+def wrapped(write, width: int = WIDTH):
+    """``write`` with every line longer than ``width`` folded, its continuation indented 4 more."""
+    import textwrap
+
+    def w(text: str) -> None:
+        out = []
+        for line in text.split("\n"):
+            lead = line[:len(line) - len(line.lstrip())]
+            out.append(line if len(line) <= width else textwrap.fill(
+                line, width, subsequent_indent=lead + "    ", break_on_hyphens=False))
+        write("\n".join(out))
+    return w
+
+
 def print_predict(res: dict, out=None) -> None:
     import sys
 
-    w = (out or sys.stdout).write
+    w = wrapped((out or sys.stdout).write)
     hz, to, last = res["tsc_hz"], res["to"], res["counts"][-1]
     w(f"\nPredicted from 1 to {to} pCPUs ({res['validation_note']})\n")
     ld = res.get("host_load")
@@ -570,7 +588,7 @@ def print_predict(res: dict, out=None) -> None:
           (f"; unvalidated beyond {last} pCPUs" if to > last else "") + "\n")
     if "seed_table" in res:
         print_seed_table(res["seed_table"], hz, w)
-    w("\nlimits: " + "; ".join(res["limits"]) + "\n")
+    w("\nlimits of the models:\n" + "".join(f"  - {x}\n" for x in res["limits"]))
 
 
 def print_seed_table(st: dict, hz: float, w) -> None:

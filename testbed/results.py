@@ -34,6 +34,12 @@ Schema history (bump SCHEMA on any change a reader must know about):
   inside a map or unmap, deferred, and the handlers' nested maps; null without
   --irq-rate), config irq_rate, totals and per vCPU irq_taken, irq_inside,
   irq_deferred, irq_maps.
+  Also in 2, added keys only: compare rows extra_cycles_per_map and its
+  spread (cycles per map over the baseline on one vCPU); kind
+  "testbed.predict" (``testbed predict --json``: per design the model, its
+  inputs with spreads, the fit, residuals, the curve and the measured points
+  with predicted, measured and error; the ping-pong, the timers and seed
+  tables, the limits, and every run).
 """
 
 from __future__ import annotations

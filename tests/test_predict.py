@@ -201,3 +201,45 @@ def test_bad_input_exits_2_and_starts_nothing(tmp_path, args, words):
     for w in words:
         assert w in lines[0], lines[0]
     assert spawned == [], f"bad input started {spawned}"
+
+
+def test_extra_cycles_per_map_is_the_time_over_the_baseline_per_map():
+    """compare's column: a run at 1e6 ops/s with 2 maps an op against a baseline at 2e6 ops/s on a
+    1 GHz counter spends 500 cycles an op more, 250 a map. Mutation tried: dividing by all_ops
+    over maps (maps per op inverted): failed."""
+    from testbed.experiments import extra_cycles_per_map
+
+    run = {"totals": {"ops_per_s": 1e6, "maps": 2000, "all_ops": 1000}, "host": {"tsc_hz": 1e9}}
+    ref = {"totals": {"ops_per_s": 2e6, "maps": 1000, "all_ops": 1000}, "host": {"tsc_hz": 1e9}}
+    assert extra_cycles_per_map(run, ref) == pytest.approx(250.0)
+
+
+SLOW = pytest.mark.skipif(not os.environ.get("TESTBED_SLOW"),
+                          reason="runs the designs (about 15 s on a 2-core host): TESTBED_SLOW=1")
+
+
+@SLOW
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_predict_end_to_end_writes_a_valid_result_and_a_report_plot(tmp_path):
+    """The command a user runs: curve, collapse line, checks, verdict; the JSON validates against the
+    schema; ``testbed report`` plots it."""
+    import json
+
+    import jsonschema
+
+    out = tmp_path / "p.json"
+    env = cli_env({"PYTHONPATH": str(REPO)})
+    p = subprocess.run([sys.executable, "-m", "testbed", "predict", "--variants", "locked,lockless", "--lock",
+                        "ticket", "--to", "64", "--seed-table", "--duration", "0.3", "--warmup", "0.1", "--repeat",
+                        "1", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "collapse:" in p.stdout and "unvalidated beyond" in p.stdout and "check at 2 pCPUs" in p.stdout
+    assert "The seed's table read backwards" in p.stdout
+    assert p.stdout.splitlines()[-1].startswith("verdict: ")
+    assert all(len(line) <= 100 for line in p.stdout.splitlines()), "a line wider than 100 columns"
+    res = json.loads(out.read_text())
+    jsonschema.validate(res, json.loads((REPO / "testbed" / "schema.json").read_text()))
+    r = subprocess.run([sys.executable, "-m", "testbed", "report", str(tmp_path)], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.glob("predict-*.png"))
