@@ -127,7 +127,7 @@ def main(args) -> int:
     failures = sc["failures"] + [f for t in tm.values() for f in t["failures"]]
     res.update(failures=failures, runs=sc["runs"] + [r for t in tm.values() for r in t["runs"]])
     if args.json:
-        results.write_json(results.envelope("predict", base, res), args.json)
+        results.write_json(results.envelope("predict", base, finite(res)), args.json)
         print(f"results written to {args.json}")
     interrupted = sc.get("interrupted") or next((t["interrupted"] for t in tm.values() if t.get("interrupted")), None)
     checks = [p for d in res["designs"] for p in d["points"] if p["error_pct"] is not None]
@@ -139,6 +139,19 @@ def main(args) -> int:
         from .errors import signal_exit
         return signal_exit(interrupted)
     return 1 if failures else 0
+
+
+def finite(x):
+    """``x`` with every infinite or NaN number as None (JSON has neither), numpy numbers as Python's."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -607,10 +620,12 @@ def print_seed_table(st: dict, hz: float, w) -> None:
             continue
         ex = r["extra_cycles_per_map"]
         lo, hi = r["rate_band"]
+        if ex["value"] <= 0:
+            w(f"  {which} ({r['design']}): {ex['value']:+,.1f} cycles/map over directmap: no map rate gives a drop\n")
+            continue
+        band = f"{lo:,.0f}..{hi:,.0f}" if math.isfinite(hi) else f"{lo:,.0f} or more"
         w(f"  {which} ({r['design']}): {ex['value']:+,.1f} +/- {ex['spread']:,.1f} cycles/map over directmap; "
-          f"single-core {r['seed_single_pct']:.2f}% needs {r['rate_maps_per_s']:,.0f} maps/s per vCPU "
-          f"({lo:,.0f}..{hi:,.0f})\n" if ex["value"] > 0 else
-          f"  {which} ({r['design']}): {ex['value']:+,.1f} cycles/map over directmap: no map rate gives a drop\n")
+          f"single-core {r['seed_single_pct']:.2f}% needs {r['rate_maps_per_s']:,.0f} maps/s per vCPU ({band})\n")
     if st["common_rate"] is not None:
         w(f"  one rate explains both: {st['common_rate']:,.0f} maps/s per vCPU\n")
     else:

@@ -243,3 +243,12 @@ def test_predict_end_to_end_writes_a_valid_result_and_a_report_plot(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert list(tmp_path.glob("predict-*.png"))
+
+
+def test_results_hold_no_infinity():
+    """A rate band open at the top (no upper bound) is written as null: JSON has no Infinity."""
+    import json
+
+    out = predict.finite({"band": [1.0, math.inf], "x": np.float64(2.5), "n": np.int64(3), "nan": float("nan")})
+    assert out == {"band": [1.0, None], "x": 2.5, "n": 3, "nan": None}
+    json.dumps(out, allow_nan=False)
