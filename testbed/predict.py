@@ -45,6 +45,7 @@ SEED = {"old": {"design": "locked:ticket", "single": 0.04, "multi": 2.43},
         "new": {"design": "lockless", "single": 0.18, "multi": 0.08}}
 SEED_VCPUS = 32
 SEED_ROUNDING = 0.005    # a drop printed as 0.04% is between 0.035% and 0.045%
+MAX_TO = 4096            # the testbed's own bound: the chain's curve to N costs N**2 steps
 WARMUP_S = 0.25          # the testbed's own choice, with --duration 0.5: every design at 1 and 2 vCPUs in a minute
 
 
@@ -58,7 +59,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
             action.help = action.help.rsplit(" (default", 1)[0] + f" (default {WARMUP_S:g})"
     ap.add_argument("--variants", default=None,
                     help="comma-separated designs (default: every real design, locked under each lock)")
-    ap.add_argument("--to", dest="to", type=_int, default=256, metavar="N", help="predict from 1 to N pCPUs (default 256)")
+    ap.add_argument("--to", dest="to", type=_int, default=256, metavar="N",
+                    help=f"predict from 1 to N pCPUs, N up to {MAX_TO} (default 256)")
     ap.add_argument("--repeat", type=_int, default=2, help="repetitions of each measured point (default 2)")
     ap.add_argument("--validate", action="store_true",
                     help="measure every count up to the host's CPUs, fit on 1-4 and check the rest")
@@ -73,8 +75,8 @@ def main(args) -> int:
     from .timing import tsc_hz
     from .topology import allowed_cpus, host_topology
 
-    if args.to < 1:
-        raise UsageError(f"--to {args.to}: predict to at least 1 pCPU, e.g. --to 256")
+    if not 1 <= args.to <= MAX_TO:
+        raise UsageError(f"--to {args.to}: predict to between 1 and {MAX_TO} pCPUs, e.g. --to 256")
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
     names = registry.names(args.variants) if args.variants else (
@@ -312,7 +314,8 @@ def build(sc, tm, pp, c_pair, hz, counts, fit_counts, to, base, seed_table=False
         })
     res = {"to": to, "counts": counts, "fit_counts": fit_counts, "tsc_hz": hz, "pingpong": pp,
            "c_relation": c_pair["relation"], "limits": list(contention.LIMITS), "designs": out,
-           "timers": _timers(tm, models, hz, counts, fit_counts, to, base), "validation_note": _note(counts, fit_counts)}
+           "timers": _timers(tm, models, hz, counts, fit_counts, to, base),
+           "validation_note": _note(counts, fit_counts)}
     if seed_table:
         res["seed_table"] = seed_table_of(sc, measured, models, hz)
     return res
@@ -489,8 +492,8 @@ def seed_table_of(sc: dict, measured: dict, models: dict, hz: float) -> dict:
         rows[which] = {"design": lab, "extra_cycles_per_map": ex, "seed_single_pct": seed["single"],
                        "seed_multi_pct": seed["multi"], "rate_maps_per_s": rate, "rate_band": list(band)}
     common = None
-    if len(rates) == 2 and all(r[0] < r[1] for r in rates.values()) and all(x["value"] > 0 for x in
-                                                                             (rows[w]["extra_cycles_per_map"] for w in rates)):
+    positive = all(rows[w]["extra_cycles_per_map"]["value"] > 0 for w in rates)
+    if len(rates) == 2 and positive and all(r[0] < r[1] for r in rates.values()):
         lo, hi = max(r[0] for r in rates.values()), min(r[1] for r in rates.values())
         common = math.sqrt(lo * hi) if lo <= hi else None
     for which, row in rows.items():

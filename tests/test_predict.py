@@ -252,3 +252,22 @@ def test_results_hold_no_infinity():
     out = predict.finite({"band": [1.0, math.inf], "x": np.float64(2.5), "n": np.int64(3), "nan": float("nan")})
     assert out == {"band": [1.0, None], "x": 2.5, "n": 3, "nan": None}
     json.dumps(out, allow_nan=False)
+
+
+def test_validate_fits_on_the_first_four_and_checks_the_rest():
+    """What ``--validate`` does on an 8-core host, on points the chain made with c = 180 while the
+    ping-pong said 100: the fit finds c from 2..4 pCPUs, the checks at 5..8 are exact, the USL is
+    fitted on 1..4 and checked at 5..8. Mutation tried: ``fit_design`` ignoring fit points past 1
+    (c stays the ping-pong's 100): failed."""
+    hz = 1e9
+    truth = Lock("ticket", a=3000.0, s=600.0, c=180.0)
+    counts = list(range(1, 9))
+    runs = [_run("directmap", n, 1, n * hz / 2000.0) for n in counts]
+    runs += [_run("locked:ticket", n, 1, contention.throughput(truth, n) * hz, acq=1.0, hold=600.0) for n in counts]
+    res = predict.build({"runs": runs}, {}, [], {"cycles": 100.0, "spread": 1.0, "relation": "same socket"}, hz,
+                        counts, [1, 2, 3, 4], 64, None)
+    d = next(x for x in res["designs"] if x["design"] == "locked:ticket")
+    assert d["inputs"]["c_cycles"]["value"] == pytest.approx(180.0, rel=1e-3)
+    assert [p["pcpus"] for p in d["points"] if not p["fit"]] == [5, 6, 7, 8]
+    assert all(abs(p["error_pct"]) < 0.01 for p in d["points"] if not p["fit"])
+    assert d["usl"]["fitted"] and [c["pcpus"] for c in d["usl"]["checks"]] == [5, 6, 7, 8]
