@@ -555,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
 
+    from . import predict
+
+    pr = _command(sub, "predict", "fit a contention model here, predict 1..N pCPUs, check every measured point",
+                  "testbed predict --to 256", predict.main)
+    predict.add_arguments(pr)
+
     rp = _command(sub, "report", "merge a sweep's results: one CSV, plots per host and workload",
                   "testbed report results/", None)
     report.add_arguments(rp)

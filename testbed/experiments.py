@@ -198,6 +198,10 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
             row[f"{scope}_mean_drop_pct"] = sum(drops) / len(drops) if drops else None
             row[f"{scope}_ci_pct"] = list(ci) if ci else None
             row[f"{scope}_significant"] = stats.excludes(ci)
+        mine, ref = cells.get(("single", label), []), cells.get(("single", registry.BASELINE), [])
+        extra = [x for x in (extra_cycles_per_map(r, b) for r, b in zip(mine, ref)) if x is not None]
+        row["extra_cycles_per_map"] = stats.median(extra) if extra else None
+        row["extra_cycles_per_map_spread"] = stats.mad(extra) if extra else None
         rows.append(row)
     baseline = {scope: stats.median(_rate(r) for r in cells[(scope, registry.BASELINE)])
                 if cells.get((scope, registry.BASELINE)) else None for scope in ("single", "multi")}
@@ -211,6 +215,16 @@ def compare(base: RunConfig, variants=None, vcpus_multi: int = 2, repeat: int = 
                           "baseline": registry.BASELINE, "vcpus_multi": vcpus_multi, "repeat": repeat,
                           "baseline_ops_per_s": baseline, "failures": failures, "runs": all_runs,
                           **_stopped(interrupted)})
+
+
+def extra_cycles_per_map(run: dict, ref: dict) -> float | None:
+    """Cycles per map a one-vCPU run spends over the baseline's run with the same seed (the cost per map
+    ``predict --seed-table`` turns into a map rate); None without maps."""
+    t = run["totals"]
+    if not t["maps"] or not _rate(run) or not _rate(ref):
+        return None
+    hz = run["host"]["tsc_hz"]
+    return (hz / _rate(run) - hz / _rate(ref)) / (t["maps"] / t["all_ops"])
 
 
 # The options ``compare --sweep`` takes: every parameter of the cost model.

@@ -61,3 +61,36 @@ def scale_plot(res: dict, path: str, note: str | None = None) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def predict_plot(res: dict, path: str) -> None:
+    """``testbed predict``: each design's predicted throughput from 1 to N pCPUs (lines) beside the points
+    measured (filled: checks; hollow: used by the fit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for i, d in enumerate(res["designs"]):
+        color = f"C{i % 10}"
+        curve = d["curve_all"]
+        ax.plot(range(1, len(curve) + 1), [max(x, 1.0) for x in curve], "-", color=color, label=d["design"])
+        for p in d["points"]:
+            ax.plot([p["pcpus"]], [max(p["measured"], 1.0)], "o", color=color,
+                    markerfacecolor="none" if p["fit"] else color)
+    last = max(res["counts"])
+    ax.axvline(last, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("pCPUs (log scale)")
+    ax.set_ylabel("operations / s (log scale)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    h = res["host"]
+    ax.set_title(f"predicted (lines) and measured (circles; hollow: used by the fit), {res['workload']} workload\n"
+                 f"{h.get('hostname')}: {h.get('cpu_model')}; unvalidated beyond {last} pCPUs (dotted line)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -12,7 +12,8 @@ Results from different hosts are never merged: the host is part of every
 group, each host and workload gets its own plot (throughput and p99 map
 latency against vCPUs, one line per design; repetitions of one point are
 reduced to their median, on one host only), and the report lists the hosts
-it holds.
+it holds. A ``testbed predict --json`` result in the folder gets a plot of its
+own: each design's predicted curve beside the points measured.
 """
 
 from __future__ import annotations
@@ -64,9 +65,26 @@ def _load(folder: Path) -> tuple[list[dict], list[dict], list[str]]:
         elif data.get("kind") == "testbed.sweep-failure":
             data["_file"] = path.name
             failures.append(data)
+        elif data.get("kind") == "testbed.predict":
+            continue                          # plotted by itself (``predictions``)
         else:
             skipped.append(f"{path.name}: a {data.get('kind')} result, not a single run")
     return runs, failures, skipped
+
+
+def _predictions(folder: Path) -> list[dict]:
+    """The ``testbed predict --json`` results in the folder, each with its file name."""
+    from .results import SCHEMA
+
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue                          # _load names it as skipped
+        if isinstance(data, dict) and data.get("schema") == SCHEMA and data.get("kind") == "testbed.predict":
+            out.append(dict(data, _file=path.name))
+    return out
 
 
 def _flat_host(host: dict) -> dict:
@@ -190,7 +208,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from .cli import check_writable
     from .output import check_folder
-    from .plots import scale_plot
+    from .plots import predict_plot, scale_plot
 
     folder = Path(args.dir)
     if not folder.is_dir():
@@ -202,6 +220,13 @@ def main(args) -> int:
             raise UsageError(f"--out {out}: no such folder; create it or write elsewhere")
     check_writable(str(out / CSV_NAME), "--out")
     runs, failures, skipped = _load(folder)
+    predictions = _predictions(folder)
+    for pr in predictions:
+        path = out / f"predict-{_slug(pr['host'].get('hostname'))}-{_slug(Path(pr['_file']).stem)}.png"
+        predict_plot(pr, str(path))
+        print(f"predicted curves beside measured points: {path}")
+    if not runs and not failures and predictions:
+        return 0
     if not runs and not failures:
         raise UsageError(f"{folder}: no testbed run results in it" + (f" ({len(skipped)} files skipped: "
                                                                        f"{skipped[0]})" if skipped else ""))

@@ -63,6 +63,12 @@ Schema history (bump SCHEMA on any change a reader must know about):
   otherwise says whether the interval excludes 0); scale rows' ops_per_s_ci;
   a run's latency.worst_per_s (the slowest map in each second, every map
   seen). Files list "verdict" and the headline figures first (``ordered``).
+  Also in 2, added keys only: compare rows extra_cycles_per_map and its
+  spread (cycles per map over the baseline on one vCPU); kind
+  "testbed.predict" (``testbed predict --json``: per design the model, its
+  inputs with spreads, the fit, residuals, the curve and the measured points
+  with predicted, measured and error; the ping-pong, the timers and seed
+  tables, the limits, and every run).
 """
 
 from __future__ import annotations

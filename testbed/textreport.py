@@ -183,7 +183,7 @@ def print_compare(res: dict, out=None) -> None:
     cols = res.get("columns") or {"single": {"active_vcpus": 1, "domain_vcpus": 1},
                                   "multi": {"active_vcpus": res["vcpus_multi"], "domain_vcpus": res["vcpus_multi"]}}
     heads = [f"{scope}-core ({c['active_vcpus']} of {c['domain_vcpus']} vCPUs)" for scope, c in cols.items()]
-    w(f"{'perf drop':{width}} {heads[0]:>28} {heads[1]:>28}\n")
+    w(f"{'perf drop':{width}} {heads[0]:>28} {heads[1]:>28} {'cycles/map extra':>18}\n")
     for row in res["rows"]:
         cells = []
         for s_ in ("single", "multi"):
@@ -194,8 +194,11 @@ def print_compare(res: dict, out=None) -> None:
             mean = row[s_ + "_drop_pct"] if mean is None else mean
             ci = row.get(s_ + "_ci_pct")
             cells.append(f"{mean:+.2f}% " + (fmt_ci(ci) if ci else f"(n={len(row[s_ + '_drops_pct'])})"))
-        w(f"{row['variant']:{width}} {cells[0]:>28} {cells[1]:>28}\n")
-    w("\n")
+        extra = row.get("extra_cycles_per_map")
+        extra = f"{extra:+,.0f} +/- {row['extra_cycles_per_map_spread']:,.0f}" if extra is not None else "-"
+        w(f"{row['variant']:{width}} {cells[0]:>28} {cells[1]:>28} {extra:>18}\n")
+    w(f"(cycles/map extra: cycles per map over {res.get('baseline', 'the baseline')} on 1 vCPU, median of the "
+      "repetitions paired by seed)\n\n")
     for scope, c in cols.items():
         if "sched" in c:
             w(f"{scope}-core: a {c['domain_vcpus']}-vCPU domain, {c['active_vcpus']} active ({c['sched']}), "

@@ -37,6 +37,9 @@ def test_compare_prints_the_table_and_writes_valid_json(tmp_path, exclusive, no_
     assert [row["variant"] for row in res["rows"]] == ["locked", "lockless", "percpu", "kmap-local"]
     assert res["vcpus_multi"] == 2 and len(res["runs"]) == 20
     assert {r["seed"] for r in res["runs"]} == {3, 4}
+    # the cycles per map each design adds on one vCPU (predict --seed-table reads it), in the table and the JSON
+    assert "cycles/map extra" in r.stdout
+    assert all(row["extra_cycles_per_map"] is not None for row in res["rows"])
 
 
 def test_scale_writes_csv_and_plot(tmp_path, exclusive, no_leftovers):
