@@ -150,12 +150,6 @@ S_EXP_SLOT = 83        # exposure state: the followed slot + 1 (0: none)
 S_EXP_MFN = 84         # ... the frame it mapped at the unmap
 S_EXP_T0 = 85          # ... cycle counter at the first look after the unmap
 S_EXP_OP0 = 86         # ... this vCPU's operation count then
-# 104..111 command line: the worst sampled map latency per second, kept outside the kernel
-# (testbed/latwatch.py): between chunks the worker folds S_LAT_MAX into these and resets it.
-S_LAT_RUN_MAX = 104    # the run's largest sampled map latency, cycles (a maximum)
-S_LAT_SEC = 105        # the second since the start that the worker is filling in
-S_LAT_RING = 106       # 106..111: largest sampled map latency of each of the last LAT_RING seconds, slot sec % 6
-LAT_RING = 6
 # Reserved ranges, one per area of work: 64..71 fidelity (domain, timers), 72..87 cost model,
 # NMIs, recursive walks, exposure, 88..103 Xen's own code (perfc), 104..111 command line,
 # 112..119 hosts and prediction, 120..127 free.
@@ -168,6 +162,12 @@ S_XEN_BUG_KIND = 92    # ... which macro: 1 ASSERT, 2 BUG_ON, 3 BUG, 4 BUILD_BUG
 S_XEN_DIRECT = 93      # maps the Xen file answered from the directmap: must stay 0
 S_XEN_PTE_WRITES = 94  # l1e_write calls of the Xen file
 # 95..103: free (Xen's own code)
+# 104..111 command line: the worst sampled map latency per second, kept outside the kernel
+# (testbed/latwatch.py): between chunks the worker folds S_LAT_MAX into these and resets it.
+S_LAT_RUN_MAX = 104    # the run's largest sampled map latency, cycles (a maximum)
+S_LAT_SEC = 105        # the second since the start that the worker is filling in
+S_LAT_RING = 106       # 106..111: largest sampled map latency of each of the last LAT_RING seconds, slot sec % 6
+LAT_RING = 6
 N_STATS = 128
 MAX_COUNTERS = (S_LAT_MAX, S_STREAK_MAX, S_EXP_MAX_CYCLES, S_EXP_MAX_OPS)   # maxima, not sums
 LAT_BINS = 64          # log2 histogram of map latency in cycles

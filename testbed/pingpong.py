@@ -62,12 +62,12 @@ def pingpong(buf, me, rounds, warm, limit, blocks):
 
 def cpu_pairs(topo, allowed) -> list[tuple[str, int, int]]:
     """(relation, cpu, cpu): the first pair of each relation (``RELATIONS``) among ``allowed``."""
-    cpus = sorted(allowed)
+    named = {"smt": "siblings", "package": "same socket", "node": "across sockets", "remote": "across sockets"}
+    cpus = sorted(c for c in allowed if c in topo.cpus)
     found = {}
     for i, x in enumerate(cpus):
         for y in cpus[i + 1:]:
-            (px, cx), (py, cy) = topo.core_of.get(x, (0, x)), topo.core_of.get(y, (0, y))
-            rel = "siblings" if (px, cx) == (py, cy) else "same socket" if px == py else "across sockets"
+            rel = named[topo.relation(x, y)]      # the topology's own relation (testbed/topology.py)
             found.setdefault(rel, (rel, x, y))
     return [found[r] for r in RELATIONS if r in found]
 

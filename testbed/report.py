@@ -104,8 +104,17 @@ def _flat_host(host: dict) -> dict:
     return out
 
 
+def _scaling_config(run: dict) -> dict:
+    """The run's options as a scaling group sees them: the default domain (as many vCPUs as run) grows
+    with the sweep, so it reads "vcpus"; a fixed --domain-vcpus is its own group."""
+    cfg = dict(run["config"])
+    if cfg.get("domain_vcpus") in (None, cfg.get("vcpus")):
+        cfg["domain_vcpus"] = "vcpus"
+    return cfg
+
+
 def _group_key(run: dict) -> tuple:
-    cfg = run["config"]
+    cfg = _scaling_config(run)
     return (host_id(run["host"]),) + tuple((k, json.dumps(cfg.get(k))) for k in CONFIG_KEYS if k not in GROUP_FREE)
 
 
@@ -174,11 +183,11 @@ def plot_groups(runs: list[dict]) -> dict:
     for key, members in by_plot.items():
         # options that vary within one design (not per-design defaults such as entries) split its line
         varying = [k for k in CONFIG_KEYS if k not in GROUP_FREE + ("variant", "workload")
-                   and any(len({json.dumps(m["config"].get(k)) for m in members if m["variant"] == v}) > 1
+                   and any(len({json.dumps(_scaling_config(m).get(k)) for m in members if m["variant"] == v}) > 1
                            for v in {m["variant"] for m in members})]
         points: dict = {}
         for m in members:
-            label = " ".join([m["variant"]] + [f"{k}={m['config'].get(k)}" for k in varying])
+            label = " ".join([m["variant"]] + [f"{k}={_scaling_config(m).get(k)}" for k in varying])
             points.setdefault((label, m["vcpus"]), []).append(m)
         lines = {}
         for (label, n), ms in points.items():

@@ -417,7 +417,8 @@ def incomparable(a: dict, b: dict) -> list[str]:
     for k in HOST_KEYS:
         if a["host"].get(k) != b["host"].get(k):
             out.append(f"host {k} ({a['host'].get(k)} vs {b['host'].get(k)})")
-    ca, cb = a.get("config", {}), b.get("config", {})
+    # as JSON holds them: a tuple in memory is a list in a file
+    ca, cb = (json.loads(json.dumps(r.get("config", {}), default=str)) for r in (a, b))
     for k in sorted(set(ca) | set(cb)):
         if k not in CONFIG_FREE and ca.get(k) != cb.get(k):
             out.append(f"config {k} ({ca.get(k)} vs {cb.get(k)})")
@@ -440,6 +441,23 @@ def ordered(result: dict) -> dict:
         t = out["totals"]
         out["totals"] = {**{k: t[k] for k in HEAD_TOTALS if k in t}, **t}
     return out
+
+
+def _rate(r: dict) -> float:
+    return r["totals"]["ops_per_s"] if "totals" in r else r.get("ops_per_s_median", float("nan"))
+
+
+def diff_lines(a: dict, b: dict) -> list[str]:
+    """Two results of one command in a few lines: each one's ops/s and B/A (testbed rerun)."""
+    ra, rb = _rate(a), _rate(b)
+    lines = [f"A: {a.get('variant', a['kind'])} seed {a['seed']}: {ra:,.0f} ops/s",
+             f"B: {b.get('variant', b['kind'])} seed {b['seed']}: {rb:,.0f} ops/s"]
+    if ra == ra and rb == rb and ra > 0:
+        lines.append(f"B/A = {rb / ra:.4f} ({(rb / ra - 1) * 100:+.2f}%)")
+    for k in ("verdict",):
+        if k in a and k in b:
+            lines.append(f"{k}: {a[k]} -> {b[k]}")
+    return lines
 
 
 def write_json(result: dict, path: str) -> None:

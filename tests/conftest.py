@@ -120,6 +120,7 @@ def unlink_segments(names) -> None:
 def cli_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.pop("NUMBA_DISABLE_JIT", None)
+    env.pop("COLUMNS", None)            # into a pipe, whole lines (output.width_for), however pytest was started
     # the child imports this checkout's testbed, whatever its folder, not the one installed
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"

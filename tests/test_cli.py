@@ -152,7 +152,7 @@ def test_variants_json_lists_every_variant_and_control_with_its_check():
     table = json.loads(out.stdout)
     assert [d["name"] for d in table] == list(registry.VARIANTS)
     for d in table:
-        assert d["kind"] in ("real", "control") and d["description"]
+        assert d["kind"] in ("real", "control", "xen") and d["description"]
         assert "\n" not in d["description"]
         if d["kind"] == "control":
             assert d["caught_by"] and set(d["caught_by"]) <= set(CHECK_KEYS), d

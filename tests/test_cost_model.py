@@ -130,11 +130,13 @@ def _nmi_at(variant, k, nmi=True, **kw):
 def test_nmis_are_not_deferred_by_irq_save(variant):
     """At a point inside map with interrupts off, an interrupt is deferred; an NMI is taken there."""
     inside_off = deferred = 0
+    # an interrupt handler's slot counts toward the walk rule (an NMI's does not): percpu's 16 need one more
+    more = {"entries": 17} if variant == "percpu" else {}
     for k in range(1, 9):
-        st, row, _, _ = _nmi_at(variant, k, nmi=False)
+        st, row, _, _ = _nmi_at(variant, k, nmi=False, **more)
         assert row[abi.S_NMI_IRQS_OFF] == 0
         deferred += int(row[abi.S_IRQ_DEFERRED])
-        st, row, _, _ = _nmi_at(variant, k)
+        st, row, _, _ = _nmi_at(variant, k, **more)
         assert st == abi.ST_OK or variant != "locked"
         assert row[abi.S_IRQ_DEFERRED] == 0
         inside_off += int(row[abi.S_NMI_IRQS_OFF])

@@ -359,6 +359,7 @@ FEEDS = {
     "periodic_violations": lambda cfg, views: {"extra": {"stress": {"periodic_violations": 1}}},
     "worker_failures": lambda cfg, views: {"failure": {"kind": "hung", "vcpu": 0, "message": "hung"}},
     "sched_violations": _counter(abi.S_BAD_SWITCH),
+    "xen_assertions": _counter(abi.S_XEN_BUGS),       # what csrc/xen/shim.h counts for a failed ASSERT
 }
 
 

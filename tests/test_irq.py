@@ -183,7 +183,7 @@ def _run(variant, **kw):
 
 @pytest.mark.parametrize("variant,workload,extra", [
     ("lockless", "uniform", {}), ("lockless", "hot", {}), ("kmap-local", "ptwalk", {"entries": 17}),
-    ("locked", "hot", {}), ("percpu", "ptwalk", {})])
+    ("locked", "hot", {}), ("percpu", "ptwalk", {"entries": 17})])   # 16 slots, the ASI default: a walk plus a handler needs 17
 def test_real_designs_take_interrupts_and_pass(variant, workload, extra, exclusive, no_leftovers):
     """Mutation: make the handler skip its unmap (kernels.irq_take) and slot_leaks/exhaustion fail this."""
     res = _run(variant, workload=workload, **extra)

@@ -44,6 +44,7 @@ def test_every_slotted_option_reaches_the_parameter_array(f):
     value = {"frames": 1024, "working_set": 100, "entries": 32, "hash_entries": 16, "levels": 3, "nest": 5,
              "tlb_ways": 8, "burst": 3, "panic_streak": 7, "lat_every": 5, "hot_set": 4}.get(f.name, 11)
     argv = [_flag(f), str(value)] + (["--variant", "lockless"] if f.name == "entries" else [])
+    argv += ["--workload", "guest"] if f.name == "guest_pages" else []    # the guest's pages exist on hypercall workloads
     cfg = config.validate(cli.config_from(_parse(*argv)))
     assert getattr(cfg, f.name) == value
     assert config.params(cfg)[f.metadata["slot"]] == value

@@ -168,7 +168,12 @@ def test_seed_rate_inverts_the_drop():
 
 def test_cpu_pairs_one_of_each_relation():
     """Siblings, two cores of a socket, two sockets: one pair of each, in that order."""
-    topo = Topology((0, 1, 2, 3), {0: (0, 0), 1: (0, 0), 2: (0, 1), 3: (1, 0)})
+    from testbed.topology import Cpu
+
+    where = {0: (0, 0), 1: (0, 0), 2: (1, 0), 3: (2, 1)}          # cpu -> (core, package)
+    cpus = {c: Cpu(c, core, core, pkg, pkg, tuple(x for x, (k, _) in where.items() if k == core))
+            for c, (core, pkg) in where.items()}
+    topo = Topology(cpus, (0, 1), None, (), (0, 1, 2, 3), (0, 1))
     assert pingpong.cpu_pairs(topo, [0, 1, 2, 3]) == [("siblings", 0, 1), ("same socket", 0, 2),
                                                     ("across sockets", 0, 3)]
     assert pingpong.cpu_pairs(topo, [2]) == []

@@ -283,6 +283,33 @@ def test_report_keeps_hosts_apart(tmp_path):
     assert all(len(g["rows"]) == 2 for g in groups.values())
 
 
+def test_report_scales_over_the_default_domain_and_keeps_a_fixed_one_apart():
+    """The default domain has as many vCPUs as run (recorded resolved, domain_vcpus == vcpus), so a vCPU
+    sweep is one group; a fixed --domain-vcpus is a group of its own. Breaks if the grouping compared the
+    recorded domain_vcpus as it is (a default sweep would lose linear) or ignored it (a 32-vCPU domain's
+    point would be scaled against a one-vCPU domain's)."""
+    from testbed import report
+
+    def run(vcpus, domain, rate):
+        cfg = {"variant": "locked", "vcpus": vcpus, "domain_vcpus": domain, "seed": vcpus, "workload": "uniform"}
+        return {"schema": 1, "kind": "testbed.run", "variant": "locked", "vcpus": vcpus, "seed": vcpus,
+                "workload": "uniform", "config": cfg,
+                "host": {"hostname": "h", "cpu_model": "cpu", "physical_cores": 4, "logical_cpus": 4,
+                         "kernel": "k", "packages": {}},
+                "totals": {"ops": 1, "ops_per_s": rate, "measured_s": 1.0, "lock_contended": 0,
+                           "hash_hit_rate": 0.0, "tlb_misses": 0},
+                "latency": {"p50": 2, "p99": 4, "max": 8}, "checks": {"violations": 0},
+                "fairness": {"starvation": False}, "partial": False, "verdict": "SUCCESS", "_file": f"{vcpus}-{domain}"}
+
+    default = report.rows([run(1, 1, 100.0), run(2, 2, 150.0)], [])
+    assert [r["linear"] for r in default] == [100.0, 200.0]
+    fixed = report.rows([run(1, 32, 100.0), run(2, 32, 150.0)], [])
+    assert [r["linear"] for r in fixed] == [100.0, 200.0]
+    mixed = report.rows([run(1, 1, 100.0), run(2, 32, 150.0)], [])
+    assert [r["linear"] for r in mixed] == [None, None]
+    assert len(report.plot_groups([run(1, 1, 100.0), run(2, 2, 150.0)])[("h", "cpu", 4, 4, "k"), "uniform"]["rows"]) == 2
+
+
 def test_no_segments_left_by_a_sweep(tmp_path, exclusive):
     """A sweep runs through harness.run, which unlinks its segment; nothing of ours stays in /dev/shm."""
     before = testbed_segments()
