@@ -16,7 +16,9 @@ stress loop in ``stress``, the experiments in ``experiments``, diffs in ``diff``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import os
 import sys
 import textwrap
@@ -355,6 +357,9 @@ def cmd_placement(args) -> int:
     for r in rows:
         print(f"  vCPU {r['vcpu']:>3}: CPU {r['cpu']:>4}  core {r['core']:>4}  package {r['package']:>3}  "
               f"node {r['node']}")
+    nodes = sorted({r["node"] for r in rows})
+    print(f"verdict: SUCCESS (nothing started); figures: {vcpus} vCPUs on {len({r['cpu'] for r in rows})} CPUs, "
+          f"{len({(r['package'], r['core']) for r in rows})} cores, node{'s' if len(nodes) > 1 else ''} {','.join(map(str, nodes))}")
     return EXIT_OK
 
 
@@ -408,21 +413,52 @@ def cmd_rerun(args) -> int:
     print(f"testbed rerun: {' '.join(['testbed', *new_argv])}", flush=True)
     global ARGV
     saved, ARGV = ARGV, new_argv
+    held = _HoldVerdict(sys.stdout)
     try:
         sub = build_parser().parse_args(new_argv)
-        code = sub.func(sub)
+        with contextlib.redirect_stdout(held):
+            code = sub.func(sub)
     finally:
         ARGV = saved
-    if not os.path.exists(out):
-        return code
-    new = results.read_json(out)
-    refused, flagged = hostinfo.compare_facts(old.get("host"), new.get("host"))
-    for line in refused + flagged:
-        print(f"rerun: {line} differs from the original's")
-    if not refused and not flagged:
-        print("rerun: host facts as in the original")
-    print("\n".join(f"rerun: {line}" for line in results.diff_lines(old, new)))
+        held.flush()
+    if os.path.exists(out):
+        new = results.read_json(out)
+        refused, flagged = hostinfo.compare_facts(old.get("host"), new.get("host"))
+        for line in refused + flagged:
+            print(f"rerun: {line} differs from the original's")
+        if not refused and not flagged:
+            print("rerun: host facts as in the original")
+        print("\n".join(f"rerun: {line}" for line in results.diff_lines(old, new)))
+    if held.verdict:
+        print(held.verdict, flush=True)        # the rerun's own verdict stays the last line
     return code
+
+
+class _HoldVerdict(io.TextIOBase):
+    """Passes a command's output through line by line, holding back its ``verdict:`` line so that
+    ``rerun`` can print what differs before it."""
+
+    def __init__(self, out):
+        self.out, self.part, self.verdict = out, "", None
+
+    def write(self, text: str) -> int:
+        self.part += text
+        *lines, self.part = self.part.split("\n")
+        for line in lines:
+            if line.startswith("verdict: "):
+                self.verdict = line
+            else:
+                self.out.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.part:
+            if self.part.startswith("verdict: "):
+                self.verdict, self.part = self.part, ""
+            else:
+                self.out.write(self.part)
+                self.part = ""
+        self.out.flush()
 
 
 def cmd_listing(args) -> int:

@@ -332,7 +332,7 @@ COMMANDS = [
     ("scale", "--seed", "3"),
     ("timers", "--seed", "3"),
     ("stress", "--seed", "3", "--duration", "1"),
-    ("variants",), ("workloads",), ("explain",), ("explain", "linear"),
+    ("variants",), ("workloads",), ("explain",), ("explain", "linear"), ("placement", "--vcpus", "2"),
     ("sweep", REPO / "examples" / "figures.toml", "--out", "{tmp}/out", "--dry-run"),
     ("report", "{report}"),
     ("diff", "{a}", "{a}"),

@@ -423,6 +423,8 @@ def test_run_records_placement_memory_facts_and_reruns(tmp_path, trees, capsys, 
     assert old == res                                   # never written over
     assert new["seed"] == res["seed"] and new["config"] == res["config"]
     assert "rerun: host facts as in the original" in again.stdout and "rerun: B/A = " in again.stdout
+    lines = again.stdout.rstrip("\n").splitlines()       # the rerun's verdict, held back, closes its output
+    assert lines[-1].startswith("verdict: SUCCESS") and sum(x.startswith("verdict: ") for x in lines) == 1
 
     bundle = json.loads(json.dumps(res))               # as a user's 64-CPU host would send it
     bundle["host"]["facts"] = hostinfo.facts(str(trees / "64amd64-4s2n4ca2co"))
