@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import abi, tlb
 from ..errors import UsageError
+from .contract import domain_vcpus
 
 NAME = "xen"
 DESCRIPTION = "a Xen tree's own domain_page.c, patched (--xen-tree DIR [--xen-patch FILE]...), compiled against the shim"
@@ -115,7 +116,7 @@ def describe(cfg) -> dict:
 
 
 def state_shape(cfg):
-    heap = int(build_of(cfg).lib.testbed_xen_heap_bytes(cfg.vcpus))
+    heap = int(build_of(cfg).lib.testbed_xen_heap_bytes(domain_vcpus(cfg)))
     return HEAP_WORD + (heap + 7) // 8, 0, abi.V_RESERVED
 
 
@@ -127,7 +128,7 @@ def init_state(views, cfg):
     b = build_of(cfg)
     dom = views["dom"]
     heap = dom[HEAP_WORD:]
-    rc = int(b.lib.testbed_xen_init(_addr(heap), heap.nbytes, cfg.vcpus, cfg.entries, None, _addr(dom),
+    rc = int(b.lib.testbed_xen_init(_addr(heap), heap.nbytes, domain_vcpus(cfg), cfg.entries, None, _addr(dom),
                                     _addr(views["pte"]), _addr(views["vst"][0]), _addr(views["stats"][0])))
     srow = views["stats"][0]
     if rc in (ST_XEN_BUG, abi.ST_EXHAUSTED):
@@ -138,7 +139,7 @@ def init_state(views, cfg):
     b.build_bugs = [f"xen/arch/x86/domain_page.c:{lines[k]}: {b.source_line(lines[k])}" for k in range(min(n, 16))]
     if rc != 0:
         raise UsageError(f"{b.label}: mapcache_vcpu_init / mapcache_domain_init returned {rc} (-errno) for "
-                         f"{cfg.vcpus} vCPUs")
+                         f"{domain_vcpus(cfg)} vCPUs")
 
 
 def runner(cfg):
@@ -213,7 +214,8 @@ def as_transcription(views, cfg):
     dom = np.zeros(max(dom_w, 8), dtype=np.int64)
     dom[tlb.D_TLBCLOCK] = views["dom"][tlb.D_TLBCLOCK]
     dbits = np.zeros(max(bits_w, 1), dtype=np.int64)
-    vst = np.zeros((cfg.vcpus, max(row_w, abi.V_RESERVED)), dtype=np.int64)
+    d = domain_vcpus(cfg)              # Xen's d->max_vcpus: every vCPU's cache, idle ones too
+    vst = np.zeros((d, max(row_w, abi.V_RESERVED)), dtype=np.int64)
     vst[:, :abi.V_RESERVED] = views["vst"][:, :abi.V_RESERVED]
     h, e = cfg.hash_entries, cfg.entries
     dbase = int(lib.testbed_xen_dcache())
@@ -223,7 +225,7 @@ def as_transcription(views, cfg):
         dom[w["cursor"]], dom[w["epoch"]], dom[w["tlbflush_ts"]] = (int(dd[n][0]) for n in dd)
         lock_off = b.structs["mapcache_domain"]["lock"][0]
         dom[locked.X_LOCK] = np.frombuffer(_read(dbase + lock_off, 8), dtype=np.int64)[0]
-        slots = cfg.vcpus * e
+        slots = d * e
         nw = locked.bitmap_words(slots)
         gb = locked.garbage_base(slots)
         for name, at in (("inuse", 0), ("garbage", gb)):
@@ -231,7 +233,7 @@ def as_transcription(views, cfg):
             dbits[at:at + nw] = np.frombuffer(_read(ptr, 8 * nw), dtype=np.int64)
         ent = b.structs["vcpu_maphash_entry"]
         esize = b.structs["mapcache_vcpu"]["hash"][2]
-        for v in range(cfg.vcpus):
+        for v in range(d):
             vbase = int(lib.testbed_xen_vcache(v))
             vst[v, locked.V_SHADOW_EPOCH] = int(member(b, "mapcache_vcpu", vbase, "shadow_epoch")[0])
             hbase = vbase + b.structs["mapcache_vcpu"]["hash"][0]
@@ -245,7 +247,7 @@ def as_transcription(views, cfg):
                 vst[v, locked.V_HASH + 2 * h + k] = int(ref[0])
     else:
         hm, hi, rc, iu, _ = lockless._offsets(h, e)
-        for v in range(cfg.vcpus):
+        for v in range(d):
             vbase = int(lib.testbed_xen_vcache(v))
             vst[v, hm:hm + h] = _signed(member(b, "mapcache_vcpu", vbase, "hash_mfn"), 64)[:h]
             vst[v, hi:hi + h] = _signed(member(b, "mapcache_vcpu", vbase, "hash_idx"), 32)[:h]
