@@ -1,9 +1,12 @@
 """testbed/locks.py in one process: the owner word, the counters and the handoff accounting of each
-lock, the Python readers on constructed states, and where each lock's words sit.
+lock, the Python readers on constructed states, and where each lock's words sit, in Python and in the C port.
 
 Across processes (mutual exclusion itself): tests/test_atomics.py."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +132,42 @@ def test_locked_runs_the_shipped_locks():
     assert locked.acquire is locks.acquire and locked.release is locks.release
     assert locked.LOCKS == locks.LOCKS and locked.DOM_LAYOUTS == dom_layout.DOM_LAYOUTS
     assert not hasattr(locked, "lock") and not hasattr(locked, "unlock")
+
+
+# --- the C port's copy of the words ---------------------------------------------------------
+
+CSRC = Path(__file__).resolve().parent.parent / "testbed" / "csrc"
+MIRRORED = ("X_CURSOR", "X_LOCK", "X_EPOCH", "X_TLBFLUSH_TS", "X_LOCK_OWNER", "X_HANDOFF_TSC", "X_HANDOFF_FROM",
+            "D_LOCK_HEAD", "D_LOCK_TAIL", "D_LOCK_OWNER", "D_MCS_TAIL", "D_TAS", "D_HANDOFF_TSC", "D_HANDOFF_FROM",
+            "D_CURSOR", "D_EPOCH", "D_TLBFLUSH_TS", "D_TAS_WAITERS", "D_MCS_NODES", "N_NEXT", "N_LOCKED",
+            "LOCK_TICKET", "LOCK_MCS", "LOCK_TAS", "LAYOUT_XEN", "LAYOUT_PADDED", "TAS_BACKOFF_MAX", "TICKET_MASK")
+
+
+def c_constants(texts) -> dict[str, set[int]]:
+    """Every ``#define NAME <integer>`` and ``enum { NAME = <integer> }`` of the C sources ``texts``."""
+    out: dict[str, set[int]] = {}
+    number = r"(0[xX][0-9a-fA-F]+|\d+)(?:[uU]?[lL]{0,2})"
+    for src in texts:
+        pairs = re.findall(rf"^#define\s+([A-Z][A-Z0-9_]*)\s+{number}\s*(?:/[*/].*)?$", src, re.M)
+        for body in re.findall(r"enum\s*\{([^}]*)\}", src):
+            pairs += re.findall(rf"([A-Z][A-Z0-9_]*)\s*=\s*{number}", body)
+        for name, value in pairs:
+            out.setdefault(name, set()).add(int(value, 0))
+    return out
+
+
+def c_disagreements(texts) -> dict:
+    """The mirrored names the C declares with another value than Python's, or not at all."""
+    c = c_constants(texts)
+    py = {name: getattr(locks, name, getattr(dom_layout, name, None)) for name in MIRRORED}
+    return {name: (sorted(c.get(name, ())), value) for name, value in py.items() if c.get(name) != {value}}
+
+
+def test_the_c_port_lays_out_and_numbers_the_locks_as_python_does():
+    """The C port (testbed/csrc, wherever in it the words are declared) has each word, lock and layout
+    number of dom_layout.py and locks.py, once and with the same value. The control: the same
+    sources with the C's ticket word moved are caught."""
+    texts = [p.read_text() for p in sorted(CSRC.rglob("*")) if p.suffix in (".c", ".h")]
+    assert c_disagreements(texts) == {}
+    moved = [re.sub(r"^#define X_LOCK 9\b", "#define X_LOCK 12", t, flags=re.M) for t in texts]
+    assert moved != texts and c_disagreements(moved) == {"X_LOCK": ([12], 9)}
