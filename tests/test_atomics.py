@@ -266,7 +266,8 @@ def _compile_counting_loop():
     v = LAYOUT.views(bytearray(LAYOUT.size))
     v["sync"][0] = 0
     for kind in (K_ATOMIC, K_RACY, K_LOCKED, K_OWN_LOCK):
-        counting_loop(kind, 1, v["ctr"], v["sync"], v["dom"], v["times"][0], v["srow"][0], 0, 0, 0, 0)
+        dom = v["own"][0] if kind == K_OWN_LOCK else v["dom"]       # a row of a 2-D field: maybe another type
+        counting_loop(kind, 1, v["ctr"], v["sync"], dom, v["times"][0], v["srow"][0], 0, 0, 0, 0)
 
 
 def _child(name, layout, who, core, kind, n, lock, dlayout):
