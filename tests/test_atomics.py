@@ -1,8 +1,8 @@
-"""testbed.atomics: results in compiled code and in the Python fallbacks, and atomicity across processes."""
+"""testbed.atomics: results in compiled code and in the Python fallbacks, and atomicity across processes;
+the shipped locks (testbed/locks.py) keeping a plain counter exact across processes."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
@@ -16,25 +16,13 @@ import pytest
 
 from testbed.shared import Arena, Field, Layout
 from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
-from testbed import abi
-from testbed.variants import locked
-from testbed.variants.locked import X_LOCK, lock, ticket_halves, unlock
+from testbed import abi, dom_layout, locks
+from testbed.locks import acquire, release
 
 from conftest import REPO, cli_env, segments_owned_by
 
 N_STATS = abi.N_STATS  # a stats row as the harness lays it out
-DOM_WORDS = max(getattr(locked, "DOM_WORDS", 40), 40)
-
-# lock(dom, srow) or, in newer versions, lock(dom, srow, vcpu) (the holder, for stall reports)
-LOCK_TAKES_VCPU = len(inspect.signature(getattr(lock, "py_func", lock)).parameters) >= 3
-if LOCK_TAKES_VCPU:
-    @numba.njit
-    def take_lock(dom, srow, who):
-        return lock(dom, srow, who)
-else:
-    @numba.njit
-    def take_lock(dom, srow, who):
-        return lock(dom, srow)
+DOM_WORDS = dom_layout.DOM_WORDS + 8 * 2    # the fixed words, then an mcs node per process
 
 
 # --- single process: every operation, compiled and in the fallback ---------------------
@@ -139,23 +127,22 @@ def test_compiled_code_uses_atomic_instructions():
 
 
 def test_fallback_mode_runs_a_kernel_without_the_jit():
-    """With NUMBA_DISABLE_JIT=1 a kernel using the atomics (and the ticket lock) runs as Python."""
+    """With NUMBA_DISABLE_JIT=1 a kernel using the atomics (and the shipped ticket lock) runs as Python."""
     code = textwrap.dedent("""
-        import inspect
         import numba, numba.core.dispatcher, numpy as np
         from numba.core import config
         assert config.DISABLE_JIT
         from testbed.atomics import cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, rdtsc, store_release
-        from testbed.variants.locked import X_LOCK, lock, ticket_halves, unlock
+        from testbed.dom_layout import LAYOUT_XEN, X_LOCK
+        from testbed.locks import LOCK_TICKET, acquire, release, ticket_halves
         from testbed import abi
-        three = len(inspect.signature(getattr(lock, "py_func", lock)).parameters) >= 3
 
         @numba.njit
         def k(a, dom, srow, n):
             for _ in range(n):
-                my = lock(dom, srow, 0) if three else lock(dom, srow)
+                my = acquire(dom, srow, 0, LOCK_TICKET, LAYOUT_XEN)
                 a[0] += 1
-                unlock(dom, my)
+                release(dom, my, srow, 0, 0, LOCK_TICKET, LAYOUT_XEN)
                 fetch_add(a, 1, 2)
                 fetch_or(a, 2, 1 << (_ % 8))
                 fetch_and(a, 3, ~1)
@@ -166,7 +153,7 @@ def test_fallback_mode_runs_a_kernel_without_the_jit():
             return rdtsc()
 
         assert not isinstance(k, numba.core.dispatcher.Dispatcher), type(k)
-        assert not isinstance(lock, numba.core.dispatcher.Dispatcher), type(lock)
+        assert not isinstance(acquire, numba.core.dispatcher.Dispatcher), type(acquire)
         a = np.zeros(8, np.int64); a[3] = 7
         dom = np.zeros(64, np.int64); srow = np.zeros(abi.N_STATS, np.int64)
         t = k(a, dom, srow, 10)
@@ -234,12 +221,13 @@ def test_fallback_fetch_add_is_atomic_across_forked_processes():
 LAYOUT = Layout((
     Field("ctr", "int64", (8,)),          # the shared counter, alone on its line
     Field("sync", "int64", (8,)),         # start barrier
-    Field("dom", "int64", (DOM_WORDS,)),        # the ticket lock's word (X_LOCK: head and tail)
+    Field("dom", "int64", (DOM_WORDS,)),        # the lock's words, shared
+    Field("own", "int64", (2, DOM_WORDS), per_vcpu=True),     # per process: a lock of its own, shared by nobody
     Field("times", "int64", (2, 2), per_vcpu=True),    # per process: loop start, loop end (TSC)
     Field("srow", "int64", (2, N_STATS), per_vcpu=True),
 ))
 
-K_ATOMIC, K_RACY, K_LOCKED, K_UNLOCKED = range(4)
+K_ATOMIC, K_RACY, K_LOCKED, K_OWN_LOCK = range(4)
 
 
 @numba.njit
@@ -250,8 +238,9 @@ def _barrier(sync, parties):
 
 
 @numba.njit
-def counting_loop(kind, n, ctr, sync, dom, times, srow, parties, who):
-    """One process's share: ``n`` increments of ctr[0], of the kind asked for."""
+def counting_loop(kind, n, ctr, sync, dom, times, srow, parties, who, lock, layout):
+    """One process's share: ``n`` increments of ctr[0], of the kind asked for; under a lock, the shipped
+    ``acquire``/``release`` of lock ``lock`` (LOCK_*) in domain layout ``layout`` (LAYOUT_*)."""
     _barrier(sync, parties)
     t0 = rdtsc()
     if kind == K_ATOMIC:
@@ -262,16 +251,11 @@ def counting_loop(kind, n, ctr, sync, dom, times, srow, parties, who):
             v = load_acquire(ctr, 0)
             store_release(ctr, 0, v + 1)
     else:
+        # K_OWN_LOCK: the same code on a lock each process has to itself: a lock that does not lock
         for _ in range(n):
-            if kind == K_LOCKED:
-                my = take_lock(dom, srow, who)
-            else:                       # the same atomics on a private word: no exclusion
-                my = fetch_add(srow, 47, 1)
+            my = acquire(dom, srow, who, lock, layout)
             ctr[0] += 1                 # plain, non-atomic read-modify-write
-            if kind == K_LOCKED:
-                unlock(dom, my)
-            else:
-                store_release(srow, 46, my + 1)
+            release(dom, my, srow, 0, who, lock, layout)
     t1 = rdtsc()
     times[0] = t0
     times[1] = t1
@@ -281,15 +265,17 @@ def _compile_counting_loop():
     """Compile in the parent, so that the forked children start at once."""
     v = LAYOUT.views(bytearray(LAYOUT.size))
     v["sync"][0] = 0
-    for kind in (K_ATOMIC, K_RACY, K_LOCKED, K_UNLOCKED):
-        counting_loop(kind, 1, v["ctr"], v["sync"], v["dom"], v["times"][0], v["srow"][0], 0, 0)
+    for kind in (K_ATOMIC, K_RACY, K_LOCKED, K_OWN_LOCK):
+        dom = v["own"][0] if kind == K_OWN_LOCK else v["dom"]       # a row of a 2-D field: maybe another type
+        counting_loop(kind, 1, v["ctr"], v["sync"], dom, v["times"][0], v["srow"][0], 0, 0, 0, 0)
 
 
-def _child(name, layout, who, core, kind, n):
+def _child(name, layout, who, core, kind, n, lock, dlayout):
     os.sched_setaffinity(0, {core})
     arena = Arena.attach(name, layout)
     v = arena.views
-    counting_loop(kind, n, v["ctr"], v["sync"], v["dom"], v["times"][who], v["srow"][who], 2, who)
+    dom = v["own"][who] if kind == K_OWN_LOCK else v["dom"]
+    counting_loop(kind, n, v["ctr"], v["sync"], dom, v["times"][who], v["srow"][who], 2, who, lock, dlayout)
     arena.close()
 
 
@@ -300,8 +286,9 @@ def _two_cores() -> list[int]:
     return cpus[:2]
 
 
-def run_pair(kind: int, n: int) -> dict:
-    """Two forked processes pinned to two cores, each doing ``n`` increments; counts and loop intervals."""
+def run_pair(kind: int, n: int, lock: str = "ticket", layout: str = "xen") -> dict:
+    """Two forked processes pinned to two cores, each doing ``n`` increments; counts and loop intervals.
+    Under a lock: ``lock`` (a LOCKS name) in domain layout ``layout`` (a DOM_LAYOUTS name)."""
     cores = _two_cores()
     _compile_counting_loop()
     arena = Arena.create(LAYOUT)
@@ -310,7 +297,8 @@ def run_pair(kind: int, n: int) -> dict:
         assert arena.name in segments_owned_by(os.getpid())
         ctx = mp.get_context("fork")
         for who, core in enumerate(cores):
-            p = ctx.Process(target=_child, args=(arena.name, LAYOUT, who, core, kind, n), daemon=True)
+            p = ctx.Process(target=_child, args=(arena.name, LAYOUT, who, core, kind, n, locks.LOCKS.index(lock),
+                                                 dom_layout.DOM_LAYOUTS.index(layout)), daemon=True)
             p.start()
             procs.append(p)
         for p in procs:
@@ -320,9 +308,11 @@ def run_pair(kind: int, n: int) -> dict:
         times = v["times"][:, :2].tolist()
         overlap = min(t[1] for t in times) - max(t[0] for t in times)
         shortest = min(t[1] - t[0] for t in times)
+        srow = v["srow"][:, :N_STATS]
         return {"count": int(v["ctr"][0]), "times": times, "overlap": overlap, "shortest": max(shortest, 1),
-                "head": int(ticket_halves(v["dom"][X_LOCK])[0]), "tail": int(ticket_halves(v["dom"][X_LOCK])[1]),
-                "contended": int(v["srow"][:, abi.S_LOCK_CONTENDED].sum())}
+                "free": locks.is_free(v["dom"], layout, lock),
+                "tickets": locks.ticket_snapshot(v["dom"], layout) if lock == "ticket" else None,
+                "acquired": int(srow[:, abi.S_LOCK_ACQ].sum()), "contended": int(srow[:, abi.S_LOCK_CONTENDED].sum())}
     finally:
         for p in procs:
             if p.exitcode is None:
@@ -339,7 +329,7 @@ def overlapped(r: dict) -> bool:
 OVERLAP_TRIES = 12
 
 
-def expect_lost_updates(kind: int, n0: int, run=None):
+def expect_lost_updates(kind: int, n0: int, run=None, **lock):
     """Retry until the two loops overlap; then updates must have been lost. Fails if they never overlap.
 
     ``n`` grows fourfold per try up to 64 times ``n0``, then stays there (a busy shared host can
@@ -349,7 +339,7 @@ def expect_lost_updates(kind: int, n0: int, run=None):
     run = run or run_pair
     n, seen = n0, []
     for _ in range(OVERLAP_TRIES):
-        r = run(kind, n)
+        r = run(kind, n, **lock)
         seen.append((n, r["times"], r["overlap"], r["count"]))
         if overlapped(r):
             assert r["count"] < 2 * n, f"no update lost in an overlapping run: {seen[-1]}"
@@ -386,16 +376,28 @@ def test_plain_read_modify_write_loses_updates_when_processes_overlap():
     expect_lost_updates(K_RACY, 1_000_000)
 
 
+LOCK_CASES = [(lock, layout) for lock in locks.LOCKS for layout in dom_layout.DOM_LAYOUTS]
+
+
 @pytest.mark.usefixtures("exclusive", "no_leftovers")
-def test_ticket_lock_keeps_a_plain_counter_exact():
-    n = 200_000
-    r = run_pair(K_LOCKED, n)
+@pytest.mark.parametrize("lock,layout", LOCK_CASES, ids=[f"{lk}-{ly}" for lk, ly in LOCK_CASES])
+def test_shipped_lock_keeps_a_plain_counter_exact(lock, layout):
+    """``locks.acquire``/``release``, the code locked runs, around a plain increment in two processes.
+
+    Mutation tried: ``ticket_lock`` returning at once (no spin): the xen case loses increments."""
+    n = 200_000 if (lock, layout) == ("ticket", "xen") else 50_000
+    r = run_pair(K_LOCKED, n, lock, layout)
     assert r["count"] == 2 * n, r
-    assert r["head"] == r["tail"] == 2 * n          # every ticket taken was served, the lock is free
+    assert r["free"] and r["acquired"] == 2 * n, r      # every acquisition released, the owner word cleared
+    if lock == "ticket":
+        assert r["tickets"] == (2 * n, 2 * n), r        # every ticket taken was served
     if overlapped(r):
-        assert r["contended"] > 0                   # the two really met at the lock
+        assert r["contended"] > 0                       # the two really met at the lock
 
 
 @pytest.mark.usefixtures("exclusive", "no_leftovers")
-def test_same_loop_without_the_lock_loses_increments():
-    expect_lost_updates(K_UNLOCKED, 200_000)
+@pytest.mark.parametrize("lock", locks.LOCKS)
+def test_a_lock_that_does_not_lock_loses_increments(lock):
+    """The control for the test above: the same shipped code, each process on a lock of its own (so
+    nothing excludes the other), in the same harness, loses updates."""
+    expect_lost_updates(K_OWN_LOCK, 200_000, lock=lock, layout="xen")

@@ -1,5 +1,6 @@
-"""locked's two layouts of its domain words (--dom-layout): where the words sit, the one-word ticket
-lock of the xen layout (wrap, snapshot), the option's refusal for other variants."""
+"""The two layouts of a domain's words (--dom-layout, testbed/dom_layout.py) as locked runs them: where
+the words sit, the one-word ticket lock of the xen layout (testbed/locks.py: wrap, snapshot), the
+option's refusal for other variants."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numba
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness
+from testbed import abi, config, dom_layout, harness, locks
 from testbed.config import RunConfig
 from testbed.errors import UsageError
 from testbed.shared import Arena
@@ -26,7 +27,7 @@ def _line(word: int) -> int:
     return word * 8 // 64
 
 
-@pytest.mark.parametrize("lock", locked.LOCKS)
+@pytest.mark.parametrize("lock", locks.LOCKS)
 def test_xen_layout_puts_the_four_words_on_one_line_and_padded_does_not(lock):
     """Mutation tried: ``X_EPOCH = 16`` (the epoch on the owner's line): the xen assertion fails."""
     xen, padded = locked.dom_words("xen", lock), locked.dom_words("padded", lock)
@@ -35,15 +36,16 @@ def test_xen_layout_puts_the_four_words_on_one_line_and_padded_does_not(lock):
     # the testbed's own words (owner, handoff stamps) and the global TLB clock stay off the hot line
     hot = _line(xen["cursor"])
     assert all(_line(xen[k]) != hot for k in ("owner", "handoff_tsc", "handoff_from"))
-    assert _line(0) != hot and _line(locked.D_TAS_WAITERS) != hot and _line(locked.mcs_node(0)) != hot
+    assert _line(0) != hot and _line(dom_layout.D_TAS_WAITERS) != hot and _line(locks.mcs_node(0)) != hot
     # the compiled kernels use the same words as this table
-    kind = locked.LOCKS.index(lock)
-    for name, layout in (("xen", locked.LAYOUT_XEN), ("padded", locked.LAYOUT_PADDED)):
+    kind = locks.LOCKS.index(lock)
+    for name, layout in (("xen", dom_layout.LAYOUT_XEN), ("padded", dom_layout.LAYOUT_PADDED)):
         w = locked.dom_words(name, lock)
-        assert tuple(locked.domain_words(layout)) == (w["cursor"], w["epoch"], w["tlbflush_ts"])
-        assert locked.lock_word(layout, kind) == w["lock"]
-        assert tuple(locked.owner_words(layout)) == (w["owner"], w["handoff_tsc"], w["handoff_from"])
-    assert locked.DOM_LAYOUTS == ("xen", "padded")          # xen is the default
+        assert tuple(dom_layout.domain_words(layout)) == (w["cursor"], w["epoch"], w["tlbflush_ts"])
+        assert locks.lock_word(layout, kind) == w["lock"]
+        assert tuple(locks.owner_words(layout)) == (w["owner"], w["handoff_tsc"], w["handoff_from"])
+    assert locked.DOM_LAYOUTS == dom_layout.DOM_LAYOUTS == ("xen", "padded")          # xen is the default
+    assert locked.LOCKS == locks.LOCKS
 
 
 def _views(vcpus=2, layout="xen", lock="ticket"):
@@ -55,13 +57,13 @@ def _views(vcpus=2, layout="xen", lock="ticket"):
 
 
 def _word(head: int, tail: int) -> int:
-    return int(np.int64(np.uint64(((tail & locked.TICKET_MASK) << 32) | (head & locked.TICKET_MASK))))
+    return int(np.int64(np.uint64(((tail & locks.TICKET_MASK) << 32) | (head & locks.TICKET_MASK))))
 
 
 def test_waiters_and_free_from_constructed_ticket_words():
     """Tickets compare modulo 2**32, across the wrap of either half.
 
-    Mutation tried: ``max(0, (tail - head) - 1)`` in ``lock_waiters`` (no ``& TICKET_MASK``): the
+    Mutation tried: ``max(0, (tail - head) - 1)`` in ``locks.waiters`` (no ``& TICKET_MASK``): the
     wrapped cases read 0 waiters.
     """
     cfg, views = _views(vcpus=4)
@@ -70,7 +72,7 @@ def test_waiters_and_free_from_constructed_ticket_words():
                                       (0xFFFFFFFE, 0, 1, False), (0xFFFFFFFF, 2, 2, False),
                                       (0xFFFFFFFF, 0xFFFFFFFF, 0, True), (7, 7, 0, True)):
         views["dom"][lw] = _word(head, tail)
-        assert locked.ticket_snapshot(views, cfg) == (head, tail)
+        assert locks.ticket_snapshot(views["dom"], "xen") == (head, tail)
         assert locked.lock_waiters(views, cfg) == waiters, (head, tail)
         assert locked.lock_free(views, cfg) is free
 
@@ -80,24 +82,24 @@ def _take_and_give(dom, srow, n, vcpu, stop=None):
     for _ in range(n):
         if stop is not None and stop[abi.C_STOP] != 0:
             break
-        my = locked.acquire(dom, srow, vcpu, locked.LOCK_TICKET, locked.LAYOUT_XEN)
+        my = locks.acquire(dom, srow, vcpu, locks.LOCK_TICKET, dom_layout.LAYOUT_XEN)
         srow[abi.S_OPS] += 1
-        locked.release(dom, my, srow, 0, vcpu, locked.LOCK_TICKET, locked.LAYOUT_XEN)
+        locks.release(dom, my, srow, 0, vcpu, locks.LOCK_TICKET, dom_layout.LAYOUT_XEN)
 
 
 def test_ticket_wraps_without_carrying_into_the_tail():
     """Start one below the wrap of both halves: take and give the lock across it.
 
-    Mutation tried: the xen release as ``fetch_add(dom, lw, 1)`` (a 64-bit add): when the head
+    Mutation tried: ``ticket_unlock`` as ``fetch_add(dom, lw, 1)`` (a 64-bit add): when the head
     wraps it carries into the tail, and the word reads (head 0, tail 1): held, one ticket ahead.
     """
     cfg, views = _views(vcpus=1)
     lw = locked.dom_words("xen")["lock"]
     views["dom"][lw] = _word(0xFFFFFFFF, 0xFFFFFFFF)
     _take_and_give(views["dom"], views["stats"][0], 1, 0)
-    assert locked.ticket_snapshot(views, cfg) == (0, 0) and locked.lock_free(views, cfg)
+    assert locks.ticket_snapshot(views["dom"], "xen") == (0, 0) and locked.lock_free(views, cfg)
     _take_and_give(views["dom"], views["stats"][0], 3, 0)
-    assert locked.ticket_snapshot(views, cfg) == (3, 3)
+    assert locks.ticket_snapshot(views["dom"], "xen") == (3, 3)
     assert views["stats"][0, abi.S_LOCK_CONTENDED] == 0
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from testbed import abi, harness, kernels, tlb
+from testbed import abi, harness, kernels, locks, tlb
 from testbed import config as cfgmod
 from testbed.config import RunConfig
 from testbed import variants as registry
@@ -421,7 +421,7 @@ def corruptions(variant, model, c: Compiled, live: dict, rng: random.Random):
         # a ticket taken and never served: the tail one past the head (xen: the high half of the
         # one word; padded: the word after the head), or the mcs tail / tas word set
         lw = locked.dom_words(cfg.dom_layout, cfg.lock)["lock"]
-        taken = {"xen": (lw, locked.TICKET_ONE), "padded": (lw + 1, 1)}[cfg.dom_layout] if cfg.lock == "ticket" \
+        taken = {"xen": (lw, locks.TICKET_ONE), "padded": (lw + 1, 1)}[cfg.dom_layout] if cfg.lock == "ticket" \
             else (lw, 1)
         out.append(("leave the lock taken",
                     lambda w, at=taken: w["dom"].__setitem__(at[0], w["dom"][at[0]] + at[1]), "invariant_violations"))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from testbed.shared import futex
-from testbed import abi, harness, limits, oracle, results
+from testbed import abi, harness, limits, locks, oracle, results
 from testbed import variants as registry
 from testbed.config import RunConfig, sched_model, validate
 from testbed.errors import UsageError
@@ -242,7 +242,7 @@ def test_checks_excuse_what_a_killed_vcpu_left_half_done():
     cfg, views = _fresh("locked")
     views["dbits"][0] |= 1 << 5
     words = locked.dom_words(cfg.dom_layout)
-    views["dom"][words["lock"]] = locked.TICKET_ONE          # ticket 0 taken (tail 1), head 0: held
+    views["dom"][words["lock"]] = locks.TICKET_ONE          # ticket 0 taken (tail 1), head 0: held
     views["dom"][words["owner"]] = 1
     assert oracle.variant_checks(views, cfg) == {"slot_leaks": 1, "invariant_violations": 1}
     assert oracle.variant_checks(views, cfg, victims={0}) == {"slot_leaks": 0, "invariant_violations": 0}

@@ -121,8 +121,8 @@ def test_differential(port, tree, design, patches, vcpus, domain, workload):
     np.testing.assert_array_equal(conv["vst"], tviews["vst"][:, :width], err_msg="per-vCPU state: hash, refcounts, epoch")
     from testbed.variants import locked
 
-    words = [tlb.D_TLBCLOCK] + ([locked.X_CURSOR, locked.X_LOCK, locked.X_EPOCH, locked.X_TLBFLUSH_TS]
-                                if design == "locked" else [])
+    xw = locked.dom_words("xen")
+    words = [tlb.D_TLBCLOCK] + ([xw[k] for k in ("cursor", "lock", "epoch", "tlbflush_ts")] if design == "locked" else [])
     np.testing.assert_array_equal(conv["dom"][words], tviews["dom"][words], err_msg="domain words")
     assert xviews["stats"][:, abi.S_XEN_MAPS].sum() == xviews["stats"][:, abi.S_MAPS].sum()
 

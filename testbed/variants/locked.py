@@ -26,70 +26,17 @@ Invariants: the lock is free whenever no vCPU is inside ``map``; a bucket's slot
 is in use and its PTE maps the bucket's MFN; an in-use slot that is neither held
 nor cached is garbage waiting for the next wrap.
 
-The lock, chosen with ``--lock`` (``LOCKS``; the kernel reads its index from
-``p[P_LOCK]``):
-
-- ``ticket`` (default, Xen's): FIFO, PAUSE in the spin, no backoff, no
-  sleeping. Every waiter spins on the one line the holder writes when it
-  releases. In the xen layout (below) head and tail are the two halves of one
-  64-bit word, as Xen packs ``{u16 head, tail}`` into one 32-bit word:
-  ``spin_lock`` is one fetch-and-add of 1 to the tail half, whose old value
-  holds the ticket and the head (equal: taken, no further load; else spin on
-  the head half); ``spin_unlock`` stores ticket + 1 into the head half alone
-  (Xen's ``add_sized(&head, 1)``), so the head wraps at 2**32 without carrying
-  into the tail. Tickets compare modulo 2**32. In the padded layout head and
-  tail are two words.
-- ``mcs`` (Mellor-Crummey and Scott): a queue of per-vCPU nodes ``{next,
-  locked}``. A vCPU swaps its node into the tail; if there was a predecessor it
-  links itself behind it and spins on its *own* node, which only its
-  predecessor writes, once, to hand the lock over: local spinning, one
-  cache-line transfer per handoff. Release hands over to ``next``, or swings
-  the tail back to empty by compare-and-swap, waiting for a successor that has
-  swapped itself in but not linked yet. The nodes live in the domain words
-  after ``D_MCS_NODES``, one cache line per vCPU, laid out by ownership.
-- ``tas``: test-and-test-and-set with bounded exponential backoff. Read the
-  word until it looks free, then exchange 1 into it; on failure PAUSE for a
-  delay that doubles up to ``TAS_BACKOFF_MAX`` rounds. No order: whoever
-  swaps first wins, so a vCPU can take the lock again and again while others
-  back off (unfair), and a lock freed during everyone's backoff stays idle
-  (slow handoff).
-
-Handoff cost and fairness. A releaser that knows vCPUs are waiting (ticket:
-the tail is past the next ticket; mcs: it has a successor; tas: the count of
-backing-off waiters, bumped once per contended acquisition, is non-zero)
-stamps the cycle counter and itself into ``D_HANDOFF_TSC`` and
-``D_HANDOFF_FROM`` just before it releases; the next holder adds the cycles
-since that stamp to ``S_HANDOFF_CYCLES`` and clears it, or, when it is the
-releaser itself taking the lock back ahead of the waiters (tas only: the queue
-locks cannot), counts ``S_LOCK_REACQ``. Both happen under the lock. The spread
-of ``S_LOCK_ACQ`` across vCPUs is the fairness the results report.
-
-Domain layout, chosen with ``--dom-layout`` (``DOM_LAYOUTS``; the kernel
-reads its index from ``p[P_DOM_LAYOUT]``; ``map_slow``, the slow path, is
-inlined once per layout with the layout a constant, so ``domain_words`` folds
-into it, and ``acquire`` and ``release`` take their words from ``lock_word``
-and ``owner_words``; ``dom_words`` lists them all by name for Python).
-Word 0 is the global TLB clock (``tlb.D_TLBCLOCK``) in both.
-
-- ``xen`` (default), as Xen's ``struct mapcache_domain``: ``cursor``, the lock
-  word, ``epoch`` and ``tlbflush_timestamp`` on one cache line (words 8..11:
-  ``X_CURSOR``, ``X_LOCK``, ``X_EPOCH``, ``X_TLBFLUSH_TS``), so the slow path's
-  critical section touches one shared line besides the bitmaps. The lock word
-  is the ticket word, or the mcs tail, or the tas word, whichever lock runs.
-  The owner word (stall reports) and the handoff stamps are the testbed's,
-  not Xen's: they sit on the next line (``X_LOCK_OWNER``, ``X_HANDOFF_TSC``,
-  ``X_HANDOFF_FROM``), so the hot line holds what Xen's does and nothing a
-  stall report or the handoff timing needs; the owner is written on every
-  acquisition and release (a stopped holder must be named even when nobody
-  waited), which under contention costs a store to a second line.
-- ``padded``: each group on a cache line of its own: the lock words (head
-  ``D_LOCK_HEAD``, tail ``D_LOCK_TAIL``, mcs tail, tas word, owner, handoff
-  stamps) on one, ``D_CURSOR``, ``D_EPOCH`` and ``D_TLBFLUSH_TS`` on one each.
-  Kept for comparison (``scripts/bench.py`` shows both).
-
-In both, the words only a contended lock touches stay on lines of their own:
-the tas waiter count (``D_TAS_WAITERS``) and the mcs nodes (``D_MCS_NODES``,
-one line per vCPU).
+The lock, chosen with ``--lock`` (``LOCKS``: ``ticket``, Xen's and the default, ``mcs`` or
+``tas``; the kernel reads its index from ``p[P_LOCK]``), is testbed/locks.py's: ``acquire`` and
+``release`` around the slow path's critical section, with their counters (acquisitions,
+contention, spin, hold and handoff cycles). The domain words sit in one of the two layouts of
+testbed/dom_layout.py, chosen with ``--dom-layout`` (``DOM_LAYOUTS``, ``xen`` by default:
+``struct mapcache_domain``'s cursor, lock, epoch and TLB stamp on one cache line;
+``padded``: each on its own; the kernel reads the index from ``p[P_DOM_LAYOUT]``).
+``map_slow``, the slow path, is inlined once per layout with the layout a constant, so the
+word offsets (``domain_words``, and the lock's ``lock_word`` and ``owner_words``) fold into it;
+``dom_words`` lists them all by name for Python. After the layout's fixed words
+(``DOM_WORDS``) come the mcs lock's nodes, one cache line per vCPU of the domain.
 
 Interrupts (``--irq-rate``, testbed/irq.py): map and unmap run under
 ``local_irq_save`` as in Xen (``irq_save``/``irq_restore``). Their arrival
@@ -119,11 +66,12 @@ invariant check sees (a garbage slot must not be mapped).
 import numpy as np
 from ..jit import inline_kernel, kernel, nonneg
 
-from .. import abi, tlb
+from .. import abi, locks, tlb
 from .contract import domain_vcpus
-from ..atomics import (cas, cpu_relax, exchange, fetch_add, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc,
-                       store_release, store_release_lo32)
+from ..atomics import exchange, fetch_and, fetch_or, load_acquire, lowest_bit, rdtsc, store_release
+from ..dom_layout import DOM_LAYOUTS, DOM_WORDS, LAYOUT_PADDED, LAYOUT_XEN, domain_words, mapcache_words
 from ..irq import irq_point, irq_restore, irq_save
+from ..locks import LOCKS, acquire, owner_words, release
 
 NAME = "locked"
 DESCRIPTION = "Xen's per-domain mapcache: one spinlock (--lock), garbage bitmap, epochs, lazy TLB flush"
@@ -142,85 +90,6 @@ FAULT_GARBAGE_PTE = 8
 MAX_ENTRIES = 1 << 16
 REFCNT_LIMIT = 1 << 32
 IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in Xen
-LOCKS = ("ticket", "mcs", "tas")
-LOCK_TICKET, LOCK_MCS, LOCK_TAS = 0, 1, 2
-TAS_BACKOFF_MAX = 256           # PAUSE rounds: the bound of the tas lock's exponential backoff
-
-# The domain words (dom[...]) in two layouts, chosen with --dom-layout (DOM_LAYOUTS; the kernel
-# reads the index from p[P_DOM_LAYOUT]). tlb.D_TLBCLOCK, the TLB clock, is word 0 in both.
-DOM_LAYOUTS = ("xen", "padded")
-LAYOUT_XEN, LAYOUT_PADDED = 0, 1
-
-# "xen": struct mapcache_domain's words on one cache line, the ticket lock one word.
-X_CURSOR = 8
-X_LOCK = 9             # ticket: head in the low 32 bits, tail in the high 32; mcs: its tail; tas: its word
-X_EPOCH = 10
-X_TLBFLUSH_TS = 11
-X_LOCK_OWNER = 16      # the testbed's own words, off the hot line (Xen's struct has none of them)
-X_HANDOFF_TSC = 17
-X_HANDOFF_FROM = 18
-TICKET_ONE = 1 << 32   # one ticket: the fetch-and-add that takes it adds 1 to the tail half
-TICKET_MASK = 0xFFFFFFFF
-
-# "padded": each group on its own cache line, head and tail two words.
-D_LOCK_HEAD = 8
-D_LOCK_TAIL = 9
-D_LOCK_OWNER = 10      # vcpu + 1 of the holder, 0 when free: for stall reports, not for the algorithm
-D_MCS_TAIL = 11        # mcs: vcpu + 1 of the last node queued, 0 when free
-D_TAS = 12             # tas: 1 while held
-D_HANDOFF_TSC = 13     # cycle counter at a release that had waiters, 0 once the next holder took it
-D_HANDOFF_FROM = 14    # ... vcpu + 1 of the vCPU that released then
-D_CURSOR = 16
-D_EPOCH = 24
-D_TLBFLUSH_TS = 32
-
-# Both layouts: the words only a contended lock touches, each on lines of their own.
-D_TAS_WAITERS = 40     # tas: vCPUs backing off (on its own line: waiters write it, the holder reads it)
-D_MCS_NODES = 48       # mcs: vCPU v's node {next, locked} at D_MCS_NODES + 8 * v, one line each
-N_NEXT = 0             # vcpu + 1 of the successor, 0 while none has linked
-N_LOCKED = 1           # 1 while the owner waits for its predecessor's handoff
-DOM_WORDS = D_MCS_NODES
-
-
-def dom_words(layout: str, lock: str = "ticket") -> dict:
-    """Where each domain word of ``layout`` (a DOM_LAYOUTS name) is, for ``lock``: the offsets the
-    kernels use (``domain_words``, ``lock_word``, ``owner_words``), by name."""
-    if layout == "xen":
-        return {"cursor": X_CURSOR, "lock": X_LOCK, "epoch": X_EPOCH, "tlbflush_ts": X_TLBFLUSH_TS,
-                "owner": X_LOCK_OWNER, "handoff_tsc": X_HANDOFF_TSC, "handoff_from": X_HANDOFF_FROM}
-    lw = {"mcs": D_MCS_TAIL, "tas": D_TAS}.get(lock, D_LOCK_HEAD)
-    return {"cursor": D_CURSOR, "lock": lw, "epoch": D_EPOCH, "tlbflush_ts": D_TLBFLUSH_TS,
-            "owner": D_LOCK_OWNER, "handoff_tsc": D_HANDOFF_TSC, "handoff_from": D_HANDOFF_FROM}
-
-
-@inline_kernel
-def domain_words(layout):
-    """(cursor, epoch, TLB flush timestamp) of layout ``layout`` (LAYOUT_*)."""
-    if layout == LAYOUT_XEN:
-        return X_CURSOR, X_EPOCH, X_TLBFLUSH_TS
-    return D_CURSOR, D_EPOCH, D_TLBFLUSH_TS
-
-
-@inline_kernel
-def lock_word(layout, kind):
-    """The lock's word: the ticket word (xen) or the head (padded; the tail is the next), the mcs tail,
-    the tas word."""
-    if layout == LAYOUT_XEN:
-        return X_LOCK
-    if kind == LOCK_MCS:
-        return D_MCS_TAIL
-    if kind == LOCK_TAS:
-        return D_TAS
-    return D_LOCK_HEAD
-
-
-@inline_kernel
-def owner_words(layout):
-    """(owner, handoff stamp, handoff releaser) of layout ``layout``."""
-    if layout == LAYOUT_XEN:
-        return X_LOCK_OWNER, X_HANDOFF_TSC, X_HANDOFF_FROM
-    return D_LOCK_OWNER, D_HANDOFF_TSC, D_HANDOFF_FROM
-
 
 # Per-vCPU row (vst[vcpu, ...]) after the harness's reserved words.
 V_SHADOW_EPOCH = abi.V_RESERVED
@@ -252,194 +121,6 @@ def init_state(views, cfg):
     views["vst"][:, V_HASH:V_HASH + 2 * h] = NOTINUSE
     views["vst"][:, V_HASH + 2 * h:V_HASH + 3 * h] = 0
     views["dom"][dom_words(_layout(cfg))["epoch"]] = 0
-
-
-@kernel
-def lock(dom, srow, vcpu):
-    """The ticket lock of the xen layout, as Xen's ``spin_lock``: the ticket taken (pass it to ``unlock``).
-
-    One fetch-and-add of TICKET_ONE takes the ticket (the tail half of the old word) and reads the
-    head (its low half) in the same instruction: when they are equal the lock is taken with no
-    further load. Tickets compare modulo 2**32; the tail wraps off the top of the 64-bit word,
-    carrying into nothing.
-    """
-    t = fetch_add(dom, X_LOCK, TICKET_ONE)
-    my = (t >> 32) & TICKET_MASK
-    srow[abi.S_LOCK_ACQ] += 1
-    if (t & TICKET_MASK) != my:
-        srow[abi.S_LOCK_CONTENDED] += 1
-        t0 = rdtsc()
-        while (load_acquire(dom, X_LOCK) & TICKET_MASK) != my:
-            cpu_relax()
-            srow[abi.S_PROGRESS] += 1      # alive, if waiting
-        srow[abi.S_LOCK_SPIN] += rdtsc() - t0
-    dom[X_LOCK_OWNER] = vcpu + 1
-    return my
-
-
-@kernel
-def unlock(dom, my):
-    """Xen's ``spin_unlock``: ``add_sized(&head, 1)``. Only the holder writes the head, and it knows
-    the head is its ticket, so it stores ticket + 1 into the low half alone (a release store of 4
-    bytes, a plain mov on x86 as Xen's 16-bit add is): head wraps at 2**32 without carrying into
-    the tail, and the tail the others fetch-and-add at the same time is not touched. A 64-bit
-    fetch_add(1) would carry when the head wraps, and a CAS loop would retry under every ticket
-    taken meanwhile."""
-    dom[X_LOCK_OWNER] = 0
-    store_release_lo32(dom, X_LOCK, my + 1)
-
-
-@kernel
-def ticket_halves(w):
-    """(head, tail) of a xen-layout ticket word, each modulo 2**32."""
-    return w & TICKET_MASK, (w >> 32) & TICKET_MASK
-
-
-@kernel
-def mcs_node(vcpu):
-    return D_MCS_NODES + 8 * vcpu
-
-
-@kernel
-def mcs_lock(dom, srow, vcpu, lw, own):
-    node = mcs_node(vcpu)
-    srow[abi.S_LOCK_ACQ] += 1
-    dom[node + N_NEXT] = 0
-    dom[node + N_LOCKED] = 1
-    pred = exchange(dom, lw, vcpu + 1)      # a full barrier: the node is ready before it is seen
-    if pred != 0:
-        srow[abi.S_LOCK_CONTENDED] += 1
-        t0 = rdtsc()
-        store_release(dom, mcs_node(pred - 1) + N_NEXT, vcpu + 1)
-        while load_acquire(dom, node + N_LOCKED) != 0:
-            cpu_relax()
-            srow[abi.S_PROGRESS] += 1
-        srow[abi.S_LOCK_SPIN] += rdtsc() - t0
-    else:
-        dom[node + N_LOCKED] = 0       # own line: only stall reports read it (a waiter has it at 1)
-    dom[own] = vcpu + 1
-
-
-@kernel
-def mcs_successor(dom, srow, vcpu, lw):
-    """The successor to hand over to (vcpu + 1), or 0 once the tail was swung back to empty."""
-    node = mcs_node(vcpu)
-    nxt = load_acquire(dom, node + N_NEXT)
-    if nxt == 0:
-        if cas(dom, lw, vcpu + 1, 0) == vcpu + 1:
-            return 0
-        while nxt == 0:                # a successor swapped itself in and is about to link
-            cpu_relax()
-            srow[abi.S_PROGRESS] += 1  # alive, if waiting (the successor may be preempted there)
-            nxt = load_acquire(dom, node + N_NEXT)
-    return nxt
-
-
-@kernel
-def tas_try(dom, lw):
-    return load_acquire(dom, lw) == 0 and exchange(dom, lw, 1) == 0
-
-
-@kernel
-def tas_lock(dom, srow, vcpu, lw, own):
-    srow[abi.S_LOCK_ACQ] += 1
-    if not tas_try(dom, lw):
-        srow[abi.S_LOCK_CONTENDED] += 1
-        t0 = rdtsc()
-        fetch_add(dom, D_TAS_WAITERS, 1)
-        delay = 1
-        while True:
-            for _ in range(delay):
-                cpu_relax()
-            srow[abi.S_PROGRESS] += 1
-            if tas_try(dom, lw):
-                break
-            delay = min(2 * delay, TAS_BACKOFF_MAX)
-        fetch_add(dom, D_TAS_WAITERS, -1)
-        srow[abi.S_LOCK_SPIN] += rdtsc() - t0
-    dom[own] = vcpu + 1
-
-
-@kernel
-def acquire(dom, srow, vcpu, kind, layout):
-    """Take the domain lock of kind ``kind`` (LOCK_*) in domain layout ``layout`` (LAYOUT_*); a token
-    for ``release`` (the ticket)."""
-    lw = lock_word(layout, kind)
-    own, hts, hfrom = owner_words(layout)
-    my = 0
-    if kind == LOCK_MCS:
-        mcs_lock(dom, srow, vcpu, lw, own)
-    elif kind == LOCK_TAS:
-        tas_lock(dom, srow, vcpu, lw, own)
-    elif layout == LAYOUT_XEN:         # the ticket lock, as lock() (written out: no call on the hot path)
-        t = fetch_add(dom, lw, TICKET_ONE)
-        my = (t >> 32) & TICKET_MASK
-        srow[abi.S_LOCK_ACQ] += 1
-        if (t & TICKET_MASK) != my:
-            srow[abi.S_LOCK_CONTENDED] += 1
-            t0 = rdtsc()
-            while (load_acquire(dom, lw) & TICKET_MASK) != my:
-                cpu_relax()
-                srow[abi.S_PROGRESS] += 1
-            srow[abi.S_LOCK_SPIN] += rdtsc() - t0
-        dom[own] = vcpu + 1
-    else:                              # padded: head and tail two words
-        my = fetch_add(dom, lw + 1, 1)
-        srow[abi.S_LOCK_ACQ] += 1
-        if load_acquire(dom, lw) != my:
-            srow[abi.S_LOCK_CONTENDED] += 1
-            t0 = rdtsc()
-            while load_acquire(dom, lw) != my:
-                cpu_relax()
-                srow[abi.S_PROGRESS] += 1
-            srow[abi.S_LOCK_SPIN] += rdtsc() - t0
-        dom[own] = vcpu + 1
-    t_rel = dom[hts]
-    if t_rel != 0:                     # released to waiters: time the handoff
-        dom[hts] = 0
-        if dom[hfrom] == vcpu + 1:
-            srow[abi.S_LOCK_REACQ] += 1    # the releaser took it back before a waiter did
-        else:
-            dt = rdtsc() - t_rel
-            if dt >= 0:
-                srow[abi.S_HANDOFFS] += 1
-                srow[abi.S_HANDOFF_CYCLES] += dt
-    return my
-
-
-@kernel
-def release(dom, my, srow, t_hold, vcpu, kind, layout):
-    """Unlock; account the hold time when it was measured (t_hold != 0)."""
-    lw = lock_word(layout, kind)
-    own, hts, hfrom = owner_words(layout)
-    if t_hold != 0:
-        srow[abi.S_LOCK_HOLD] += rdtsc() - t_hold
-        srow[abi.S_LOCK_HOLD_SAMPLES] += 1
-    if kind == LOCK_MCS:
-        dom[own] = 0
-        nxt = mcs_successor(dom, srow, vcpu, lw)
-        if nxt != 0:
-            dom[hfrom] = vcpu + 1
-            dom[hts] = rdtsc()
-            store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0)
-    elif kind == LOCK_TAS:
-        dom[own] = 0
-        if load_acquire(dom, D_TAS_WAITERS) > 0:
-            dom[hfrom] = vcpu + 1
-            dom[hts] = rdtsc()
-        store_release(dom, lw, 0)
-    elif layout == LAYOUT_XEN:
-        if ((load_acquire(dom, lw) >> 32) & TICKET_MASK) != ((my + 1) & TICKET_MASK):
-            dom[hfrom] = vcpu + 1      # a ticket was taken after mine: a waiter
-            dom[hts] = rdtsc()
-        dom[own] = 0                   # unlock(), written out
-        store_release_lo32(dom, lw, my + 1)
-    else:
-        if load_acquire(dom, lw + 1) != my + 1:
-            dom[hfrom] = vcpu + 1
-            dom[hts] = rdtsc()
-        dom[own] = 0
-        store_release(dom, lw, my + 1)
 
 
 @kernel
@@ -618,73 +299,37 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     return abi.ST_OK
 
 
-def _lock_kind(cfg) -> int:
-    return LOCKS.index(cfg.lock) if cfg.lock in LOCKS else LOCK_TICKET
-
-
 def _layout(cfg) -> str:
     return getattr(cfg, "dom_layout", None) or DOM_LAYOUTS[0]
 
 
-def _words(cfg) -> dict:
-    return dom_words(_layout(cfg), LOCKS[_lock_kind(cfg)])
+def _lock(cfg) -> str:
+    return cfg.lock if cfg.lock in LOCKS else LOCKS[0]
 
 
-def ticket_snapshot(views, cfg) -> tuple[int, int]:
-    """(head, tail) of the ticket lock, as one consistent snapshot.
-
-    xen layout: one read of the one word gives both, so ``tail - head`` (modulo 2**32) is the
-    tickets outstanding at one instant: at most one per vCPU. padded layout: the tail read
-    between two equal readings of the head (the head only grows), so that a holder that keeps
-    taking the lock cannot inflate the count.
-    """
-    dom, w = views["dom"], _words(cfg)
-    if _layout(cfg) == "xen":
-        word = int(dom[w["lock"]]) & 0xFFFF_FFFF_FFFF_FFFF
-        return word & TICKET_MASK, word >> 32
-    for _ in range(1000):
-        head = int(dom[w["lock"]])
-        tail = int(dom[w["lock"] + 1])
-        if int(dom[w["lock"]]) == head:
-            break
-    return head, tail
+def dom_words(layout: str, lock: str = "ticket") -> dict:
+    """Where each domain word of ``layout`` (a DOM_LAYOUTS name) is, for ``lock``: the offsets the
+    kernels use (``domain_words``, ``locks.lock_word``, ``locks.owner_words``), by name."""
+    return {**mapcache_words(layout), **locks.words(layout, lock)}
 
 
 def lock_waiters(views, cfg) -> int:
     """vCPUs waiting for the lock now."""
-    dom = views["dom"]
-    kind = _lock_kind(cfg)
-    if kind == LOCK_MCS:
-        return sum(1 for v in range(cfg.vcpus) if dom[mcs_node(v) + N_LOCKED] != 0)
-    if kind == LOCK_TAS:
-        return max(0, int(dom[D_TAS_WAITERS]))
-    head, tail = ticket_snapshot(views, cfg)
-    return max(0, ((tail - head) & TICKET_MASK) - 1)
+    return locks.waiters(views["dom"], _layout(cfg), _lock(cfg), cfg.vcpus)
 
 
 def lock_free(views, cfg) -> bool:
-    dom, w = views["dom"], _words(cfg)
-    kind = _lock_kind(cfg)
-    if kind == LOCK_MCS:
-        free = dom[w["lock"]] == 0
-    elif kind == LOCK_TAS:
-        free = dom[w["lock"]] == 0 and dom[D_TAS_WAITERS] == 0
-    else:
-        head, tail = ticket_snapshot(views, cfg)
-        free = head == tail
-    return bool(free and dom[w["owner"]] == 0)
+    return locks.is_free(views["dom"], _layout(cfg), _lock(cfg))
 
 
 def lock_holder(views, cfg):
-    owner = int(views["dom"][_words(cfg)["owner"]])
-    return owner - 1 if owner else None
+    return locks.holder(views["dom"], _layout(cfg))
 
 
 def describe_stall(views, cfg, vcpu):
     """What a stopped vCPU means for the others: does it hold the lock, how many wait."""
     holder = lock_holder(views, cfg)
     return {"holds_lock": holder == vcpu, "lock_holder": holder, "waiting_for_lock": lock_waiters(views, cfg)}
-
 
 def check(views, cfg, live_by_vcpu, victims=frozenset()):
     """Invariants after a run; live mappings (va, mfn) per vCPU come from the harness.

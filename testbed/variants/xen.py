@@ -224,7 +224,7 @@ def as_transcription(views, cfg):
         w = locked.dom_words("xen")
         dom[w["cursor"]], dom[w["epoch"]], dom[w["tlbflush_ts"]] = (int(dd[n][0]) for n in dd)
         lock_off = b.structs["mapcache_domain"]["lock"][0]
-        dom[locked.X_LOCK] = np.frombuffer(_read(dbase + lock_off, 8), dtype=np.int64)[0]
+        dom[w["lock"]] = np.frombuffer(_read(dbase + lock_off, 8), dtype=np.int64)[0]
         slots = d * e
         nw = locked.bitmap_words(slots)
         gb = locked.garbage_base(slots)
