@@ -93,7 +93,7 @@ def init_state(views: dict, cfg: cfgmod.RunConfig, module=None) -> None:
 
 def private_state(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> tuple:
     """Fresh arrays of ``cfg``'s layout in private memory, initialised, with vCPU 0's TLB:
-    (views, tlb, the arguments of ``kernels.run_ops`` after (n, vcpu) for vCPU 0)."""
+    (views, tlb, the arguments of ``loops.run_ops`` after (n, vcpu) for vCPU 0)."""
     layout = build_layout(cfg, module)
     views = layout.views(bytearray(layout.size))
     init_state(views, cfg, module)

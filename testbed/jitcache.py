@@ -5,7 +5,7 @@ inlining, then LLVM). Left to the runs, a command that runs several designs (``c
 ``scale``, ``timers``) would compile them one after the other, each inside its first run,
 while the other CPUs idle and the progress bar sits still. So the plan step calls
 ``prepare`` with every run it will make: the loops those runs need are named (one per
-design, the interrupt loop only for runs with ``--irq-rate``: ``kernels.loop``), looked up
+design, the interrupt loop only for runs with ``--irq-rate``: ``loops.loop``), looked up
 in numba's on-disk cache, and the missing ones are compiled in worker processes, one per
 allowed CPU, which fill that cache; each run then loads its loop from disk. One line on
 stderr says what is happening. A warm start looks up a few index files and starts no
@@ -64,9 +64,9 @@ def needed(cfgs) -> list[tuple[str, tuple[int, bool], object]]:
 
 def missing(cfgs) -> list[tuple[str, object]]:
     """(label, config) of each loop that ``cfgs`` need and the disk cache lacks (``needed``)."""
-    from . import kernels, tlb
+    from . import loops, tlb
 
-    out = [(label, cfg) for label, key, cfg in needed(cfgs) if not cached(kernels.loop_of(*key))]
+    out = [(label, cfg) for label, key, cfg in needed(cfgs) if not cached(loops.loop_of(*key))]
     if out or cached(tlb.flush_all):
         return out
     return [("context-switch flush", cfgs[0])] if cfgs else []
