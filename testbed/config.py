@@ -162,9 +162,10 @@ class RunConfig:
     refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
                                 "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
-    def resolved(self) -> "RunConfig":
-        """Fill the defaults that depend on other fields."""
-        v = registry.get(self.variant)
+    def resolved(self, variant=None) -> "RunConfig":
+        """Fill the defaults that depend on other fields (``variant``: this config's registry entry,
+        when the caller has looked it up)."""
+        v = variant or registry.get(self.variant)
         return v.module.resolve(dataclasses.replace(
             self,
             domain_vcpus=self.domain_vcpus if self.domain_vcpus is not None else self.vcpus,
@@ -204,41 +205,13 @@ def is_validated(cfg: RunConfig) -> bool:
     return cfg in _VALIDATED
 
 
-def checked(cfg: RunConfig) -> RunConfig:
-    """``validate``, and the vCPUs placed on this host's allowed CPUs (or UsageError): what every
-    command checks, for every run it will make, before the first starts."""
-    from .numa import check_home
-    from .topology import allowed_cpus, host_topology, place, require_live_host
+def validate(cfg: RunConfig, variant=None) -> RunConfig:
+    """A resolved, checked config; raises UsageError naming the problem and the fix.
 
-    require_live_host()
-    cfg = validate(cfg)
-    _check_domain_memory(cfg)
-    topo = host_topology()
-    place(topo, allowed_cpus(topo, cfg.cpus, ordered=cfg.placement == "given"), cfg.vcpus, cfg.oversubscribe,
-          cfg.placement)
-    check_home(topo, cfg.numa_home)
-    return cfg
-
-
-def _check_domain_memory(cfg: RunConfig) -> None:
-    """The shared arena of a domain must fit in the memory available now (UsageError otherwise)."""
-    from . import limits
-    from .harness import build_layout
-
-    size = build_layout(cfg).size
-    avail = limits.available_bytes()
-    if avail is not None and size > avail:
-        what = (f"--domain-vcpus {cfg.domain_vcpus}" if cfg.domain_vcpus > cfg.vcpus else f"--frames {cfg.frames}")
-        raise UsageError(f"{what}: the domain's shared state needs {size >> 20} MiB ({cfg.domain_vcpus} vCPUs of "
-                         f"{cfg.entries} slots, {cfg.frames} frames), but only {avail >> 20} MiB are available; "
-                         "lower --domain-vcpus, --entries or --frames")
-
-
-def validate(cfg: RunConfig) -> RunConfig:
-    """A resolved, checked config; raises UsageError naming the problem and the fix."""
+    ``variant``: the config's registry entry, when the caller has it (``runplan.plan``)."""
     if cfg in _VALIDATED:
         return cfg
-    v = registry.get(cfg.variant)
+    v = variant or registry.get(cfg.variant)
     if cfg.vcpus < 1:
         raise UsageError(f"--vcpus {cfg.vcpus}: need at least 1 vCPU")
     if cfg.vcpus > MAX_VCPUS:
@@ -284,7 +257,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.workload not in WORKLOADS:
         raise UsageError(f"unknown workload {cfg.workload!r}{did_you_mean(cfg.workload, WORKLOADS)}; choose one "
                          f"of: {', '.join(WORKLOADS)}")
-    cfg = cfg.resolved()
+    cfg = cfg.resolved(v)
     if cfg.frames < 1:
         raise UsageError(f"--frames {cfg.frames}: need at least 1 frame")
     if not 1 <= cfg.working_set <= cfg.frames:
@@ -370,10 +343,10 @@ def sched_model(cfg: RunConfig, cpus: int) -> str:
     return cfg.sched or "hypervisor"
 
 
-def params(cfg: RunConfig) -> np.ndarray:
+def params(cfg: RunConfig, variant=None) -> np.ndarray:
     """The kernels' parameter array for a validated config: every option declared with an ``abi``
-    slot as it is, then the values the kernels need derived."""
-    v = registry.get(cfg.variant)
+    slot as it is, then the values the kernels need derived (``variant``: as for ``validate``)."""
+    v = variant or registry.get(cfg.variant)
     p = np.zeros(abi.N_PARAMS, dtype=np.int64)
     for f in dataclasses.fields(cfg):
         if f.metadata.get("slot") is not None:

@@ -176,7 +176,7 @@ def config_from(args):
 
 def checked_config(args):
     """The validated config, with its vCPU placement checked too: nothing has started yet."""
-    from .config import checked
+    from .runplan import checked
 
     return checked(config_from(args))
 

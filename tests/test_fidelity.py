@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness, kernels, loops, native, oracle, results, tlb
+from testbed import abi, config, harness, kernels, loops, native, oracle, results, runplan, tlb
 from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.errors import UsageError
@@ -128,7 +128,7 @@ def test_domain_vcpus_default_and_refusals(monkeypatch):
 
     monkeypatch.setattr(limits, "available_bytes", lambda: 1 << 20)
     with pytest.raises(UsageError, match=r"^--domain-vcpus 4096: the domain's shared state needs \d+ MiB"):
-        config.checked(RunConfig(variant="percpu", vcpus=1, domain_vcpus=4096, entries=256))
+        runplan.checked(RunConfig(variant="percpu", vcpus=1, domain_vcpus=4096, entries=256))
 
 
 def test_idle_vcpus_are_state_only():
