@@ -1,7 +1,7 @@
 """The run options: declared once on ``config.RunConfig`` (``config.option``), turned here into
 command-line options (``add_run_options``) and back into a config (``config_from``).
 
-``testbed run``, the experiments and the sweep plans (``sweep.py``) all read their
+``testbed run``, the experiments and the sweep plans (``sweepplan.py``) all read their
 run options through these two functions.
 """
 
