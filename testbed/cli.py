@@ -24,7 +24,7 @@ import time
 
 from . import predict, report, sweep
 from .errors import ResultsError, UsageError, did_you_mean, signal_exit
-from .options import (_counts, _float, _int, _vcpus as _vcpus_arg, add_run_options, check_writable,  # noqa: F401
+from .options import (_counts, _float, _int, _vcpus as _vcpus_arg, add_run_options, check_writable,
                       checked_config, config_from, duration_in, one_line, sweep_arg)
 
 T_LAUNCH = time.perf_counter()
@@ -200,7 +200,7 @@ def _variants(args, default) -> list[str]:
 
 
 def cmd_compare(args) -> int:
-    from . import experiments, findings, textreport
+    from . import experiments, textreport
     from . import variants as registry
 
     cfg = _experiment_base(args)

@@ -70,8 +70,8 @@ def option(default, help: str, slot: int | None = None, flag: str | None = None,
     into the kernels' parameter array (``params``), and its command-line flag (``--name-with-dashes``
     unless ``flag`` says otherwise; ``cli=False``: set by the commands themselves).
 
-    ``cli.add_run_options`` builds the command-line options from these declarations and
-    ``cli.config_from`` the config, so a new option is one line here plus its use. ``unit`` (s, ms, us): a time,
+    ``options.add_run_options`` builds the command-line options from these declarations and
+    ``options.config_from`` the config, so a new option is one line here plus its use. ``unit`` (s, ms, us): a time,
     given on the command line as a number in that unit or with its own (``10s``, ``500ms``).
     """
     return dataclasses.field(default=default, metadata={"help": help, "slot": slot, "flag": flag,
