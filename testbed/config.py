@@ -201,10 +201,6 @@ def _pow2(n: int) -> bool:
 _VALIDATED: set = set()       # configs validate() returned: a run of one is not checked again
 
 
-def is_validated(cfg: RunConfig) -> bool:
-    return cfg in _VALIDATED
-
-
 def validate(cfg: RunConfig, variant=None) -> RunConfig:
     """A resolved, checked config; raises UsageError naming the problem and the fix.
 
