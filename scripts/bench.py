@@ -69,18 +69,18 @@ def kernel_ns(rows, frames: int, repeat: int, n: int = 2_000_000) -> dict:
     rows (``with_locks``) interleaved; the median of ``repeat`` calls of ``n`` operations each."""
     import time
 
-    from testbed import kernels
+    from testbed import loops
 
     setups = {}
     for name, lock, layout in rows:
         args = _loop_args(name, frames, lock, layout)
-        kernels.run_ops(1000, 0, *args)
+        loops.run_ops(1000, 0, *args)
         setups[label(name, lock, layout)] = args
     times = {name: [] for name in setups}
     for _ in range(repeat):
         for name, args in setups.items():
             t0 = time.perf_counter()
-            kernels.run_ops(n, 0, *args)
+            loops.run_ops(n, 0, *args)
             times[name].append((time.perf_counter() - t0) / n * 1e9)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -145,7 +145,7 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
     import platform
     import time
 
-    from testbed import kernels, native
+    from testbed import loops, native
     from testbed.hostinfo import _cpu_model
 
     try:
@@ -181,7 +181,7 @@ def vs_c(names, frame_counts, repeat: int, cpu: int | None, call_ms: float) -> i
             c_run = nat.bind(*ours)
 
             def jit_run(n, ours=ours):
-                return kernels.run_ops(n, 0, *ours)
+                return loops.run_ops(n, 0, *ours)
 
             def c_call(n, c_run=c_run):
                 return c_run(n, 0)
@@ -300,7 +300,7 @@ def find_yardstick(given: str | None) -> Path | None:
 
 def yardstick(frame_counts, repeat: int, cpu: int | None, source: Path | None) -> int:
     """The minimal C loop beside the compiled directmap loop, same CPU, interleaved rounds: ns/op and ratio."""
-    from testbed import kernels, native
+    from testbed import loops, native
 
     if source is None or not source.is_file():
         print(f"bench: yardstick: {source or YARDSTICK} not found; give its path with --yardstick PATH",
@@ -331,9 +331,9 @@ def yardstick(frame_counts, repeat: int, cpu: int | None, source: Path | None) -
             print(f"{'frames':>6} {'directmap ns/op':>16} {'C loop ns/op':>13} {'ratio':>7}   spread")
             for frames in frame_counts:
                 ours = _loop_args("directmap", frames)
-                kernels.run_ops(200_000, 0, *ours)
+                loops.run_ops(200_000, 0, *ours)
                 t0 = time.perf_counter()
-                kernels.run_ops(200_000, 0, *ours)
+                loops.run_ops(200_000, 0, *ours)
                 n = max(100_000, int(200_000 * YARDSTICK_ROUNDS_S / 5 / (time.perf_counter() - t0)))
                 jit_ns, c_ns, ratios = [], [], []
                 for r in range(repeat):
@@ -342,7 +342,7 @@ def yardstick(frame_counts, repeat: int, cpu: int | None, source: Path | None) -
                             calls = []
                             for _ in range(5):
                                 t0 = time.perf_counter()
-                                kernels.run_ops(n, 0, *ours)
+                                loops.run_ops(n, 0, *ours)
                                 calls.append((time.perf_counter() - t0) / n * 1e9)
                             jit_ns.append(statistics.median(calls))
                         else:

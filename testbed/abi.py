@@ -223,7 +223,7 @@ KERNEL_ARRAYS = ("dom", "pte", "dbits", "vst", "frames", "expect", "stats", "his
 
 
 def kernel_args(views: dict, p, tlbv, rng) -> tuple:
-    """The argument tuple of ``kernels.run_ops`` after (n, vcpu): the parameters, the arena's
+    """The argument tuple of ``loops.run_ops`` after (n, vcpu): the parameters, the arena's
     arrays (``KERNEL_ARRAYS``), this vCPU's TLB and its random state. The harness, the vCPU
     worker, the benchmarks and the tests all build it here."""
     return (p, *(views[name] for name in KERNEL_ARRAYS), tlbv, rng)

@@ -24,8 +24,9 @@ import sys
 import textwrap
 import time
 
+from . import predict, report, sweep
 from .errors import ResultsError, UsageError, did_you_mean, signal_exit
-from .options import (_counts, _float, _int, _vcpus as _vcpus_arg, add_run_options, check_writable,  # noqa: F401
+from .options import (_counts, _float, _int, _vcpus as _vcpus_arg, add_run_options, check_writable,
                       checked_config, config_from, duration_in, one_line, sweep_arg)
 
 T_LAUNCH = time.perf_counter()
@@ -201,7 +202,7 @@ def _variants(args, default) -> list[str]:
 
 
 def cmd_compare(args) -> int:
-    from . import experiments, findings, textreport
+    from . import experiments, textreport
     from . import variants as registry
 
     cfg = _experiment_base(args)
@@ -586,12 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = _command(sub, "sweep", "run a grid of runs from a TOML plan, here or on Slurm; resumable",
                   "testbed sweep examples/figures.toml --out results/ --dry-run", None)
-    from . import report, sweep
-
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.main)
-
-    from . import predict
 
     pr = _command(sub, "predict", "fit a contention model here, predict 1..N pCPUs, check every measured point",
                   "testbed predict --to 256", predict.main)

@@ -70,8 +70,8 @@ def option(default, help: str, slot: int | None = None, flag: str | None = None,
     into the kernels' parameter array (``params``), and its command-line flag (``--name-with-dashes``
     unless ``flag`` says otherwise; ``cli=False``: set by the commands themselves).
 
-    ``cli.add_run_options`` builds the command-line options from these declarations and
-    ``cli.config_from`` the config, so a new option is one line here plus its use. ``unit`` (s, ms, us): a time,
+    ``options.add_run_options`` builds the command-line options from these declarations and
+    ``options.config_from`` the config, so a new option is one line here plus its use. ``unit`` (s, ms, us): a time,
     given on the command line as a number in that unit or with its own (``10s``, ``500ms``).
     """
     return dataclasses.field(default=default, metadata={"help": help, "slot": slot, "flag": flag,
@@ -162,9 +162,10 @@ class RunConfig:
     refcount_wrap: str = option("stop", "an 8-bit refcount at 256: 'stop' with refcount_error, or 'wrap' "
                                 "silently as the seed's uint8_t does", metavar="{stop,wrap}")
 
-    def resolved(self) -> "RunConfig":
-        """Fill the defaults that depend on other fields."""
-        v = registry.get(self.variant)
+    def resolved(self, variant=None) -> "RunConfig":
+        """Fill the defaults that depend on other fields (``variant``: this config's registry entry,
+        when the caller has looked it up)."""
+        v = variant or registry.get(self.variant)
         return v.module.resolve(dataclasses.replace(
             self,
             domain_vcpus=self.domain_vcpus if self.domain_vcpus is not None else self.vcpus,
@@ -200,45 +201,13 @@ def _pow2(n: int) -> bool:
 _VALIDATED: set = set()       # configs validate() returned: a run of one is not checked again
 
 
-def is_validated(cfg: RunConfig) -> bool:
-    return cfg in _VALIDATED
+def validate(cfg: RunConfig, variant=None) -> RunConfig:
+    """A resolved, checked config; raises UsageError naming the problem and the fix.
 
-
-def checked(cfg: RunConfig) -> RunConfig:
-    """``validate``, and the vCPUs placed on this host's allowed CPUs (or UsageError): what every
-    command checks, for every run it will make, before the first starts."""
-    from .numa import check_home
-    from .topology import allowed_cpus, host_topology, place, require_live_host
-
-    require_live_host()
-    cfg = validate(cfg)
-    _check_domain_memory(cfg)
-    topo = host_topology()
-    place(topo, allowed_cpus(topo, cfg.cpus, ordered=cfg.placement == "given"), cfg.vcpus, cfg.oversubscribe,
-          cfg.placement)
-    check_home(topo, cfg.numa_home)
-    return cfg
-
-
-def _check_domain_memory(cfg: RunConfig) -> None:
-    """The shared arena of a domain must fit in the memory available now (UsageError otherwise)."""
-    from . import limits
-    from .harness import build_layout
-
-    size = build_layout(cfg).size
-    avail = limits.available_bytes()
-    if avail is not None and size > avail:
-        what = (f"--domain-vcpus {cfg.domain_vcpus}" if cfg.domain_vcpus > cfg.vcpus else f"--frames {cfg.frames}")
-        raise UsageError(f"{what}: the domain's shared state needs {size >> 20} MiB ({cfg.domain_vcpus} vCPUs of "
-                         f"{cfg.entries} slots, {cfg.frames} frames), but only {avail >> 20} MiB are available; "
-                         "lower --domain-vcpus, --entries or --frames")
-
-
-def validate(cfg: RunConfig) -> RunConfig:
-    """A resolved, checked config; raises UsageError naming the problem and the fix."""
+    ``variant``: the config's registry entry, when the caller has it (``runplan.plan``)."""
     if cfg in _VALIDATED:
         return cfg
-    v = registry.get(cfg.variant)
+    v = variant or registry.get(cfg.variant)
     if cfg.vcpus < 1:
         raise UsageError(f"--vcpus {cfg.vcpus}: need at least 1 vCPU")
     if cfg.vcpus > MAX_VCPUS:
@@ -284,7 +253,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.workload not in WORKLOADS:
         raise UsageError(f"unknown workload {cfg.workload!r}{did_you_mean(cfg.workload, WORKLOADS)}; choose one "
                          f"of: {', '.join(WORKLOADS)}")
-    cfg = cfg.resolved()
+    cfg = cfg.resolved(v)
     if cfg.frames < 1:
         raise UsageError(f"--frames {cfg.frames}: need at least 1 frame")
     if not 1 <= cfg.working_set <= cfg.frames:
@@ -370,10 +339,10 @@ def sched_model(cfg: RunConfig, cpus: int) -> str:
     return cfg.sched or "hypervisor"
 
 
-def params(cfg: RunConfig) -> np.ndarray:
+def params(cfg: RunConfig, variant=None) -> np.ndarray:
     """The kernels' parameter array for a validated config: every option declared with an ``abi``
-    slot as it is, then the values the kernels need derived."""
-    v = registry.get(cfg.variant)
+    slot as it is, then the values the kernels need derived (``variant``: as for ``validate``)."""
+    v = variant or registry.get(cfg.variant)
     p = np.zeros(abi.N_PARAMS, dtype=np.int64)
     for f in dataclasses.fields(cfg):
         if f.metadata.get("slot") is not None:

@@ -27,9 +27,10 @@ import signal
 
 from . import findings, harness, jitcache, results, stats
 from . import variants as registry
-from .config import SCHED_MODELS, RunConfig, checked
+from .config import SCHED_MODELS, RunConfig
 from .errors import UsageError
 from .progress import progress
+from .runplan import checked
 
 
 def series(variants, locks=None) -> list[tuple[str, dict]]:

@@ -1,8 +1,9 @@
 """The parent side of a run: compile, lay out, fork, start, watch, stop, check.
 
 The harness never knows which variant it runs (docs/variants.md, conventions 2): the variant is a
-registry entry, its id travels in the parameter array, and its state is sized
-and initialised through the variant's own hooks.
+registry entry, looked up once into the run's plan (``runplan.py``), its id travels in the
+parameter array, and its state is sized and initialised through the variant's own hooks.
+The watchdog that tells stopped, hung and starved vCPUs apart is ``watchdog.py``.
 
 Every exit path goes through one ``finally``: stop flag, SIGKILL for anything
 still alive, reap every child, unlink the segment. SIGTERM is turned into an
@@ -11,7 +12,6 @@ exception so that it takes the same path as Ctrl-C.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import resource
 import signal
@@ -21,17 +21,20 @@ from dataclasses import dataclass, field
 import multiprocess as mp
 import numpy as np
 
-from testbed.shared import Arena, Field, Layout, futex, remove_stale
+from testbed.shared import Arena, futex, remove_stale
 from testbed.workers import vcpu as vcpu_worker
 
-from . import abi, irq, jitcache, kernels, latwatch, limits, numa, oracle, tlb
+from . import abi, jitcache, latwatch, limits, numa, oracle, results
 from . import config as cfgmod
+from . import runplan
 from . import variants as registry
+# build_layout and private_state: the arena of a run and one vCPU's private copy of it, which tests
+# and variants/xen.py take from here
+from .runplan import RunPlan, build_layout, compile_kernels, init_state, private_state  # noqa: F401
 from .topology import allowed_cpus, host_topology, place, placement_rows
 from .vproc import VcpuProcess, wait_any
+from .watchdog import Watchdog, death, describe_stall, proc_probe
 
-STALL_S = 1.0          # a vCPU whose pulse is older than this is looked at: stopped, hung or starved
-HUNG_CPU_S = 0.5       # ... hung if it got this much CPU since, without a single operation
 POLL_S = 0.05
 READY_TIMEOUT_S = 60.0
 # Every vCPU stops within JOIN_TIMEOUT_S of the stop flag, plus DRAIN_PER_SHARER_S for each
@@ -48,69 +51,6 @@ class Interrupted(Exception):
     def __init__(self, signame: str):
         super().__init__(signame)
         self.signame = signame
-
-
-def design(cfg: cfgmod.RunConfig):
-    """The variant module a config runs: the registry is asked once per run (``RunState.module``)."""
-    return registry.get(cfg.variant).module
-
-
-def build_layout(cfg: cfgmod.RunConfig, module=None, page_rows: bool = False) -> Layout:
-    """The arena: the domain's state (``dom``, ``pte``, ``dbits``, ``vst``) sized for its
-    ``domain_vcpus`` (Xen's max_vcpus), and what belongs to the running vCPU processes (their
-    counters, mailboxes, histograms, live mappings, expectations, frame counter lines) for the
-    ``vcpus`` of them that run. Idle vCPUs are state only: blocked in Xen, they never run.
-    ``page_rows`` (NUMA placement, testbed/numa.py): every array and every per-vCPU row starts a
-    page, so that each page belongs to one vCPU or to the domain."""
-    dom_words, bit_words, row_words = (module or design(cfg)).state_shape(cfg)
-    V, D = cfg.vcpus, cfgmod.domain_vcpus(cfg)
-    layout = Layout((
-        Field("ctl", "int64", (abi.N_CTL,)),
-        Field("runq", "int64", (abi.RQ_RING + V,)),
-        Field("dom", "int64", (max(dom_words, 8),)),
-        Field("pte", "int64", (max(D * cfg.entries, 1),)),
-        Field("dbits", "int64", (max(bit_words, 1),)),
-        Field("vst", "int64", (D, max(row_words, abi.V_RESERVED)), per_vcpu=True),
-        Field("stats", "int64", (V, abi.N_STATS), per_vcpu=True),
-        Field("mail", "int64", (V, abi.N_MAIL), per_vcpu=True),
-        Field("hist", "int64", (V, abi.LAT_BINS), per_vcpu=True),
-        Field("live", "int64", (V, 2 * cfgmod.held_most(cfg)), per_vcpu=True),
-        Field("expect", "int64", (V, cfg.frames), per_vcpu=True),
-        Field("frames", "int64", (cfg.frames, abi.frame_words(V))),
-    ))
-    if not page_rows:
-        return layout
-    return Layout(tuple(dataclasses.replace(f, align=numa.PAGE) for f in layout.fields))
-
-
-def init_state(views: dict, cfg: cfgmod.RunConfig, module=None) -> None:
-    views["frames"][:, 0] = np.arange(cfg.frames, dtype=np.int64)
-    views["dom"][tlb.D_TLBCLOCK] = 1
-    for v in range(cfg.vcpus):      # the interrupt generators (testbed/irq.py), apart from the workload's
-        views["vst"][v, abi.V_IRQ_RNG] = kernels.seed_state(cfg.seed, v + irq.STREAM)[0].view(np.int64)
-    (module or design(cfg)).init_state(views, cfg)
-
-
-def private_state(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> tuple:
-    """Fresh arrays of ``cfg``'s layout in private memory, initialised, with vCPU 0's TLB:
-    (views, tlb, the arguments of ``kernels.run_ops`` after (n, vcpu) for vCPU 0)."""
-    layout = build_layout(cfg, module)
-    views = layout.views(bytearray(layout.size))
-    init_state(views, cfg, module)
-    tlbv = tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
-    return views, tlbv, abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0))
-
-
-def compile_kernels(cfg: cfgmod.RunConfig, p: np.ndarray, module=None) -> None:
-    """Compile (or load from the on-disk cache) the loop, on private throwaway state.
-
-    Done in the parent before forking, so that every worker inherits the code.
-    """
-    views, tlbv, args = private_state(cfg, p, module)
-    (module or design(cfg)).runner(cfg)(1, 0, *args)
-    # The context-switch flush a vCPU runs between chunks: compiled here too, or every vCPU
-    # would compile (or load) it on its first switch, seconds of CPU each.
-    tlb.flush_all(tlbv, p, views["dom"], views["vst"][0], views["stats"][0])
 
 
 @dataclass
@@ -141,16 +81,21 @@ class RunState:
     starved: np.ndarray | None = None             # per vCPU: longest time without progress, s
     stop: dict = field(default_factory=dict)
     victims: dict = field(default_factory=dict)   # vCPU -> why it was killed
-    module: object = None                         # the variant's module, looked up once per run
+    module: object = None                         # the variant's module: the run plan's
     lat: object = None                            # latwatch.Collector: the worst map latency per second
+
+    def __post_init__(self):
+        if self.module is None:                   # a state built by hand (tests), not by run()
+            self.module = registry.get(self.cfg.variant).module
 
 
 def raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
-def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, hooks=None) -> dict:
-    """Run one experiment; a result dictionary (see ``testbed.results``).
+def run(plan: RunPlan | cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, hooks=None) -> dict:
+    """Run one experiment, of a plan (``runplan.plan``) or of a config planned here; a result
+    dictionary (see ``testbed.results``).
 
     ``hooks``, if given, is told of the run as it goes (``testbed.stress``):
     ``start(state, procs, views, t_start)`` once the vCPUs are released,
@@ -158,16 +103,16 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     run), and ``stall(failure)`` when the watchdog finds a vCPU that stopped.
     """
     t0 = time.perf_counter()
-    if not cfgmod.is_validated(cfg):       # a command's plan step validated it already
-        cfg = cfgmod.validate(cfg)
+    if not isinstance(plan, RunPlan):
+        plan = runplan.plan(plan)      # the run's one look-up of the registry
+    cfg, module = plan.cfg, plan.module
     topo = host_topology()
     allowed = allowed_cpus(topo, cfg.cpus, ordered=cfg.placement == "given")
     cores = place(topo, allowed, cfg.vcpus, cfg.oversubscribe, cfg.placement)
     model = cfgmod.sched_model(cfg, len(allowed))
-    module = design(cfg)
-    layout = build_layout(cfg, module, page_rows=numa.spans_nodes(topo))
+    layout = runplan.paged(plan.layout) if numa.spans_nodes(topo) else plan.layout
     limits.check_capacity(cfg.vcpus, layout.size)
-    p = cfgmod.params(cfg)
+    p = plan.params.copy()
     p[abi.P_SCHED] = {v: k for k, v in abi.SCHED_NAMES.items()}[model]
     # Under the host's scheduler a lock convoy can make one operation take a host time
     # slice per waiter: the chunk then reads the clock after every operation, so that a
@@ -179,7 +124,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
     state = RunState(cfg, cores, sched=model, module=module)
     state.extra["vcpu_placement"] = placement_rows(topo, cores)
     t_compile = time.perf_counter()
-    jitcache.prepare([cfg])         # a cold cache: says so on stderr (a command's plan step did it for all its runs)
+    jitcache.prepare([plan])        # a cold cache: says so on stderr (a command's plan step did it for all its runs)
     compile_kernels(cfg, p, module)
     state.startup["compile_s"] = time.perf_counter() - t_compile
 
@@ -204,7 +149,7 @@ def run(cfg: cfgmod.RunConfig, on_sample=None, t_launch: float | None = None, ho
         for v, core in enumerate(cores):
             proc = VcpuProcess(
                 target=vcpu_worker.main,
-                args=(arena.name, layout, p, v, core, cfg, os.getpid(), ready_w, rq_lock, (go_r, go_w)),
+                args=(arena.name, layout, p, v, core, cfg, os.getpid(), ready_w, rq_lock, (go_r, go_w), module),
                 name=f"testbed-vcpu{v}",
             )
             t = time.perf_counter_ns()
@@ -310,32 +255,13 @@ def _wait_ready(state: RunState, procs, views, ready_fd: int) -> None:
         exited, readable = wait_any(procs, left, fds)
         if exited:
             v = procs.index(exited[0])
-            state.failure = _death(v, exited[0], views, "before it was ready", state.cfg)
+            state.failure = death(v, exited[0], views, "before it was ready", state.cfg, state.module)
             return
         if readable:
             got = os.read(ready_fd, 4096)
             if not got:            # every writer gone: a death shows up among the sentinels
                 fds = []
             ready += len(got)
-
-
-def _death(v: int, proc, views, when: str, cfg) -> dict:
-    code = proc.exitcode
-    row = views["stats"][v]
-    if code is not None and code < 0:
-        sig = signal.Signals(-code).name
-        return {"kind": "killed", "vcpu": v, "signal": sig, "message": f"vCPU {v} was killed by {sig} {when}"}
-    if code == vcpu_worker.EXIT_KERNEL:
-        status = int(row[abi.S_STATUS])
-        geometry = (f"variant {cfg.variant}, MAPCACHE_VCPU_ENTRIES {cfg.entries}, MAPHASH_ENTRIES "
-                    f"{cfg.hash_entries}, PAGING_LEVELS {cfg.levels}, workload {cfg.workload}, seed {cfg.seed}")
-        name = abi.STATUS_NAMES.get(status, str(status))
-        live = oracle.live(views, v)
-        detail = registry.get(cfg.variant).module.failure_detail(cfg, row)
-        return {"kind": name, "vcpu": v, "status": status, "live": live,
-                "message": f"vCPU {v} stopped: {name}{': ' + detail if detail else ''} with {len(live)} live "
-                           f"mappings ({geometry})"}
-    return {"kind": "exited", "vcpu": v, "exitcode": code, "message": f"vCPU {v} exited with status {code} {when}"}
 
 
 def _ops(views, n: int) -> np.ndarray:
@@ -360,7 +286,7 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
     last_t, last_ops = t_start, _ops(views, n)
     next_sample = t_start + 1.0
     warm_ops, warm_t = (last_ops, t_start) if cfg.warmup == 0 else (None, None)
-    watchdog = Watchdog(procs, views, cfg, clock=clock, probe=probe or proc_probe)
+    watchdog = Watchdog(procs, views, cfg, clock=clock, probe=probe or proc_probe, module=state.module)
     if hooks is not None:
         hooks.start(state, procs, views, t_start)
     while True:
@@ -401,106 +327,9 @@ def _measure(state: RunState, procs, views, on_sample, clock=time.monotonic, sle
     state.starved = watchdog.starved.copy()
 
 
-def proc_probe(pid: int) -> tuple[str, float]:
-    """(state letter, CPU seconds used) of a process, from /proc; ("gone", 0) if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return "gone", 0.0
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class Watchdog:
-    """Tells stopped, hung and starved vCPUs apart; finds dead ones.
-
-    The pulse is ``S_PROGRESS``, which the kernel bumps after every operation
-    and on every round of a lock spin: a vCPU waiting behind a lock holder
-    still beats. A running vCPU whose pulse has not moved for ``stall_s`` is
-    looked at through the CPU time its process got since (``probe``):
-
-    - stopped (SIGSTOP, state T): ``stalled``, a failure;
-    - got ``HUNG_CPU_S`` of CPU and did not complete one operation: ``hung``,
-      a failure;
-    - got no CPU: starved by the host's scheduler. That is a measured figure
-      (the longest starvation per vCPU, ``starved``), never a failure.
-
-    A vCPU that is not running (paused, descheduled by ``--sched hypervisor``,
-    done) is not watched: the testbed knows why it does not beat. A descheduled
-    vCPU that was handed a CPU is watched: it must take it.
-    """
-
-    def __init__(self, procs, views, cfg, stall_s: float = STALL_S, clock=time.monotonic, probe=proc_probe):
-        self.procs, self.views, self.cfg, self.stall_s, self.clock, self.probe = procs, views, cfg, stall_s, clock, probe
-        n = len(procs)
-        now = clock()
-        self.pulse = views["stats"][:n, abi.S_PROGRESS].copy()
-        self.since = np.full(n, now)             # when each pulse last moved (or the vCPU stopped running)
-        self.starved = np.zeros(n)               # longest time each vCPU went without progress, s
-        self.cpu_at = {}                         # vCPU -> CPU seconds when it was first looked at
-
-    def check(self):
-        for v, proc in enumerate(self.procs):
-            if proc.exitcode is not None:
-                return _death(v, proc, self.views, "during the run", self.cfg)
-        return self.stalls()
-
-    def stalls(self, among=None):
-        """The first stopped or hung vCPU (of ``among``, default all), or None."""
-        stats = self.views["stats"]
-        n = len(self.procs)
-        now = self.clock()
-        pulse = stats[:n, abi.S_PROGRESS].copy()
-        # Watched: running vCPUs, and descheduled ones that were handed a CPU (they must take it).
-        watched = stats[:n, abi.S_STATE] == abi.W_RUNNING
-        if "mail" in self.views:
-            watched |= (stats[:n, abi.S_STATE] == abi.W_DESCHED) & (self.views["mail"][:n, abi.M_GRANT] != 0)
-        moved = (pulse != self.pulse) | ~watched
-        self.pulse = pulse
-        self.since[moved] = now
-        for v in np.flatnonzero(moved):
-            self.cpu_at.pop(int(v), None)
-        gap = now - self.since
-        np.maximum(self.starved, gap, out=self.starved)
-        for v in np.flatnonzero(gap > self.stall_s):
-            v = int(v)
-            if among is not None and v not in among:
-                continue
-            pid = self.procs[v].pid
-            letter, cpu = self.probe(pid)
-            if letter in ("T", "t"):
-                return {"kind": "stalled", "vcpu": v, "pid": pid,
-                        "message": f"vCPU {v} (pid {pid}) is stopped and made no progress for {gap[v]:.1f} s"}
-            base = self.cpu_at.setdefault(v, cpu)
-            if cpu - base >= HUNG_CPU_S:
-                return {"kind": "hung", "vcpu": v, "pid": pid,
-                        "message": f"vCPU {v} (pid {pid}) ran {cpu - base:.2f} s of CPU without completing an "
-                                   f"operation (no progress for {gap[v]:.1f} s)"}
-        return None
-
-
-def describe_stall(procs, views, cfg, v: int, module=None) -> dict:
-    """The state of a stalled vCPU's process, and what the variant says it holds."""
-    import psutil
-
-    try:
-        status = psutil.Process(procs[v].pid).status()
-    except psutil.Error:
-        status = "gone"
-    out = {"process_status": status}
-    out.update((module or design(cfg)).describe_stall(views, cfg, v))
-    spinning = [u for u in range(len(procs)) if u != v and views["stats"][u, abi.S_STATE] == abi.W_RUNNING]
-    out["others_running"] = len(spinning)
-    return out
-
-
-def lock_waiters(views, cfg, module=None) -> int:
+def lock_waiters(views, cfg, module) -> int:
     """vCPUs queued for the variant's lock now (0 for a variant without one)."""
-    return int((module or design(cfg)).lock_waiters(views, cfg))
+    return int(module.lock_waiters(views, cfg))
 
 
 def stop_bound(vcpus: int, cpus: int, waiters: int) -> float:
@@ -521,7 +350,7 @@ def _drain(state: RunState, procs, views, clock=time.monotonic, probe=proc_probe
     waiters = lock_waiters(views, state.cfg, state.module)
     deadline = t0 + stop_bound(len(procs), len(set(state.cores)), waiters)
     alive = {v for v, p in enumerate(procs) if p.exitcode is None}
-    watchdog = Watchdog(procs, views, state.cfg, clock=clock, probe=probe)
+    watchdog = Watchdog(procs, views, state.cfg, clock=clock, probe=probe, module=state.module)
     last_exit = t0
     while alive:
         now = clock()
@@ -574,8 +403,6 @@ def _kill(proc) -> None:
 
 
 def _result(state: RunState, procs, views, layout) -> dict:
-    from . import results
-
     cfg = state.cfg
     n = cfg.vcpus
     stats = views["stats"]
@@ -600,7 +427,7 @@ def _result(state: RunState, procs, views, layout) -> dict:
         lost_writes=lost, writes_reported=written, writes_counted=counted, variant_checks=vchecks,
         failure=state.failure, interrupted=state.interrupted, startup=state.startup,
         exitcodes=[p.exitcode for p in procs], complete=exited and not state.victims, extra=state.extra,
-        runtime=runtime,
+        runtime=runtime, module=state.module,
     )
 
 

@@ -62,10 +62,13 @@ deepest nested walk.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import types
 from numba.extending import overload
 
 from . import abi
+from .atomics import rdtsc
+from .jit import inline_kernel, kernel
 
 SPAN = 128                     # a pending interrupt arrives within this many arrival points (a 16-deep walk has ~100)
 HANDLER_MAPS = 1               # mappings a handler holds at once
@@ -95,6 +98,53 @@ def max_rate(tsc_hz: float) -> int:
 def interval_cycles(rate: float, tsc_hz: float) -> int:
     """Mean cycles between two interrupts of one vCPU at ``rate`` per second; 0 when off."""
     return int(tsc_hz / rate) if rate > 0 else 0
+
+
+# The interrupt handler (``kernels.irq_take``): it maps and unmaps through the designs, whose map
+# and unmap call the arrival points below, so it sits above them and registers itself here
+# (``handler``); an import of it from here would close that circle.
+_HANDLER: list = []
+
+
+def handler(fn):
+    """Register ``fn`` as the handler the arrival points run (a decorator: ``kernels.irq_take``)."""
+    _HANDLER[:] = [fn]
+    return fn
+
+
+def _handler():
+    if not _HANDLER:
+        raise RuntimeError("no interrupt handler registered: testbed.kernels defines it (import it first)")
+    return _HANDLER[0]
+
+
+# --- the interrupt clock: each vCPU's own generator and the time of its next interrupt ----------
+
+
+@inline_kernel
+def irq_rand(vrow, n):
+    """Uniform integer in [0, n) from the vCPU's interrupt generator (xorshift64* in V_IRQ_RNG)."""
+    x = np.uint64(vrow[abi.V_IRQ_RNG])
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    vrow[abi.V_IRQ_RNG] = np.int64(x)
+    return np.int64((((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
+
+
+@kernel
+def irq_due(p, vrow):
+    """At an operation's start: make the next interrupt pending when the clock says it is due."""
+    now = rdtsc()
+    nxt = vrow[abi.V_IRQ_NEXT]
+    gap = p[abi.P_IRQ_INTERVAL]
+    if nxt == 0:
+        vrow[abi.V_IRQ_NEXT] = now + (gap >> 16) * irq_rand(vrow, 1 << 16)      # a random phase per vCPU
+    elif now >= nxt and vrow[abi.V_IRQ_PENDING] == 0:
+        vrow[abi.V_IRQ_PENDING] = 1 + irq_rand(vrow, SPAN)
+        # The next one after a gap uniform in [0.5, 1.5) times the mean, counted from now: a vCPU
+        # that was descheduled gets one interrupt, not the backlog.
+        vrow[abi.V_IRQ_NEXT] = now + gap // 2 + (gap >> 16) * irq_rand(vrow, 1 << 16)
 
 
 def _off(irq) -> bool:
@@ -138,7 +188,6 @@ def irq_restore(irq, vrow, on=True):
 def irq_arm(irq, p, vrow):
     """At an operation's start: make the next interrupt pending when the clock says it is due."""
     if irq is not None and p[abi.P_IRQ_INTERVAL] > 0:
-        from .kernels import irq_due
         irq_due(p, vrow)
 
 
@@ -151,8 +200,7 @@ def irq_status(irq, vrow, status):
 
 def _arrive(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv, inside):
     if irq is not None and vrow[abi.V_IRQ_PENDING] != 0:
-        from .kernels import irq_take
-        irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, irq[0], irq[1], inside)
+        _handler()(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, irq[0], irq[1], inside)
 
 
 def _arrival(inside: int):
@@ -160,7 +208,7 @@ def _arrival(inside: int):
     def typer(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
         if _off(irq):
             return lambda irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv: None
-        from .kernels import irq_take     # kernels imports the variants, which import this module
+        irq_take = _handler()
 
         def point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
             if vrow[abi.V_IRQ_PENDING] != 0:
@@ -192,7 +240,6 @@ overload(irq_restore)(_depth(-1))
 def _irq_arm(irq, p, vrow):
     if _off(irq):
         return lambda irq, p, vrow: None
-    from .kernels import irq_due
 
     def arm(irq, p, vrow):
         if p[abi.P_IRQ_INTERVAL] > 0:

@@ -5,7 +5,7 @@ inlining, then LLVM). Left to the runs, a command that runs several designs (``c
 ``scale``, ``timers``) would compile them one after the other, each inside its first run,
 while the other CPUs idle and the progress bar sits still. So the plan step calls
 ``prepare`` with every run it will make: the loops those runs need are named (one per
-design, the interrupt loop only for runs with ``--irq-rate``: ``kernels.loop``), looked up
+design, the interrupt loop only for runs with ``--irq-rate``: ``loops.loop``), looked up
 in numba's on-disk cache, and the missing ones are compiled in worker processes, one per
 allowed CPU, which fill that cache; each run then loads its loop from disk. One line on
 stderr says what is happening. A warm start looks up a few index files and starts no
@@ -46,30 +46,35 @@ def cached(dispatcher) -> bool:
     return any(key[1] == magic for key in index._load_index())
 
 
-def needed(cfgs) -> list[tuple[str, tuple[int, bool], object]]:
-    """(label, loop key, config) of each loop that ``cfgs`` (validated run configs) run, in the order
-    first needed; the label as in "the locked loop" (a design's module name, "interrupt" added)."""
-    from . import config as cfgmod
-    from . import variants as registry
+def _plans(runs) -> list:
+    """Run plans of ``runs`` (plans, or validated configs planned here)."""
+    from . import runplan
 
+    return [r if isinstance(r, runplan.RunPlan) else runplan.plan(r) for r in runs]
+
+
+def needed(runs) -> list[tuple[str, tuple[int, bool], object]]:
+    """(label, loop key, plan) of each loop that ``runs`` (run plans or validated configs) run, in the
+    order first needed; the label as in "the locked loop" (a design's module name, "interrupt" added)."""
     out, seen = [], set()
-    for cfg in cfgs:
-        key = loop_key(cfgmod.params(cfg))
+    for plan in _plans(runs):
+        key = loop_key(plan.params)
         if key not in seen:
             seen.add(key)
-            module = registry.get(cfg.variant).module.__name__.rsplit(".", 1)[-1].replace("_", "-")
-            out.append((f"{module}{' interrupt' if key[1] else ''}", key, cfg))
+            module = plan.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+            out.append((f"{module}{' interrupt' if key[1] else ''}", key, plan))
     return out
 
 
-def missing(cfgs) -> list[tuple[str, object]]:
-    """(label, config) of each loop that ``cfgs`` need and the disk cache lacks (``needed``)."""
-    from . import kernels, tlb
+def missing(runs) -> list[tuple[str, object]]:
+    """(label, plan) of each loop that ``runs`` need and the disk cache lacks (``needed``)."""
+    from . import loops, tlb
 
-    out = [(label, cfg) for label, key, cfg in needed(cfgs) if not cached(kernels.loop_of(*key))]
+    plans = _plans(runs)
+    out = [(label, plan) for label, key, plan in needed(plans) if not cached(loops.loop_of(*key))]
     if out or cached(tlb.flush_all):
         return out
-    return [("context-switch flush", cfgs[0])] if cfgs else []
+    return [("context-switch flush", plans[0])] if plans else []
 
 
 def every_loop() -> list:
@@ -88,27 +93,24 @@ def every_loop() -> list:
     return out
 
 
-def _weight(cfg) -> int:
+def _weight(plan) -> int:
     """The source size of the design's module: the larger, the longer its loop compiles (the
     testbed's own rule, to start the longest compiles first)."""
-    from . import variants as registry
-
-    path = registry.get(cfg.variant).module.__file__
     try:
-        return os.path.getsize(path) + (1 << 20) * int(cfg.irq_rate > 0)
+        return os.path.getsize(plan.module.__file__) + (1 << 20) * int(plan.cfg.irq_rate > 0)
     except OSError:
         return 0
 
 
-def _compile_one(cfg) -> None:
-    from . import config as cfgmod
-    from . import harness
+def _compile_one(plan) -> None:
+    from . import runplan
 
-    harness.compile_kernels(cfg, cfgmod.params(cfg))
+    runplan.compile_kernels(plan.cfg, plan.params.copy(), plan.module)
 
 
-def _worker(tasks, results, parent_pid: int) -> None:
-    """A compiling process: takes (index, config) from ``tasks`` until None, says when each starts and ends."""
+def _worker(plans, tasks, results, parent_pid: int) -> None:
+    """A compiling process: takes an index into ``plans`` from ``tasks`` until None, says when each starts
+    and ends. The plans come with the fork (a plan holds its design's module, which does not pickle)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the parent's: it kills us
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
@@ -120,10 +122,10 @@ def _worker(tasks, results, parent_pid: int) -> None:
         task = tasks.get()
         if task is None:
             return
-        i, cfg = task
+        i = task
         results.put(("start", i, ""))
         try:
-            _compile_one(cfg)
+            _compile_one(plans[i])
             results.put(("done", i, ""))
         except Exception as e:          # the run compiles it again in process and reports it there
             results.put(("failed", i, f"{type(e).__name__}: {e}"))
@@ -166,7 +168,8 @@ def _names(labels) -> str:
 
 
 def prepare(cfgs, stream=None, processes: int | None = None) -> float:
-    """Compile the loops ``cfgs`` will run and the cache lacks, in parallel; the seconds it took.
+    """Compile the loops ``cfgs`` (run plans or validated configs) will run and the cache lacks, in
+    parallel; the seconds it took.
 
     ``processes``: how many at once (default: the CPUs this process may use, at most one per loop).
     """
@@ -182,13 +185,13 @@ def prepare(cfgs, stream=None, processes: int | None = None) -> float:
     labels = [label for label, _ in todo]
     if n <= 1:
         try:
-            for i, (label, cfg) in enumerate(todo):
+            for i, (label, plan) in enumerate(todo):
                 if line.tty:
                     line.say(f"compiling {_names([label])} ({WHY}) {i + 1}/{len(todo)}",
                              f"compiling {_names([label])} {i + 1}/{len(todo)}")
                 else:
                     line.say(f"compiling {_names(labels)} ({WHY})")
-                _compile_one(cfg)
+                _compile_one(plan)
         finally:
             line.close()
         return time.perf_counter() - t0
@@ -196,10 +199,10 @@ def prepare(cfgs, stream=None, processes: int | None = None) -> float:
 
     ctx = mp.get_context("fork")
     tasks, results = ctx.SimpleQueue(), ctx.SimpleQueue()
-    procs = [ctx.Process(target=_worker, args=(tasks, results, os.getpid()), name=f"testbed-compile{k}", daemon=True)
+    procs = [ctx.Process(target=_worker, args=([plan for _, plan in todo], tasks, results, os.getpid()), name=f"testbed-compile{k}", daemon=True)
              for k in range(n)]
-    for i, (_, cfg) in enumerate(todo):
-        tasks.put((i, cfg))
+    for i in range(len(todo)):
+        tasks.put(i)
     for _ in procs:
         tasks.put(None)
     running, finished = [], 0

@@ -10,14 +10,15 @@ catches a slot a later map of a nested walk takes from under its holder). Separa
 writes it meant for each MFN (its ``expect`` row); after the run the two must
 agree frame by frame, or writes were lost.
 
-The variant is chosen by the small integer ``p[P_VARIANT]``. ``run_ops``
-picks, by that id, the variant's own compiled loop: ``ops_loop`` inlined with
-the id as a constant into one function per registered variant (generated from
-the registry, ``variants/dispatch.py``, and cached on disk like every kernel),
-so each design's loop is compiled with its own map and unmap alone (the
-dispatch's overload on a constant id), none paying in compile time, registers or
-code layout for the others' paths. An id the registry does not know runs a loop
-whose map reports ``abi.ST_BAD_VARIANT`` at once.
+The variant is chosen by the small integer ``p[P_VARIANT]``. ``ops_loop`` is
+inlined with the id as a constant into one function per registered variant
+(generated from the registry, ``variants/dispatch.py``, and cached on disk like
+every kernel), so each design's loop is compiled with its own map and unmap
+alone (the dispatch's overload on a constant id), none paying in compile time,
+registers or code layout for the others' paths. Those loops import this module,
+so they are loaded above it: ``testbed/loops.py`` picks one by id (``run_ops``).
+An id the registry does not know runs a loop whose map reports
+``abi.ST_BAD_VARIANT`` at once.
 """
 
 import numpy as np
@@ -25,8 +26,8 @@ from .jit import inline_kernel, kernel
 
 from . import abi, tlb
 from .atomics import load_acquire, rdtsc
-from .irq import SPAN, irq_arm, irq_status, loop_point
-from .variants import dispatch
+from .irq import handler as irq_handler
+from .irq import irq_arm, irq_rand, irq_status, loop_point
 from .variants.dispatch import map_page, map_vid, unmap_page, unmap_vid  # generated from the registry
 
 # The workload ids and the frame geometry are contract facts (abi.py); the loop uses them by these names.
@@ -250,32 +251,7 @@ def ops_loop(vid, irq, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, 
 # --- simulated interrupts (testbed/irq.py) ----------------------------------------------
 
 
-@inline_kernel
-def irq_rand(vrow, n):
-    """Uniform integer in [0, n) from the vCPU's interrupt generator (xorshift64* in V_IRQ_RNG)."""
-    x = np.uint64(vrow[abi.V_IRQ_RNG])
-    x ^= x >> np.uint64(12)
-    x ^= x << np.uint64(25)
-    x ^= x >> np.uint64(27)
-    vrow[abi.V_IRQ_RNG] = np.int64(x)
-    return np.int64((((x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
-
-
-@kernel
-def irq_due(p, vrow):
-    """At an operation's start: make the next interrupt pending when the clock says it is due."""
-    now = rdtsc()
-    nxt = vrow[abi.V_IRQ_NEXT]
-    gap = p[abi.P_IRQ_INTERVAL]
-    if nxt == 0:
-        vrow[abi.V_IRQ_NEXT] = now + (gap >> 16) * irq_rand(vrow, 1 << 16)      # a random phase per vCPU
-    elif now >= nxt and vrow[abi.V_IRQ_PENDING] == 0:
-        vrow[abi.V_IRQ_PENDING] = 1 + irq_rand(vrow, SPAN)
-        # The next one after a gap uniform in [0.5, 1.5) times the mean, counted from now: a vCPU
-        # that was descheduled gets one interrupt, not the backlog.
-        vrow[abi.V_IRQ_NEXT] = now + gap // 2 + (gap >> 16) * irq_rand(vrow, 1 << 16)
-
-
+@irq_handler
 @kernel
 def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
     """An arrival point with an interrupt pending: count down, defer, or run the handler.
@@ -284,7 +260,9 @@ def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
     through the oracle's check and unmaps it, with interrupts disabled; its map
     and unmap get no interrupt context, so no arrival point inside them. A
     failed map or unmap leaves its status in ``V_IRQ_STATUS``, which ends the
-    run at the end of the interrupted operation.
+    run at the end of the interrupted operation. It maps through the designs, whose map and
+    unmap call the arrival points of ``irq``: so ``irq`` is told of it (``irq.handler``) rather
+    than importing it.
     """
     n = vrow[abi.V_IRQ_PENDING]
     if n > 1:
@@ -451,31 +429,3 @@ def guest_work(p, rng, srow):
         x ^= x >> np.uint64(27)
     rng[0] = x
     srow[abi.S_WORK] += 1
-
-
-# --- the loop of each variant (generated: variants/dispatch.py) -----------------------
-
-_LOOPS = dispatch.loops()      # imports this module, partly initialised: ops_loop exists by now
-
-
-def loop_of(vid: int, irq: bool):
-    """The compiled operation loop of variant id ``vid``, with interrupts or not: the variant's own,
-    or, for an id the registry does not know, the loop that runs nothing (it reports ``abi.ST_BAD_VARIANT``)."""
-    if irq:
-        return _LOOPS.LOOPS_IRQ[vid] if 0 <= vid < len(_LOOPS.LOOPS_IRQ) else _LOOPS.run_ops_any_irq
-    return _LOOPS.LOOPS[vid] if 0 <= vid < len(_LOOPS.LOOPS) else _LOOPS.run_ops_any
-
-
-def loop(p):
-    """The compiled operation loop for ``p[P_VARIANT]``; with interrupts (``p[P_IRQ_INTERVAL]``
-    non-zero, testbed/irq.py) its interrupt loop."""
-    return loop_of(int(p[abi.P_VARIANT]), p[abi.P_IRQ_INTERVAL] != 0)
-
-
-def run_ops(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng):
-    """Run ``n`` operations of the configured workload; a status code (0 = all fine).
-
-    Mappings held when the loop stops (an error in the middle of a nested walk)
-    stay listed in ``live[vcpu]`` as (va, mfn) pairs, their count in S_LIVE.
-    """
-    return loop(p)(n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, hist, live, tlbv, rng)

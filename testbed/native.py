@@ -1,6 +1,6 @@
 """The operation loop in C (``csrc/testbed_op.c``), built and loaded on demand.
 
-The C port is the yardstick for ``kernels.run_ops``: the same work without
+The C port is the yardstick for ``loops.run_ops``: the same work without
 numba, on the same arrays. ``load()`` compiles it with the system C compiler
 into a private temporary directory (nothing is written into the source tree)
 and returns a callable with ``run_ops``'s signature. ``scripts/bench.py

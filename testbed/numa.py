@@ -15,7 +15,7 @@ So the parent, before it initialises anything, binds:
   node (``--frames-numa``).
 
 When the placement spans two nodes or more, the layout puts every array and
-every per-vCPU row on a page of its own (``harness.build_layout``), so a page
+every per-vCPU row on a page of its own (``runplan.build_layout``), so a page
 never holds two vCPUs' rows. The PTE array is one flat array indexed by slot:
 a page of it holding several vCPUs' slots goes to the node of its first
 slot's vCPU. TODO: per-vCPU PTE pages, which needs the kernels' slot index to

@@ -1,7 +1,7 @@
 """The run options: declared once on ``config.RunConfig`` (``config.option``), turned here into
 command-line options (``add_run_options``) and back into a config (``config_from``).
 
-``testbed run``, the experiments and the sweep plans (``sweep.py``) all read their
+``testbed run``, the experiments and the sweep plans (``sweepplan.py``) all read their
 run options through these two functions.
 """
 
@@ -176,7 +176,7 @@ def config_from(args):
 
 def checked_config(args):
     """The validated config, with its vCPU placement checked too: nothing has started yet."""
-    from .config import checked
+    from .runplan import checked
 
     return checked(config_from(args))
 

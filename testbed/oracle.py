@@ -2,7 +2,7 @@
 
 Checks happen in three places, and this module holds the two that run in Python:
 
-- in the compiled loop (``kernels.run_ops``), at every access and before every
+- in the compiled loop (``loops.run_ops``), at every access and before every
   unmap. The access translates the address through the vCPU's TLB and checks
   the frame reached carries the MFN mapped (``stale_translations``). Every held
   mapping is checked again just before it is unmapped: its PTE must still map

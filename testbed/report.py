@@ -27,6 +27,7 @@ from pathlib import Path
 from . import stats
 from .config import RunConfig
 from .errors import UsageError
+from .options import check_writable
 
 CONFIG_KEYS = tuple(f.name for f in RunConfig.__dataclass_fields__.values())
 HOST_ID = ("hostname", "cpu_model", "physical_cores", "logical_cpus", "kernel")
@@ -215,7 +216,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from .cli import check_writable
     from .output import check_folder
     from .plots import predict_plot, scale_plot
 

@@ -116,7 +116,10 @@ def latency(hist: np.ndarray, max_cycles: int, every: int) -> dict:
 
 
 def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writes_reported, writes_counted,
-          variant_checks, failure, interrupted, startup, exitcodes, complete, extra=None, runtime=None) -> dict:
+          variant_checks, failure, interrupted, startup, exitcodes, complete, extra=None, runtime=None,
+          module=None) -> dict:
+    """``module``: the design's module, when the caller has it (a run plan's), or looked up by name."""
+    module = module or registry.get(cfg.variant).module
     n = cfg.vcpus
     runtime = runtime or {}
     fork_ns = runtime.get("fork_ns") or []
@@ -201,12 +204,12 @@ def build(*, cfg, cores, stats, hist, samples, window, ops_at, lost_writes, writ
         "schema": SCHEMA,
         "kind": KIND,
         "variant": cfg.variant,
-        "label": registry.get(cfg.variant).module.label(cfg),
-        "xen": registry.get(cfg.variant).module.describe(cfg),
+        "label": module.label(cfg),
+        "xen": module.describe(cfg),
         "lock": lock_summary(getattr(cfg, "lock", None), totals, per_vcpu),
         "irq": irq_summary(getattr(cfg, "irq_rate", 0.0), totals),
         "nmi": nmi_summary(getattr(cfg, "nmi_rate", 0.0), totals),
-        "exposure": exposure_summary(cfg, totals),
+        "exposure": exposure_summary(cfg, totals, module),
         "tlb_model": tlb_model(cfg, totals),
         "vcpus": n,
         "seed": cfg.seed,
@@ -266,7 +269,7 @@ def nmi_summary(rate: float, totals: dict) -> dict | None:
             "inside_irqs_off": totals["nmi_irqs_off"], "maps": totals["irq_maps"], "deadlocks": totals["deadlocks"]}
 
 
-def exposure_summary(cfg, totals: dict) -> dict:
+def exposure_summary(cfg, totals: dict, module=None) -> dict:
     """How long a frame stays reachable after its last unmap (kernels.expose), and how many are.
 
     Sampled: at the points where the loop reads the clock (every 16 operations,
@@ -276,9 +279,7 @@ def exposure_summary(cfg, totals: dict) -> dict:
     gone (a resolution of one look). The direct map reaches every frame, always:
     its exposure is the maximum by definition, not measured.
     """
-    from . import variants as registry
-
-    if registry.get(cfg.variant).module.NAME == "directmap":
+    if (module or registry.get(cfg.variant).module).NAME == "directmap":
         return {"always": True, "frames_reachable_mean": cfg.frames, "samples": 0, "mean_cycles": None,
                 "max_cycles": None, "mean_ops": None, "max_ops": None}
     n, instants = totals["exposure_samples"], totals["exposure_instants"]

@@ -3,7 +3,7 @@
 ``oracle.lost_writes`` (frame counters against the writes each vCPU meant) and the
 stress run's quiescent check (``Stressor._quiescent``: the variant's invariants and
 the lost-writes check on paused vCPUs) are otherwise only ever seen passing. Here
-``kernels.run_ops`` runs a few hundred operations per vCPU on private state; the
+``loops.run_ops`` runs a few hundred operations per vCPU on private state; the
 checks must find nothing on it, then find the one corruption: a frame counter one
 short (a lost write) or the inuse bit of a free slot set (a leaked slot).
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed import abi, config, harness, irq, kernels, tlb
+from testbed import abi, config, harness, irq, kernels, loops, tlb
 from testbed import variants as registry
 from testbed.config import RunConfig
 
@@ -52,13 +52,13 @@ def test_a_full_flush_costs_what_it_dropped_whether_1_or_100_maps_follow(burst):
                                     guest_pages=g)
     row = views["stats"][0]
     assert p[abi.P_COST_REFILL] == 0            # the TLB itself charges what the flush dropped
-    assert kernels.run_ops(3, 0, *args) == abi.ST_OK
+    assert loops.run_ops(3, 0, *args) == abi.ST_OK
     assert row[abi.S_GUEST_WALKS] == g          # the first pass filled the TLB; the next two hit
     assert row[abi.S_GUEST_TOUCHES] == 3 * g
     tlb.flush_all(t, p, views["dom"], views["vst"][0], row)
-    assert kernels.run_ops(1, 0, *args) == abi.ST_OK
+    assert loops.run_ops(1, 0, *args) == abi.ST_OK
     assert row[abi.S_GUEST_WALKS] == 2 * g      # the flush dropped G entries: G walks, 1 map or 100
-    assert kernels.run_ops(1, 0, *args) == abi.ST_OK
+    assert loops.run_ops(1, 0, *args) == abi.ST_OK
     assert row[abi.S_GUEST_WALKS] == 2 * g
 
 
@@ -68,9 +68,9 @@ def test_the_old_refill_charged_only_the_maps_that_followed():
     cfg, p, views, t, args = _state(variant="directmap", workload="guest", guest_work=1, burst=1,
                                     guest_pages=0, cost_refill=64)
     row = views["stats"][0]
-    assert kernels.run_ops(2, 0, *args) == abi.ST_OK
+    assert loops.run_ops(2, 0, *args) == abi.ST_OK
     tlb.flush_all(t, p, views["dom"], views["vst"][0], row)
-    assert kernels.run_ops(1, 0, *args) == abi.ST_OK
+    assert loops.run_ops(1, 0, *args) == abi.ST_OK
     assert row[abi.S_REFILLS] == 1 and row[abi.S_GUEST_WALKS] == 0
 
 
@@ -81,7 +81,7 @@ def test_guest_pages_and_mapcache_slots_share_the_tlb():
     for g in (0, 64):
         cfg, p, views, t, args = _state(variant="lockless", workload="guest", guest_work=1, burst=8,
                                         guest_pages=g)
-        assert kernels.run_ops(300, 0, *args) == abi.ST_OK
+        assert loops.run_ops(300, 0, *args) == abi.ST_OK
         row = views["stats"][0]
         misses[g] = int(row[abi.S_TLB_MISSES])
         if g:
@@ -122,7 +122,7 @@ def _nmi_at(variant, k, nmi=True, **kw):
                                     irq_rate=0.0 if nmi else 1000.0, **kw)
     p[abi.P_IRQ_INTERVAL] = irq.NO_TIMER        # no timed arrivals: the test places them
     views["vst"][0, abi.V_IRQ_PENDING] = k
-    st = kernels.run_ops(1, 0, *args)
+    st = loops.run_ops(1, 0, *args)
     return st, views["stats"][0], cfg, views
 
 
@@ -187,7 +187,7 @@ def test_a_recursive_walk_leaks_lockless_slots():
     for q in (0.0, 0.5):
         cfg, p, views, t, args = _state(variant="lockless", workload="ptwalk", recursive=q, frames=64)
         assert p[abi.P_IRQ_INTERVAL] == 0
-        st = kernels.run_ops(400, 0, *args)
+        st = loops.run_ops(400, 0, *args)
         assert st in (abi.ST_OK, abi.ST_EXHAUSTED)
         leaks[q] = registry.get("lockless").module.check(views, cfg, {})["slot_leaks"]
     assert leaks[0.0] == 0 and leaks[0.5] > 0
@@ -209,7 +209,7 @@ def test_exposure_is_zero_for_kmap_local_and_not_for_lockless():
     out = {}
     for variant in ("kmap-local", "lockless", "directmap"):
         cfg, p, views, t, args = _state(variant=variant, lat_every=0)
-        assert kernels.run_ops(2000, 0, *args) == abi.ST_OK
+        assert loops.run_ops(2000, 0, *args) == abi.ST_OK
         row = views["stats"][0]
         out[variant] = (int(row[abi.S_EXP_SAMPLES]), int(row[abi.S_EXP_OPS]), int(row[abi.S_EXP_REACHABLE]))
     assert out["kmap-local"][0] > 100 and out["kmap-local"][1] == 0 and out["kmap-local"][2] == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed import abi, config, harness, kernels, tlb
+from testbed import abi, config, harness, loops, tlb
 from testbed.config import RunConfig
 
 from conftest import testbed_cli
@@ -28,13 +28,13 @@ def test_a_full_flush_charges_the_next_n_accesses(refill):
     """directmap never flushes by itself: only the flush the test makes (a context switch) is refilled."""
     cfg, p, views, t, args = _state("directmap", refill)
     row = views["stats"][0]
-    assert kernels.run_ops(20, 0, *args) == abi.ST_OK
+    assert loops.run_ops(20, 0, *args) == abi.ST_OK
     assert row[abi.S_REFILLS] == 0 and row[abi.S_REFILL_LEFT] == 0
     tlb.flush_all(t, p, views["dom"], views["vst"][0], row)
     assert row[abi.S_REFILL_LEFT] == refill
-    assert kernels.run_ops(3, 0, *args) == abi.ST_OK
+    assert loops.run_ops(3, 0, *args) == abi.ST_OK
     assert row[abi.S_REFILLS] == min(3, refill) and row[abi.S_REFILL_LEFT] == max(0, refill - 3)
-    assert kernels.run_ops(20, 0, *args) == abi.ST_OK
+    assert loops.run_ops(20, 0, *args) == abi.ST_OK
     assert row[abi.S_REFILLS] == refill and row[abi.S_REFILL_LEFT] == 0
 
 
@@ -42,12 +42,12 @@ def test_locked_wraps_pay_refills():
     """locked flushes at every wrap: each flush charges up to N accesses (fewer if the next wrap comes first)."""
     cfg, p, views, t, args = _state("locked", 8)
     row = views["stats"][0]
-    assert kernels.run_ops(2000, 0, *args) == abi.ST_OK
+    assert loops.run_ops(2000, 0, *args) == abi.ST_OK
     flushes = int(row[abi.S_FLUSH_ALL])
     assert flushes > 10
     assert flushes * 8 - 8 <= row[abi.S_REFILLS] <= flushes * 8
     _, _, views0, _, args0 = _state("locked", 0)
-    assert kernels.run_ops(2000, 0, *args0) == abi.ST_OK
+    assert loops.run_ops(2000, 0, *args0) == abi.ST_OK
     assert views0["stats"][0, abi.S_REFILLS] == 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness, kernels, native, oracle, results, tlb
+from testbed import abi, config, harness, kernels, loops, native, oracle, results, runplan, tlb
 from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.errors import UsageError
@@ -128,7 +128,7 @@ def test_domain_vcpus_default_and_refusals(monkeypatch):
 
     monkeypatch.setattr(limits, "available_bytes", lambda: 1 << 20)
     with pytest.raises(UsageError, match=r"^--domain-vcpus 4096: the domain's shared state needs \d+ MiB"):
-        config.checked(RunConfig(variant="percpu", vcpus=1, domain_vcpus=4096, entries=256))
+        runplan.checked(RunConfig(variant="percpu", vcpus=1, domain_vcpus=4096, entries=256))
 
 
 def test_idle_vcpus_are_state_only():
@@ -147,7 +147,7 @@ def _flushes(domain_vcpus: int, n: int = 4000) -> tuple[int, int]:
     p = config.params(cfg)
     p[abi.P_CHUNK_CYCLES] = 1 << 62
     views, _, args = harness.private_state(cfg, p)
-    assert kernels.run_ops(n, 0, *args) == abi.ST_OK
+    assert loops.run_ops(n, 0, *args) == abi.ST_OK
     s = views["stats"][0]
     assert oracle.variant_checks(views, cfg) == {"slot_leaks": 0, "invariant_violations": 0}
     return int(s[abi.S_FLUSH_ALL]), int(s[abi.S_MAPS])
@@ -292,7 +292,7 @@ def test_tlb_clock_wraps_alike_in_numba_and_c():
     a, b = _seeded(cfg), _seeded(cfg)
     nat = native.Native(native.compiler())
     try:
-        assert kernels.run_ops(2000, 0, *a[2]) == nat.bind(*b[2])(2000, 0) == abi.ST_OK
+        assert loops.run_ops(2000, 0, *a[2]) == nat.bind(*b[2])(2000, 0) == abi.ST_OK
     finally:
         nat.close()
     for name in ("dom", "vst", "pte", "dbits"):

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import testbed.shared as shared
-from testbed import harness
+from testbed import harness, watchdog
 from testbed.config import RunConfig
 
 from conftest import (LineReader, alive, cli_env, kill_pids, segments_owned_by, testbed_cli, track, unlink_segments,
@@ -150,7 +150,7 @@ def test_stalled_worker_is_reported_and_the_run_ends(monkeypatch):
     assert r["verdict"] == "FAILURE" and r["checks"]["worker_failures"] == 1
     # The watchdog gives a vCPU STALL_S (1 s) without progress; a stopped process cannot exit
     # by itself, so once it is found the run must not wait on it any longer.
-    assert done - box["t"] < harness.STALL_S + 1.5, (
+    assert done - box["t"] < watchdog.STALL_S + 1.5, (
         f"run ended {done - box['t']:.2f} s after SIGSTOP (stall reported at t={f.get('t')})")
     assert _children() == [] and not segments_owned_by(os.getpid())
 

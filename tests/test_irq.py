@@ -19,7 +19,7 @@ import random
 
 import pytest
 
-from testbed import abi, irq, kernels
+from testbed import abi, irq, kernels, loops
 from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.harness import run
@@ -224,10 +224,10 @@ def test_the_loop_without_interrupts_is_the_one_without_their_code():
     for rate, on in ((0.0, False), (1000.0, True)):
         cfg = config.validate(RunConfig(variant="lockless", irq_rate=rate))
         p = config.params(cfg)
-        loop = kernels.loop(p)
-        assert (loop in kernels._LOOPS.LOOPS_IRQ) == on and (loop in kernels._LOOPS.LOOPS) != on
+        loop = loops.loop(p)
+        assert (loop in loops._LOOPS.LOOPS_IRQ) == on and (loop in loops._LOOPS.LOOPS) != on
     p[abi.P_IRQ_INTERVAL] = irq.NO_TIMER
-    assert kernels.loop(p) in kernels._LOOPS.LOOPS_IRQ
+    assert loops.loop(p) in loops._LOOPS.LOOPS_IRQ
 
 
 def test_kmap_local_16_slots_exhaust_under_interrupts_on_a_full_walk(exclusive, no_leftovers):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness, irq, kernels, native, tlb
+from testbed import abi, config, harness, irq, kernels, loops, native, tlb
 from testbed import variants as registry
 from testbed.config import RunConfig
 
@@ -108,7 +108,7 @@ def test_same_counters_as_compiled_loop(nat, variant, workload, lock, layout, fr
                                     slack_us=1e6, guest_work=50, lock=lock, dom_layout=layout, **cost, **options))
     a, b = _fresh(cfg), _fresh(cfg)
     n = 3000
-    st_jit = kernels.run_ops(n, 0, *a[3])
+    st_jit = loops.run_ops(n, 0, *a[3])
     st_c = nat.bind(*b[3])(n, 0)
     assert st_jit == st_c
     stats = a[0]["stats"][0]
@@ -132,14 +132,14 @@ def test_each_variant_runs_its_own_loop_and_an_unknown_id_runs_nothing(variant, 
     cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=256, workload="ptwalk", seed=11, lock=lock,
                                     dom_layout=layout))
     a, b = _fresh(cfg), _fresh(cfg)
-    own = kernels.loop(a[3][0])
-    assert own is kernels._LOOPS.LOOPS[registry.VARIANTS[variant].vid]
+    own = loops.loop(a[3][0])
+    assert own is loops._LOOPS.LOOPS[registry.VARIANTS[variant].vid]
     assert own(2000, 0, *a[3]) == abi.ST_OK
     stats = a[0]["stats"][0]
     assert stats[abi.S_OPS] == 2000
     if variant != registry.BASELINE:
         assert stats[abi.S_TLB_MISSES] > 0 and (stats[abi.S_FLUSH_ONE] + stats[abi.S_FLUSH_ALL]) > 0
-    assert kernels._LOOPS.run_ops_any(2000, 0, *b[3]) == abi.ST_BAD_VARIANT
+    assert loops._LOOPS.run_ops_any(2000, 0, *b[3]) == abi.ST_BAD_VARIANT
     assert b[0]["stats"][0][abi.S_OPS] == 0
 
 
@@ -155,7 +155,7 @@ def _pending_at_chosen_points(nat, a, b, seed):
     for _ in range(300):
         k = int(rnd.integers(1, 12))
         a[0]["vst"][0, abi.V_IRQ_PENDING] = b[0]["vst"][0, abi.V_IRQ_PENDING] = k
-        st_jit = kernels.run_ops(3, 0, *a[3])
+        st_jit = loops.run_ops(3, 0, *a[3])
         assert st_jit == nat.bind(*b[3])(3, 0)
         if st_jit != abi.ST_OK:
             break
@@ -211,6 +211,6 @@ def test_same_state_on_recursive_walks(nat, variant):
     cfg = config.validate(RunConfig(variant=variant, vcpus=1, frames=256, seed=41, workload="ptwalk",
                                     recursive=0.5, **extra))
     a, b = _fresh(cfg), _fresh(cfg)
-    st_jit = kernels.run_ops(3000, 0, *a[3])
+    st_jit = loops.run_ops(3000, 0, *a[3])
     assert st_jit == nat.bind(*b[3])(3000, 0)
     assert _differences(a, b) == [], f"{variant}: C and numba loops disagree on recursive walks"

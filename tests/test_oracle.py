@@ -2,7 +2,7 @@
 
 Every test names, in its docstring, the one-line mutation that was tried and made it fail.
 The kernel checks are driven on private state in this process (no vCPU processes): the
-shipped ``kernels.run_ops`` and ``kernels.recheck``, on the arrays the harness lays out.
+shipped ``loops.run_ops`` and ``kernels.recheck``, on the arrays the harness lays out.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness, kernels, oracle, tlb
+from testbed import abi, config, harness, kernels, loops, oracle, tlb
 from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.variants import locked, lockless
@@ -34,7 +34,7 @@ def _ops(variant, n, **kw):
     """Run ``n`` operations of ``variant`` (a control's own options first) on one private vCPU."""
     options = {**dict(registry.get(variant).options), **kw}
     cfg, p, views, tlbv = _fresh(variant, **options)
-    status = kernels.run_ops(n, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    status = loops.run_ops(n, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     return status, views["stats"][0]
 
 
@@ -201,7 +201,7 @@ def test_locked_garbage_pte_control_is_caught_only_by_the_new_check():
     Mutation tried: the same as test_locked_check_flags_a_garbage_slot_whose_pte_is_present
     (the loop over garbage slots' PTEs deleted): both tests fail."""
     cfg, p, views, tlbv = _fresh("locked-garbage-pte", vcpus=1)
-    status = kernels.run_ops(20_000, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
+    status = loops.run_ops(20_000, 0, *abi.kernel_args(views, p, tlbv, kernels.seed_state(cfg.seed, 0)))
     srow = views["stats"][0]
     assert status == abi.ST_OK
     assert srow[list(oracle.KERNEL_VIOLATIONS)].sum() == 0

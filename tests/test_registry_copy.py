@@ -91,11 +91,11 @@ def test_a_new_variant_is_one_module_and_one_registry_line(tmp_path, jit, exclus
 
 CACHE_PROBE = """
 from numba.core import config as nbconfig
-from testbed import config, harness, kernels
+from testbed import config, harness, loops
 from testbed.variants import dispatch
 cfg = config.validate(config.RunConfig(variant="percpu", vcpus=1, frames=64))
 harness.compile_kernels(cfg, config.params(cfg))
-s = kernels.loop(config.params(cfg)).stats     # the compiled loop of percpu
+s = loops.loop(config.params(cfg)).stats     # the compiled loop of percpu
 print(len(s.cache_hits), len(s.cache_misses), dispatch.GENERATED.__file__.startswith(nbconfig.CACHE_DIR))
 """
 

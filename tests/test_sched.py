@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from testbed.shared import futex
-from testbed import abi, harness, limits, locks, oracle, results
+from testbed import abi, harness, limits, locks, oracle, results, watchdog
 from testbed import variants as registry
 from testbed.config import RunConfig, sched_model, validate
 from testbed.errors import UsageError
@@ -47,7 +47,7 @@ def _watch(letter: str, cpu_rate: float):
     t0 = clock.t
     probe = lambda pid: (letter, (clock.t - t0) * cpu_rate)     # noqa: E731
     procs = [SimpleNamespace(exitcode=None, pid=4242)]
-    return harness.Watchdog(procs, views, cfg, clock=clock, probe=probe), clock
+    return watchdog.Watchdog(procs, views, cfg, clock=clock, probe=probe), clock
 
 
 def _run_watch(wd, clock, seconds: float):
@@ -63,14 +63,14 @@ def test_watchdog_stopped_vcpu_is_found_within_the_stall_time():
     wd, clock = _watch("T", 0.0)
     bad, at = _run_watch(wd, clock, 10)
     assert bad["kind"] == "stalled" and bad["vcpu"] == 0 and "stopped" in bad["message"]
-    assert harness.STALL_S < at <= harness.STALL_S + 2 * harness.POLL_S
+    assert watchdog.STALL_S < at <= watchdog.STALL_S + 2 * harness.POLL_S
 
 
 def test_watchdog_hung_vcpu_is_one_that_ran_without_progress():
     wd, clock = _watch("R", 1.0)
     bad, at = _run_watch(wd, clock, 10)
     assert bad["kind"] == "hung" and "of CPU" in bad["message"]
-    assert at <= harness.STALL_S + harness.HUNG_CPU_S + 2 * harness.POLL_S
+    assert at <= watchdog.STALL_S + watchdog.HUNG_CPU_S + 2 * harness.POLL_S
 
 
 def test_watchdog_starved_vcpu_is_measured_not_failed():

@@ -1,6 +1,6 @@
-"""The shipped loop against the reference models: ``kernels.run_ops``, not its parts.
+"""The shipped loop against the reference models: ``loops.run_ops``, not its parts.
 
-vCPUs run ``kernels.run_ops``, into which numba inlines the variant's map and
+vCPUs run ``loops.run_ops``, into which numba inlines the variant's map and
 unmap, the oracle's access and the TLB; ``test_model.py`` calls ``map_page`` /
 ``unmap_page`` one at a time, which numba compiles separately. Here the
 compiled loop itself runs one operation at a time (``run_ops(1, v, ...)``) on
@@ -19,7 +19,7 @@ design's reference model. After every step the two sides must agree on:
   of each mapping of the last walk), ops, maps, writes, guest work, no stale
   translation, no live mapping left, and the variant's own ``check``.
 
-Mutation that makes it fail (tried): in ``kernels.run_ops``, unmap a walk in map
+Mutation that makes it fail (tried): in ``loops.run_ops``, unmap a walk in map
 order (``for k in range(held):``): all 7 ptwalk cases fail (the loop's live count,
 and the design state or an unmap-order status). ``test_replay_sees_a_wrong_operation_stream``
 keeps a broken workload model (one MFN off) that must be caught at the first step.
@@ -32,7 +32,7 @@ import random
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness, kernels, tlb
+from testbed import abi, config, harness, kernels, loops, tlb
 from testbed import variants as registry
 from testbed.config import RunConfig
 
@@ -67,7 +67,7 @@ class Shipped:
 
     def step(self, v: int) -> int:
         w = self.views
-        return int(kernels.run_ops(1, v, self.p, w["dom"], w["pte"], w["dbits"], w["vst"], w["frames"],
+        return int(loops.run_ops(1, v, self.p, w["dom"], w["pte"], w["dbits"], w["vst"], w["frames"],
                                    w["expect"], w["stats"], w["hist"], w["live"], self.tlbs[v], self.rngs[v]))
 
 

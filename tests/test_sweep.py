@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 from conftest import REPO, LineReader, cli_env, dead_owners, testbed_cli, testbed_segments, track
-from testbed import cli, sweep
+from testbed import cli, sweepexec, sweepplan, sweepstore
 
 SCHEMA = json.loads((REPO / "testbed" / "schema.json").read_text())
 SMALL = """
@@ -40,7 +40,7 @@ def plan_file(tmp_path, text: str, name: str = "plan.toml") -> Path:
 
 def test_plan_expands_to_the_grid_repetitions_outermost(tmp_path):
     """Breaks if repeat were innermost, or a repetition reused the seed."""
-    plan = sweep.load_plan(str(plan_file(tmp_path, SMALL + "repeat = 2\n")))
+    plan = sweepplan.load_plan(str(plan_file(tmp_path, SMALL + "repeat = 2\n")))
     assert len(plan.cells) == 8
     assert [(c.options["variant"], c.options["vcpus"], c.options["seed"]) for c in plan.cells[:5]] == [
         ("directmap", 1, 3), ("directmap", 2, 3), ("lockless", 1, 3), ("lockless", 2, 3), ("directmap", 1, 4)]
@@ -54,7 +54,7 @@ def test_cell_ids_belong_to_the_options_not_to_the_plan(tmp_path):
     it gets a new one when any of its own options changes. Breaks if the id hashed the cell's index or the
     plan's text, or left out the fixed options."""
     def ids(text):
-        return {c.cell_id for c in sweep.load_plan(str(plan_file(tmp_path, text))).cells}
+        return {c.cell_id for c in sweepplan.load_plan(str(plan_file(tmp_path, text))).cells}
 
     base = ids(SMALL)
     grown = ids(SMALL.replace('["directmap", "lockless"]', '["lockless", "locked", "directmap"]'))
@@ -68,11 +68,11 @@ def test_cell_ids_belong_to_the_options_not_to_the_plan(tmp_path):
 def test_the_default_seed_is_fixed_so_that_a_plan_finds_its_cells_again(tmp_path):
     """Breaks if a plan without a seed drew one from the clock (config_from's default for 'testbed run')."""
     text = SMALL.replace("seed = 3\n", "")
-    first = sweep.load_plan(str(plan_file(tmp_path, text)))
+    first = sweepplan.load_plan(str(plan_file(tmp_path, text)))
     time.sleep(0.01)
-    again = sweep.load_plan(str(plan_file(tmp_path, text)))
+    again = sweepplan.load_plan(str(plan_file(tmp_path, text)))
     assert [c.cell_id for c in first.cells] == [c.cell_id for c in again.cells]
-    assert all(c.options["seed"] == sweep.DEFAULT_SEED for c in first.cells)
+    assert all(c.options["seed"] == sweepplan.DEFAULT_SEED for c in first.cells)
 
 
 # --- bad input: exit 2, one line naming the file, the key and the problem, nothing started ------
@@ -121,10 +121,10 @@ def test_slurm_without_sbatch_exits_2_before_reading_the_plan(tmp_path):
 def test_slurm_options_are_checked(tmp_path, capsys):
     """Breaks if slurm_options accepted a pair without '='."""
     with pytest.raises(cli.UsageError, match="KEY=VALUE"):
-        sweep.slurm_options(["account"])
-    assert sweep.slurm_options(["mail-type=END", "account=lab"]) == {"mail_type": "END", "account": "lab"}
+        sweepexec.slurm_options(["account"])
+    assert sweepexec.slurm_options(["mail-type=END", "account=lab"]) == {"mail_type": "END", "account": "lab"}
     with pytest.raises(cli.UsageError, match="--time"):
-        sweep._slurm_time("soon", [])
+        sweepexec._slurm_time("soon", [])
     rc = cli.main(["sweep", str(plan_file(tmp_path, SMALL)), "--out", str(tmp_path / "o"), "--time", "5"])
     assert rc == 2 and "--executor slurm" in capsys.readouterr().err
 
@@ -156,7 +156,7 @@ def test_local_sweep_resume_corruption_retry_and_report(tmp_path, exclusive, no_
     assert "done 4, failed 0, left 0 of 4" in r.stdout
     res = _results(out)
     assert len(res) == 4
-    cells = {c.cell_id: c for c in sweep.load_plan(str(plan)).cells}
+    cells = {c.cell_id: c for c in sweepplan.load_plan(str(plan)).cells}
     for name, data in res.items():
         jsonschema.validate(data, SCHEMA)
         cell = cells[data["sweep"]["cell"]]
@@ -253,9 +253,9 @@ def test_an_interrupted_sweep_loses_at_most_the_cell_in_progress(tmp_path, exclu
 def test_write_atomic_leaves_the_old_file_when_the_write_fails(tmp_path):
     """Breaks if write_atomic opened the target itself (a failed dump would truncate the old result)."""
     path = tmp_path / "r.json"
-    sweep.write_atomic({"a": 1}, path)
+    sweepstore.write_atomic({"a": 1}, path)
     with pytest.raises(TypeError):
-        sweep.write_atomic({"a": object()}, path)
+        sweepstore.write_atomic({"a": object()}, path)
     assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["r.json"]
 
 
@@ -323,13 +323,13 @@ def test_a_cell_without_result_is_failed_and_reported_as_error(tmp_path, capsys)
     """A failure record (what a cell that raised, or a Slurm job that died, leaves) makes the cell 'failed',
     a whole result for the cell supersedes it, and the report shows it as an ERROR row with its options.
     Breaks if cell_state ignored failure records (the cell would run again without --retry-failed)."""
-    plan = sweep.load_plan(str(plan_file(tmp_path, SMALL)))
+    plan = sweepplan.load_plan(str(plan_file(tmp_path, SMALL)))
     cell = plan.cells[1]
     out = tmp_path / "out"
     out.mkdir()
-    assert sweep.cell_state(out, cell) == "todo"
-    sweep.record_failure(out, cell, plan.path, "RuntimeError: node lost", slurm_job="17")
-    assert sweep.cell_state(out, cell) == "failed"
+    assert sweepstore.cell_state(out, cell) == "todo"
+    sweepstore.record_failure(out, cell, plan.path, "RuntimeError: node lost", slurm_job="17")
+    assert sweepstore.cell_state(out, cell) == "failed"
     assert cli.main(["report", str(out)]) == 0
     rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
     assert [(r["verdict"], r["variant"], r["vcpus"], r["error"]) for r in rows] == [

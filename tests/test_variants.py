@@ -6,7 +6,7 @@ tested); a variant added to the registry without a row here fails the suite.
 
 import pytest
 
-from testbed import abi, kernels
+from testbed import abi, kernels, loops
 from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.harness import run
@@ -180,7 +180,7 @@ def test_an_unknown_variant_id_runs_nothing():
     assert kernels.map_page(0, 3, *_op_args(p, views, t)) == -abi.ST_BAD_VARIANT
     assert kernels.unmap_page(0, abi.MAPCACHE_VA, *_op_args(p, views, t)) == abi.ST_BAD_VARIANT
     assert all(np.array_equal(views[k], before[k]) for k in before)
-    st = kernels.run_ops(4, 0, *abi.kernel_args(views, p, t, kernels.seed_state(1, 0)))
+    st = loops.run_ops(4, 0, *abi.kernel_args(views, p, t, kernels.seed_state(1, 0)))
     assert st == abi.ST_BAD_VARIANT and abi.STATUS_NAMES[st] == "bad_variant"
 
 

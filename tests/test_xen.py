@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed import abi, config, harness, kernels, native, tlb
+from testbed import abi, config, harness, kernels, native, runplan, tlb
 from testbed.config import RunConfig
 from testbed.errors import UsageError
 
@@ -170,7 +170,7 @@ SLOW = pytest.mark.skipif(not os.environ.get("TESTBED_SLOW"),
 
 
 def _real_run(variant="xen", **kw):
-    cfg = config.checked(_cfg(variant, kw.pop("vcpus", 2), kw.pop("workload", "uniform"), duration=0.6, warmup=0.2,
+    cfg = runplan.checked(_cfg(variant, kw.pop("vcpus", 2), kw.pop("workload", "uniform"), duration=0.6, warmup=0.2,
                               frames=4096, slack_us=50.0, **kw))
     return harness.run(cfg)
 

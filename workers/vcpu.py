@@ -76,7 +76,8 @@ def unique_kib() -> int:
         return -1
 
 
-def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_lock=None, go_fds=None):
+def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_lock=None, go_fds=None, module=None):
+    """One vCPU's life; ``module``: the design's module, the run plan's (looked up by name without it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)
@@ -96,7 +97,8 @@ def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_l
     tlbv = make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS]))
     rng = kernels.seed_state(cfg.seed, vcpu)
     args = abi.kernel_args(v, p, tlbv, rng)
-    run_ops = registry.get(cfg.variant).module.runner(cfg)     # the compiled loop, or a native design's C loop
+    module = module or registry.get(cfg.variant).module
+    run_ops = module.runner(cfg)     # the compiled loop, or a native design's C loop
     row[abi.S_PID] = os.getpid()
     row[abi.S_CORE] = -1 if core is None else core
     row[abi.S_HEARTBEAT] = time.monotonic_ns()
@@ -109,7 +111,8 @@ def main(arena_name, layout, p, vcpu, core, cfg, parent_pid, ready_fd=None, rq_l
 
     sched = None
     if p[abi.P_SCHED] == abi.SCHED_HYPERVISOR:
-        sched = HypervisorSched(v, p, cfg, vcpu, rq_lock, flush=lambda: tlb_flush_all(tlbv, p, v["dom"], v["vst"][vcpu], row))
+        sched = HypervisorSched(v, p, cfg, vcpu, rq_lock, flush=lambda: tlb_flush_all(tlbv, p, v["dom"], v["vst"][vcpu], row),
+                                module=module)
     wait_ctl(ctl, lambda: ctl[abi.C_START] or ctl[abi.C_STOP])
     row[abi.S_STATE] = abi.W_RUNNING
     t_started, cpu_started = time.monotonic_ns(), time.process_time_ns()

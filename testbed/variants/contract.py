@@ -61,7 +61,7 @@ Optional names (default in brackets):
   ``tests/test_irq.py`` checks the declaration against the compiled code.
 - ``resolve(cfg)`` [the config as it is]: a config with the fields the design decides itself
   (the xen design: ``entries`` and ``hash_entries`` from the tree's headers).
-- ``NATIVE`` [False] and ``runner(cfg)`` [``kernels.run_ops``]: a native design (``xen``) has
+- ``NATIVE`` [False] and ``runner(cfg)`` [``loops.run_ops``]: a native design (``xen``) has
   no compiled ``map_page`` / ``unmap_page``; its ``runner`` is a function of ``run_ops``'s
   signature that runs its C loop, which the harness and the vCPU worker call instead.
 - ``FAULT_*`` (int bits): the faults its negative controls switch on, read
@@ -128,10 +128,10 @@ def describe(cfg):
 
 
 def runner(cfg):
-    """Default: the compiled loop, ``kernels.run_ops`` (a native design gives its C loop instead)."""
-    from .. import kernels
+    """Default: the compiled loop, ``loops.run_ops`` (a native design gives its C loop instead)."""
+    from .. import loops
 
-    return kernels.run_ops
+    return loops.run_ops
 
 
 OPTIONAL = {
