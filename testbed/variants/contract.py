@@ -1,7 +1,9 @@
 """What a mapcache variant module provides (docs/variants.md explains how to write one).
 
-A variant is one module in ``testbed/variants/`` and one line in the registry
-(``testbed/variants/__init__.py``). The registry checks every module against
+A design is one module in ``testbed/variants/``, its C map and unmap
+(``testbed/csrc/variants/<module>.h``), its test model and adapter
+(``tests/designs/<module>.py``) and one line in the registry
+(``testbed/variants/__init__.py``); this is the module's part. The registry checks every module against
 this contract when it is imported and fills each optional hook the module
 leaves out with the do-nothing default below, so that the harness, the CLI and
 the stress driver call hooks without asking which variant they run.

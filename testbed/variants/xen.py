@@ -48,7 +48,7 @@ GEOMETRY = {
     "pool": "the tree's own domain_page.c: mapcache_domain_init / mapcache_vcpu_init, run as they are",
 }
 NATIVE = True               # runs the C loop: no numba map_page / unmap_page
-VID = 64                    # p[P_VARIANT]; csrc/testbed_op.c VID_XEN
+VID = 64                    # p[P_VARIANT]; its entry in the C port's generated table (native.py)
 IRQS_OFF = ("map", "unmap")  # the files tried run both under local_irq_save
 HEAP_WORD = 8               # the shim's heap starts after the testbed's own domain words
 
