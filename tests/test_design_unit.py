@@ -11,8 +11,8 @@ differential (sequences, fill, corruptions) and the interrupt sequences. A
 second process of pytest runs them (its own kernel cache: the copy's sources
 differ), so the slow tier only (a fresh compile of the designs, minutes).
 
-Mutation: leave out the C file (``_add_throwaway(root, c_file=False)``) and the
-copy's meta-test and its C port fail (tried).
+The negative control leaves the C file out (``_add_throwaway(root, c_file=False)``):
+the copy's meta-test must then fail, naming the design and the file.
 """
 
 from __future__ import annotations
