@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from . import native
 from .native import compiler, compiler_version
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SHIM_FILES = ("testbed_op.c", "ticket_lock.h", "xen/shim.h", "xen/shim_sched.h", "xen/glue.c")
+SHIM_FILES = ("xen/shim.h", "xen/shim_sched.h", "xen/glue.c")     # with native.port_sources(): the port
 CFLAGS = ("-O2", "-march=native", "-fPIC", "-shared", "-fno-semantic-interposition", "-fno-strict-aliasing",
           "-w", "-Wfatal-errors")
 DOMAIN_PAGE = "xen/arch/x86/domain_page.c"
@@ -160,7 +161,7 @@ def build(tree: str, patches=()) -> Build:
             skipped += [(p, f) for f in apply_patch(p, texts[p], work, wanted)]
         patched = {w: Path(work, w).read_text(errors="replace") for w in wanted}
         generated = tree_header(patched[f"{hdir}/domain.h"], patched[f"{hdir}/config.h"], patched[DOMAIN_PAGE])
-        shim = {f: (CSRC / f).read_bytes() for f in SHIM_FILES}
+        shim = {**native.port_sources(), **{f: (CSRC / f).read_bytes() for f in SHIM_FILES}}
         h = hashlib.sha256()
         for name, data in [*sorted(patched.items()), ("xen_tree.h", generated), *sorted(shim.items())]:
             h.update(name.encode() + b"\0" + (data if isinstance(data, bytes) else data.encode()) + b"\0")
@@ -348,6 +349,7 @@ def _compile(cc: str, work: Path, generated: str, domain_page_c: str, tmp: str, 
         Path(inc, hdr).parent.mkdir(parents=True, exist_ok=True)
         Path(inc, hdr).write_text("/* empty: the shim (csrc/xen/shim.h) stands for it */\n")
     Path(tmp, "xen_tree.h").write_text(generated)
+    Path(tmp, native.DESIGNS_H).write_text(native.designs_header())
     Path(tmp, "unit.c").write_text(UNIT)
     lib = Path(tmp, "lib.so")
     res = subprocess.run([cc, *CFLAGS, f"-I{tmp}", f"-I{CSRC}", f"-I{inc}", "unit.c", "-o", str(lib)], cwd=tmp,

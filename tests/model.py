@@ -1,33 +1,27 @@
-"""Plain-Python sequential reference models of the mapcache designs.
+"""What the plain-Python reference models of the designs share, and the models of the loop.
 
-Written from the designs (docs/variants.md and the algorithms it points to),
-not from the compiled variants: nothing here imports ``testbed``. Each model runs one operation at a
-time (the sequential specification: no interleaving inside an operation), keeps
-its own plain Python state, and raises instead of returning a status:
+Each design's model is in its own file, ``tests/designs/<module>.py`` (its
+``Model``), written from the design (docs/variants.md and the algorithms it
+points to), not from the compiled variants: no model imports ``testbed``. Each
+model runs one operation at a time (the sequential
+specification: no interleaving inside an operation), keeps its own plain Python
+state, and raises instead of returning a status:
 
 - ``map(vcpu, mfn)`` returns the global slot index (the address is
   ``MAPCACHE_VA + slot``), or raises ``Exhausted`` (Xen's BUG when no slot is
   left) or ``RefcountError`` (a reference count wrapped);
 - ``unmap(vcpu, slot)`` returns nothing, or raises ``RefcountError`` (a count
-  would go below zero) or ``BadUnmap`` (the slot is not mapped).
+  would go below zero), ``BadUnmap`` (the slot is not mapped) or ``OrderError``
+  (a stack design's unmap below its top).
 
 A PTE is modelled as the MFN it maps, or ``None`` when empty. TLBs are not
-modelled; the flushes the designs do are only counted (full local flushes for
-the old design, with the TLB clock and ``NEED_FLUSH`` that decide the lazy ones;
-single-entry flushes for the new design).
+modelled; the flushes the designs do are only counted. Where a design leaves a
+choice open, its model takes the real code's, and says so in its docstring.
 
-Where the design leaves a choice open, the model takes Xen's, and says so:
-
-- the old design's "evict one of THIS vcpu's hash entries with refcnt 0" scans
-  the buckets from the MFN's own bucket upwards, cyclically (Xen 4.14
-  ``map_domain_page``), and an evicted bucket's MFN becomes NOTINUSE too;
-- "if anything became free" after the harvest means that some slot that was in
-  use had its garbage bit set;
-- counts are fixed-width: the old design's refcount is uint32, the new one's
-  uint8; a wrap to 0 on map is reported as ``RefcountError`` (the state keeps
-  the wrapped value), and a decrement below 0 on unmap is refused with
-  ``RefcountError`` (the state is left unchanged); Xen only ASSERTs in debug
-  builds.
+Here: the errors, the hash entry and the geometry the models share; the
+operation stream one vCPU's loop draws (``WorkloadModel``); an interrupt on any
+model (``interrupt``). ``LockedModel`` and the other design models are still
+importable from here by their class names (``from model import LockedModel``).
 """
 
 from __future__ import annotations
@@ -72,13 +66,8 @@ class HashEntry:
         return (self.mfn, self.idx, self.refcnt)
 
 
-# --------------------------------------------------------------------------------------
-# OLD: the per-domain pool under one lock
-# --------------------------------------------------------------------------------------
-
-
-class _Geometry:
-    """The geometry both designs share: vCPUs, slots per vCPU, hash buckets."""
+class Geometry:
+    """The geometry the models share: vCPUs, slots per vCPU, hash buckets."""
 
     def __init__(self, vcpus: int, entries: int, hash_entries: int):
         if vcpus < 1 or entries < 1 or not _pow2(hash_entries):
@@ -87,405 +76,6 @@ class _Geometry:
         self.entries = entries
         self.hash_entries = hash_entries
         self.slots = vcpus * entries
-
-
-class LockedModel(_Geometry):
-    """Xen's per-domain mapcache (docs/variants.md, "locked")."""
-
-    REFCNT_BITS = 32
-
-    def __init__(self, vcpus: int, entries: int = 16, hash_entries: int = 8):
-        super().__init__(vcpus, entries, hash_entries)
-        # domain
-        self.cursor = 0
-        self.inuse = [False] * self.slots
-        self.garbage = [False] * self.slots
-        self.epoch = 0
-        self.tlbflush_timestamp = 0
-        self.lock_held = False
-        self.pte: list[int | None] = [None] * self.slots
-        # the TLB clock (global) and each CPU's stamp of its last full flush
-        self.tlbflush_clock = 1
-        self.tlbflush_time = [0] * vcpus
-        # per vCPU
-        self.shadow_epoch = [0] * vcpus
-        self.hash = [[HashEntry() for _ in range(hash_entries)] for _ in range(vcpus)]
-        # counters, per vCPU
-        self.flush_all = [0] * vcpus       # every full local flush (wraps and lazy epoch flushes)
-        self.epoch_flushes = [0] * vcpus   # lazy flushes after another vCPU's wrap
-        self.wraps = [0] * vcpus
-        self.harvests = [0] * vcpus        # wraps whose garbage harvest freed something
-        self.evictions = [0] * vcpus       # wraps that had to take an idle hash entry's slot
-        self.hash_hits = [0] * vcpus
-        self.exhaustions = [0] * vcpus
-        self.refcount_errors = [0] * vcpus
-
-    # -- helpers ------------------------------------------------------------------------
-
-    def bucket(self, mfn: int) -> int:
-        return mfn & (self.hash_entries - 1)
-
-    def _first_zero(self, start: int) -> int | None:
-        for i in range(start, self.slots):
-            if not self.inuse[i]:
-                return i
-        return None
-
-    def _need_flush(self, cpu_stamp: int, lastuse: int) -> bool:
-        now = self.tlbflush_clock
-        return now == 0 or (cpu_stamp <= lastuse and lastuse <= now)
-
-    def _flush_tlb_local(self, vcpu: int) -> None:
-        # pre_flush: tick the clock (a wrap to 0 restarts it at 1), flush, stamp this CPU.
-        t = (self.tlbflush_clock + 1) & CLOCK_MASK
-        self.tlbflush_clock = t if t != 0 else 1
-        self.tlbflush_time[vcpu] = t
-        self.flush_all[vcpu] += 1
-
-    def _lock(self) -> None:
-        assert not self.lock_held, "sequential model: the lock is free between operations"
-        self.lock_held = True
-
-    def _unlock(self) -> None:
-        self.lock_held = False
-
-    # -- operations ---------------------------------------------------------------------
-
-    def map(self, vcpu: int, mfn: int) -> int:
-        h = self.hash[vcpu][self.bucket(mfn)]
-        if h.mfn == mfn:                                  # fast path, no lock
-            self.hash_hits[vcpu] += 1
-            h.refcnt = (h.refcnt + 1) & ((1 << self.REFCNT_BITS) - 1)
-            if h.refcnt == 0:
-                self.refcount_errors[vcpu] += 1
-                raise RefcountError(f"vcpu {vcpu}: 32-bit refcount of mfn {mfn} wrapped")
-            return h.idx
-
-        self._lock()
-        try:
-            if self.epoch != self.shadow_epoch[vcpu]:     # someone wrapped since we last looked
-                self.shadow_epoch[vcpu] = self.epoch
-                if self._need_flush(self.tlbflush_time[vcpu], self.tlbflush_timestamp):
-                    self._flush_tlb_local(vcpu)
-                    self.epoch_flushes[vcpu] += 1
-
-            idx = self._first_zero(self.cursor)
-            if idx is None:                               # wrap: reclaim garbage
-                self.wraps[vcpu] += 1
-                became_free = False
-                for i in range(self.slots):
-                    if self.garbage[i]:
-                        self.garbage[i] = False
-                        if self.inuse[i]:
-                            self.inuse[i] = False
-                            became_free = True
-                if became_free:
-                    self.harvests[vcpu] += 1
-                    idx = self._first_zero(0)
-                else:
-                    # evict one of THIS vCPU's idle hash entries, from the MFN's bucket up
-                    H = self.hash_entries
-                    b0 = self.bucket(mfn)
-                    for k in range(H):
-                        e = self.hash[vcpu][(b0 + k) % H]
-                        if e.idx != NOTINUSE and e.refcnt == 0:
-                            idx = e.idx
-                            self.pte[idx] = None
-                            e.idx = NOTINUSE
-                            e.mfn = NOTINUSE
-                            self.evictions[vcpu] += 1
-                            break
-                if idx is None:
-                    self.exhaustions[vcpu] += 1
-                    raise Exhausted(f"vcpu {vcpu}: no free slot for mfn {mfn}")
-                self._flush_tlb_local(vcpu)
-                self.epoch += 1
-                self.shadow_epoch[vcpu] = self.epoch
-                self.tlbflush_timestamp = self.tlbflush_clock
-            self.inuse[idx] = True
-            self.cursor = idx + 1
-        finally:
-            self._unlock()
-        self.pte[idx] = mfn                               # written after the lock is dropped
-        return idx
-
-    def unmap(self, vcpu: int, slot: int) -> None:
-        if not 0 <= slot < self.slots or self.pte[slot] is None:
-            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not mapped")
-        mfn = self.pte[slot]
-        h = self.hash[vcpu][self.bucket(mfn)]
-        if h.idx == slot:                                 # stays mapped, cached
-            if h.refcnt == 0:
-                self.refcount_errors[vcpu] += 1
-                raise RefcountError(f"vcpu {vcpu}: unmap of cached slot {slot} with refcount 0")
-            h.refcnt -= 1
-        elif h.refcnt == 0:                               # cache this slot instead
-            if h.idx != NOTINUSE:
-                self.pte[h.idx] = None
-                self.garbage[h.idx] = True
-            h.mfn = mfn
-            h.idx = slot
-        else:
-            self.pte[slot] = None
-            self.garbage[slot] = True
-
-    # -- queries ------------------------------------------------------------------------
-
-    def cached_slots(self) -> set[int]:
-        return {e.idx for row in self.hash for e in row if e.idx != NOTINUSE}
-
-    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
-        """In-use slots that no live mapping (slot, mfn), hash entry or garbage bit explains."""
-        held = {slot for maps in live.values() for slot, _ in maps}
-        explained = held | self.cached_slots()
-        return sum(1 for i in range(self.slots) if self.inuse[i] and not self.garbage[i] and i not in explained)
-
-
-# --------------------------------------------------------------------------------------
-# NEW: the seed's per-vCPU lockless mapcache
-# --------------------------------------------------------------------------------------
-
-
-class LocklessModel(_Geometry):
-    """The seed's per-vCPU mapcache (docs/variants.md, "lockless")."""
-
-    REFCNT_BITS = 8
-
-    def __init__(self, vcpus: int, entries: int = 32, hash_entries: int = 8):
-        super().__init__(vcpus, entries, hash_entries)
-        self.hash_mfn = [[NOTINUSE] * hash_entries for _ in range(vcpus)]
-        self.hash_idx = [[NOTINUSE] * hash_entries for _ in range(vcpus)]
-        self.refcnt = [[0] * entries for _ in range(vcpus)]
-        self.inuse = [[False] * entries for _ in range(vcpus)]
-        self.pte: list[int | None] = [None] * self.slots
-        # counters, per vCPU
-        self.flush_one = [0] * vcpus       # invlpg per slot take
-        self.hash_hits = [0] * vcpus
-        self.hash_replacements = [0] * vcpus   # misses that repointed a bucket that held a slot
-        self.idle_frees = [0] * vcpus      # ... and freed its idle slot
-        self.exhaustions = [0] * vcpus
-        self.refcount_errors = [0] * vcpus
-
-    def bucket(self, mfn: int) -> int:
-        return mfn & (self.hash_entries - 1)
-
-    def base(self, vcpu: int) -> int:
-        return vcpu * self.entries
-
-    def map(self, vcpu: int, mfn: int) -> int:
-        b = self.bucket(mfn)
-        old = self.hash_idx[vcpu][b]
-        inuse, refcnt = self.inuse[vcpu], self.refcnt[vcpu]
-        if self.hash_mfn[vcpu][b] != mfn:
-            idx = next((i for i in range(self.entries) if not inuse[i]), None)
-            if idx is None:
-                self.exhaustions[vcpu] += 1
-                raise Exhausted(f"vcpu {vcpu}: no free slot for mfn {mfn}")
-            inuse[idx] = True
-            self.pte[self.base(vcpu) + idx] = mfn
-            self.flush_one[vcpu] += 1                     # flush_tlb_one_local(slot_va)
-            if old != NOTINUSE:
-                self.hash_replacements[vcpu] += 1
-                if refcnt[old] == 0:                      # evict idle hash slot
-                    inuse[old] = False
-                    self.idle_frees[vcpu] += 1
-            self.hash_mfn[vcpu][b] = mfn
-            self.hash_idx[vcpu][b] = idx
-        else:
-            idx = old
-            self.hash_hits[vcpu] += 1
-        refcnt[idx] = (refcnt[idx] + 1) & ((1 << self.REFCNT_BITS) - 1)
-        if refcnt[idx] == 0:
-            self.refcount_errors[vcpu] += 1
-            raise RefcountError(f"vcpu {vcpu}: 8-bit refcount of slot {idx} (mfn {mfn}) wrapped")
-        return self.base(vcpu) + idx
-
-    def unmap(self, vcpu: int, slot: int) -> None:
-        idx = slot - self.base(vcpu)
-        if not 0 <= idx < self.entries:
-            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not one of this vCPU's")
-        if self.refcnt[vcpu][idx] == 0:
-            self.refcount_errors[vcpu] += 1
-            raise RefcountError(f"vcpu {vcpu}: unmap of slot {slot} with refcount 0")
-        mfn = self.pte[slot]
-        self.refcnt[vcpu][idx] -= 1
-        if self.hash_mfn[vcpu][self.bucket(mfn)] != mfn and self.refcnt[vcpu][idx] == 0:
-            self.inuse[vcpu][idx] = False
-
-    # -- queries ------------------------------------------------------------------------
-
-    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
-        """In-use slots that neither a live mapping (slot, mfn) nor a bucket explains."""
-        n = 0
-        for v in range(self.vcpus):
-            held = {slot - self.base(v) for slot, _ in live.get(v, [])}
-            cached = {i for i in self.hash_idx[v] if i != NOTINUSE}
-            n += sum(1 for i in range(self.entries) if self.inuse[v][i] and i not in held and i not in cached)
-        return n
-
-
-# --------------------------------------------------------------------------------------
-# PERCPU: the ASI series' per-vCPU mapcache (garbage, wrap, one batched flush)
-# --------------------------------------------------------------------------------------
-
-
-class PercpuModel(_Geometry):
-    """The per-vCPU mapcache of Xen's Address Space Isolation series (docs/variants.md, "percpu").
-
-    The old design's algorithm with the domain's cursor and bitmaps moved into
-    each vCPU over its own ``entries`` slots (global index ``vcpu * entries +
-    idx``): no lock, no epoch, no TLB clock. A wrap reclaims the garbage and
-    flushes the local TLB once. Choices: eviction scans from the MFN's bucket
-    upwards as in the old design; the refcount is uint32 as in the old design.
-    """
-
-    REFCNT_BITS = 32
-
-    def __init__(self, vcpus: int, entries: int = 32, hash_entries: int = 8):
-        super().__init__(vcpus, entries, hash_entries)
-        E = entries
-        self.cursor = [0] * vcpus
-        self.inuse = [[False] * E for _ in range(vcpus)]
-        self.garbage = [[False] * E for _ in range(vcpus)]
-        self.hash = [[HashEntry() for _ in range(hash_entries)] for _ in range(vcpus)]
-        self.pte: list[int | None] = [None] * self.slots
-        self.flush_all = [0] * vcpus       # one per wrap
-        self.wraps = [0] * vcpus
-        self.harvests = [0] * vcpus        # wraps that reclaimed garbage
-        self.evictions = [0] * vcpus
-        self.hash_hits = [0] * vcpus
-        self.exhaustions = [0] * vcpus
-        self.refcount_errors = [0] * vcpus
-
-    def bucket(self, mfn: int) -> int:
-        return mfn & (self.hash_entries - 1)
-
-    def base(self, vcpu: int) -> int:
-        return vcpu * self.entries
-
-    def map(self, vcpu: int, mfn: int) -> int:
-        h = self.hash[vcpu][self.bucket(mfn)]
-        if h.mfn == mfn:
-            self.hash_hits[vcpu] += 1
-            h.refcnt = (h.refcnt + 1) & ((1 << self.REFCNT_BITS) - 1)
-            if h.refcnt == 0:
-                self.refcount_errors[vcpu] += 1
-                raise RefcountError(f"vcpu {vcpu}: 32-bit refcount of mfn {mfn} wrapped")
-            return self.base(vcpu) + h.idx
-        inuse, garbage = self.inuse[vcpu], self.garbage[vcpu]
-        idx = next((i for i in range(self.cursor[vcpu], self.entries) if not inuse[i]), None)
-        if idx is None:                                   # wrap
-            self.wraps[vcpu] += 1
-            reclaimed = False
-            for i in range(self.entries):
-                if garbage[i]:
-                    garbage[i] = False
-                    inuse[i] = False
-                    reclaimed = True
-            if reclaimed:
-                self.harvests[vcpu] += 1
-            idx = next((i for i in range(self.entries) if not inuse[i]), None)
-            if idx is None:
-                H = self.hash_entries
-                b0 = self.bucket(mfn)
-                for k in range(H):
-                    e = self.hash[vcpu][(b0 + k) % H]
-                    if e.idx != NOTINUSE and e.refcnt == 0:
-                        idx = e.idx
-                        self.pte[self.base(vcpu) + idx] = None
-                        e.idx = e.mfn = NOTINUSE
-                        self.evictions[vcpu] += 1
-                        break
-            if idx is None:
-                self.exhaustions[vcpu] += 1
-                raise Exhausted(f"vcpu {vcpu}: no free slot for mfn {mfn}")
-            self.flush_all[vcpu] += 1                     # one local flush per wrap
-        inuse[idx] = True
-        self.cursor[vcpu] = idx + 1
-        self.pte[self.base(vcpu) + idx] = mfn
-        return self.base(vcpu) + idx
-
-    def unmap(self, vcpu: int, slot: int) -> None:
-        idx = slot - self.base(vcpu)
-        if not 0 <= idx < self.entries or self.pte[slot] is None:
-            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not one of this vCPU's mapped slots")
-        mfn = self.pte[slot]
-        h = self.hash[vcpu][self.bucket(mfn)]
-        if h.idx == idx:
-            if h.refcnt == 0:
-                self.refcount_errors[vcpu] += 1
-                raise RefcountError(f"vcpu {vcpu}: unmap of cached slot {slot} with refcount 0")
-            h.refcnt -= 1
-        elif h.refcnt == 0:
-            if h.idx != NOTINUSE:
-                self.pte[self.base(vcpu) + h.idx] = None
-                self.garbage[vcpu][h.idx] = True
-            h.mfn, h.idx = mfn, idx
-        else:
-            self.pte[slot] = None
-            self.garbage[vcpu][idx] = True
-
-    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
-        n = 0
-        for v in range(self.vcpus):
-            held = {slot - self.base(v) for slot, _ in live.get(v, [])}
-            cached = {e.idx for e in self.hash[v] if e.idx != NOTINUSE}
-            n += sum(1 for i in range(self.entries)
-                     if self.inuse[v][i] and not self.garbage[v][i] and i not in held and i not in cached)
-        return n
-
-
-# --------------------------------------------------------------------------------------
-# KMAP-LOCAL: Linux's kmap_local_page, a per-vCPU stack
-# --------------------------------------------------------------------------------------
-
-
-class KmapLocalModel(_Geometry):
-    """Linux's ``kmap_local_page`` (docs/variants.md, "kmap-local").
-
-    Per vCPU a stack of ``entries`` slots (global index ``vcpu * entries +
-    depth``): map pushes and writes the PTE, unmap must release the top slot,
-    clears its PTE, flushes that slot (``invlpg``) and pops. No hash. An unmap
-    of another slot than the top raises ``OrderError``.
-    """
-
-    def __init__(self, vcpus: int, entries: int = 16, hash_entries: int = 8):
-        super().__init__(vcpus, entries, hash_entries)
-        self.stack: list[list[int]] = [[] for _ in range(vcpus)]     # mapped MFNs, bottom first
-        self.pte: list[int | None] = [None] * self.slots
-        self.flush_one = [0] * vcpus
-        self.exhaustions = [0] * vcpus
-        self.bug_on_present = [0] * vcpus
-
-    def base(self, vcpu: int) -> int:
-        return vcpu * self.entries
-
-    def map(self, vcpu: int, mfn: int) -> int:
-        st = self.stack[vcpu]
-        if len(st) == self.entries:
-            self.exhaustions[vcpu] += 1
-            raise Exhausted(f"vcpu {vcpu}: all {self.entries} kmap slots held")
-        slot = self.base(vcpu) + len(st)
-        if self.pte[slot] is not None:
-            self.bug_on_present[vcpu] += 1
-        st.append(mfn)
-        self.pte[slot] = mfn
-        return slot
-
-    def unmap(self, vcpu: int, slot: int) -> None:
-        idx = slot - self.base(vcpu)
-        if not 0 <= idx < self.entries or self.pte[slot] is None:
-            raise BadUnmap(f"vcpu {vcpu}: slot {slot} is not one of this vCPU's mapped slots")
-        if idx != len(self.stack[vcpu]) - 1:
-            raise OrderError(f"vcpu {vcpu}: unmap of slot {slot} while slot "
-                             f"{self.base(vcpu) + len(self.stack[vcpu]) - 1} is on top")
-        self.pte[slot] = None
-        self.flush_one[vcpu] += 1
-        self.stack[vcpu].pop()
-
-    def leaks(self, live: dict[int, list[tuple[int, int]]]) -> int:
-        return sum(1 for v in range(self.vcpus) for i in range(len(self.stack[v]), self.entries)
-                   if self.pte[self.base(v) + i] is not None)
 
 
 # --------------------------------------------------------------------------------------
@@ -599,3 +189,18 @@ def interrupt(model, vcpu: int, mfn: int) -> int:
     slot = model.map(vcpu, mfn)
     model.unmap(vcpu, slot)
     return slot
+
+
+def __getattr__(name: str):
+    """A design's model by its class name (``LockedModel``: tests/designs/locked.py's ``Model``)."""
+    if name.endswith("Model") and name != "WorkloadModel":
+        from testbed import variants as registry
+        try:
+            from designs import adapter
+        except ImportError:  # tests/ made a package
+            from tests.designs import adapter
+        for m in registry.MODULES:
+            a = adapter(m)
+            if a.Model.__name__ == name:
+                return a.Model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

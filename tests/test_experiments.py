@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from testbed import config
+from testbed import variants as registry
 
 from conftest import alive as alive_pid
 from conftest import cli_env, kill_pids, testbed_cli
@@ -36,8 +37,8 @@ def test_compare_prints_the_table_and_writes_valid_json(tmp_path, exclusive, no_
     assert len(findings) == 2 and all("not enough repetitions to tell (2" in x for x in findings), r.stdout
     assert r.stdout.rstrip().splitlines()[-1].startswith("verdict: SUCCESS")
     jsonschema.validate(res, SCHEMA)
-    assert [row["variant"] for row in res["rows"]] == ["locked", "lockless", "percpu", "kmap-local"]
-    assert res["vcpus_multi"] == 2 and len(res["runs"]) == 20
+    assert [row["variant"] for row in res["rows"]] == list(registry.DESIGNS)
+    assert res["vcpus_multi"] == 2 and len(res["runs"]) == 2 * 2 * (1 + len(registry.DESIGNS))  # 2 repeats, 1 and 2 vCPUs
     assert {r["seed"] for r in res["runs"]} == {3, 4}
     # the cycles per map each design adds on one vCPU (predict --seed-table reads it), in the table and the JSON
     assert "cycles/map extra" in r.stdout
@@ -95,7 +96,7 @@ def test_timers_reports_etime_and_panics(tmp_path, exclusive, no_leftovers):
     jsonschema.validate(res, SCHEMA)
     rows = {(row["variant"], row["sched"]): row for row in res["rows"]}
     # 4 vCPUs on fewer CPUs: every design under both scheduling models, each named in the output
-    assert set(rows) == {(v, m) for v in ("locked", "lockless", "percpu", "kmap-local")
+    assert set(rows) == {(v, m) for v in registry.DESIGNS
                          for m in ("hypervisor", "host")}, set(rows)
     assert "hypervisor: the testbed schedules" in r.stdout and "host: the host's scheduler" in r.stdout
     for row in rows.values():
@@ -110,7 +111,7 @@ def _timer_rows(tmp_path, name, slack_us):
                     "--slack-us", slack_us, "--json", js, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads(js.read_text())["rows"]
-    assert {row["variant"] for row in rows} == {"locked", "lockless", "percpu", "kmap-local"}
+    assert {row["variant"] for row in rows} == set(registry.DESIGNS)
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The compiled variants against the plain-Python reference models (tests/model.py).
+"""The compiled variants against the plain-Python reference models (tests/designs/).
 
 Every test drives the compiled ``map_page`` / ``unmap_page`` of one variant
 directly from Python, one operation at a time (1 to 3 vCPUs interleaved
@@ -11,29 +11,34 @@ which must reach the frame mapped.
 
 Every assertion message names the seed, the geometry, the step and a repro
 call: ``run_sequence(variant, geometry, seed, steps)``.
+
+Nothing here names a design but the hand-traced sequences at the end: the
+model, the state readers, the corruptions and the geometries of each design are
+its file ``tests/designs/<module>.py``, and every test over designs is
+parametrised by the registry (``variants.REAL``, the controls), so a design
+added to the registry runs here with no edit (tests/test_variants.py fails when
+its file is missing).
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
-from testbed import abi, harness, kernels, locks, tlb
+from testbed import abi, harness, kernels, tlb
 from testbed import config as cfgmod
 from testbed.config import RunConfig
 from testbed import variants as registry
-from testbed.variants import kmap_local, locked, lockless, percpu
+from testbed.variants import locked
 
 try:
-    from model import (NOTINUSE, BadUnmap, Exhausted, KmapLocalModel, LockedModel, LocklessModel, OrderError,
-                       PercpuModel, RefcountError)
+    from designs import Geom, adapter, keeps_model_state, skipped
+    from model import BadUnmap, Exhausted, OrderError, RefcountError
 except ImportError:  # tests/ made a package
-    from tests.model import (NOTINUSE, BadUnmap, Exhausted, KmapLocalModel, LockedModel, LocklessModel, OrderError,
-                             PercpuModel, RefcountError)
+    from tests.designs import Geom, adapter, keeps_model_state, skipped
+    from tests.model import BadUnmap, Exhausted, OrderError, RefcountError
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -44,43 +49,20 @@ except ImportError:  # pragma: no cover
 VA = abi.MAPCACHE_VA
 PRESENT = int(tlb.PTE_PRESENT)
 MAX_NEST = 16
-MODELS = {locked: LockedModel, lockless: LocklessModel, percpu: PercpuModel, kmap_local: KmapLocalModel}
+DESIGNS = [v.name for v in registry.REAL]
+ADAPTERS = {m: adapter(m) for m in registry.MODULES}
+# tests/test_shipped_loop.py's: each registry module's model class, and its state readers by model class
+MODELS = {m: a.Model for m, a in ADAPTERS.items()}
+STATES = {a.Model: (a.model_state, a.compiled_state) for a in ADAPTERS.values()}
 
 
-# --------------------------------------------------------------------------------------
-# geometry and the compiled side
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Geom:
-    vcpus: int
-    entries: int
-    hash: int
-    levels: int = 1
-    unchecked: bool = False
-    tlb_entries: int = 64
-    tlb_ways: int = 4
-
-    def __str__(self):
-        s = f"Geom(vcpus={self.vcpus}, entries={self.entries}, hash={self.hash}, levels={self.levels}"
-        if self.unchecked:
-            s += ", unchecked=True"
-        if (self.tlb_entries, self.tlb_ways) != (64, 4):
-            s += f", tlb_entries={self.tlb_entries}, tlb_ways={self.tlb_ways}"
-        return s + ")"
-
-
-def family(variant: str) -> str:
-    """The design a variant (or a control) runs: its module's name."""
-    return registry.get(variant).module.__name__.rsplit(".", 1)[1]
-
-
-PER_VCPU = ("lockless", "percpu", "kmap_local")     # slots vcpu * entries + idx, never shared
+def design(variant: str):
+    """The test side of a variant (or a control): its module's file in tests/designs."""
+    return ADAPTERS[registry.get(variant).module]
 
 
 def make_model(variant: str, g: Geom):
-    return MODELS[registry.get(variant).module](g.vcpus, g.entries, g.hash)
+    return design(variant).Model(g.vcpus, g.entries, g.hash)
 
 
 class Compiled:
@@ -159,191 +141,6 @@ def model_unmap(model, v, slot):
 # --------------------------------------------------------------------------------------
 
 
-def _bits(words, base, n):
-    return [bool((int(words[base + i // 64]) >> (i % 64)) & 1) for i in range(n)]
-
-
-def _tail_clear(words, base, n):
-    """The bits past the last slot in a bitmap's last word are never set."""
-    if n % 64 == 0:
-        return True
-    return (int(words[base + n // 64]) >> (n % 64)) == 0
-
-
-def _stat(c, col):
-    return [int(c.views["stats"][v, col]) for v in range(c.cfg.vcpus)]
-
-
-def _pte_words(ptes):
-    return [0 if m is None else (m | PRESENT) for m in ptes]
-
-
-def locked_compiled_state(c: Compiled) -> dict:
-    cfg = c.cfg
-    V, H, S = cfg.vcpus, cfg.hash_entries, cfg.vcpus * cfg.entries
-    dom, pte, dbits, vst = c.views["dom"], c.views["pte"], c.views["dbits"], c.views["vst"]
-    gb = int(locked.garbage_base(S))
-    hm, hi, hr = locked.V_HASH, locked.V_HASH + H, locked.V_HASH + 2 * H
-    w = locked.dom_words(cfg.dom_layout, cfg.lock)
-    return {
-        "cursor": int(dom[w["cursor"]]),
-        "epoch": int(dom[w["epoch"]]),
-        "tlbflush_timestamp": int(dom[w["tlbflush_ts"]]),
-        "tlbflush_clock": int(dom[tlb.D_TLBCLOCK]),
-        "lock_free": locked.lock_free(c.views, cfg),
-        "pte": [int(x) for x in pte[:S]],
-        "inuse": _bits(dbits, 0, S),
-        "garbage": _bits(dbits, gb, S),
-        "bitmap_tails_clear": _tail_clear(dbits, 0, S) and _tail_clear(dbits, gb, S),
-        "shadow_epoch": [int(vst[v, locked.V_SHADOW_EPOCH]) for v in range(V)],
-        "tlbflush_time": [int(vst[v, abi.V_TLBFLUSH_TIME]) for v in range(V)],
-        "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b]), int(vst[v, hr + b])) for b in range(H)]
-                 for v in range(V)],
-        "flush_all": _stat(c, abi.S_FLUSH_ALL),
-        "epoch_flushes": _stat(c, abi.S_EPOCH_FLUSH),
-        "harvests": _stat(c, abi.S_HARVEST),
-        "hash_hits": _stat(c, abi.S_HASH_HITS),
-        "exhaustions": _stat(c, abi.S_EXHAUSTED),
-        "refcount_errors": _stat(c, abi.S_REFCNT_ERR),
-    }
-
-
-def locked_model_state(m: LockedModel) -> dict:
-    return {
-        "cursor": m.cursor,
-        "epoch": m.epoch,
-        "tlbflush_timestamp": m.tlbflush_timestamp,
-        "tlbflush_clock": m.tlbflush_clock,
-        "lock_free": not m.lock_held,
-        "pte": _pte_words(m.pte),
-        "inuse": list(m.inuse),
-        "garbage": list(m.garbage),
-        "bitmap_tails_clear": True,
-        "shadow_epoch": list(m.shadow_epoch),
-        "tlbflush_time": list(m.tlbflush_time),
-        "hash": [[e.as_tuple() for e in row] for row in m.hash],
-        "flush_all": list(m.flush_all),
-        "epoch_flushes": list(m.epoch_flushes),
-        "harvests": list(m.harvests),
-        "hash_hits": list(m.hash_hits),
-        "exhaustions": list(m.exhaustions),
-        "refcount_errors": list(m.refcount_errors),
-    }
-
-
-def lockless_compiled_state(c: Compiled) -> dict:
-    cfg = c.cfg
-    V, H, E = cfg.vcpus, cfg.hash_entries, cfg.entries
-    hm, hi, rc, iu, _ = lockless._offsets(H, E)
-    vst = c.views["vst"]
-    return {
-        "pte": [int(x) for x in c.views["pte"][:V * E]],
-        "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b])) for b in range(H)] for v in range(V)],
-        "refcnt": [[int(vst[v, rc + i]) for i in range(E)] for v in range(V)],
-        "inuse": [_bits(vst[v], iu, E) for v in range(V)],
-        "bitmap_tails_clear": all(_tail_clear(vst[v], iu, E) for v in range(V)),
-        "flush_one": _stat(c, abi.S_FLUSH_ONE),
-        "flush_all": _stat(c, abi.S_FLUSH_ALL),
-        "hash_hits": _stat(c, abi.S_HASH_HITS),
-        "exhaustions": _stat(c, abi.S_EXHAUSTED),
-        "refcount_errors": _stat(c, abi.S_REFCNT_ERR),
-        "lock_acquisitions": _stat(c, abi.S_LOCK_ACQ),
-    }
-
-
-def lockless_model_state(m: LocklessModel) -> dict:
-    V = m.vcpus
-    return {
-        "pte": _pte_words(m.pte),
-        "hash": [list(zip(m.hash_mfn[v], m.hash_idx[v])) for v in range(V)],
-        "refcnt": [list(r) for r in m.refcnt],
-        "inuse": [list(u) for u in m.inuse],
-        "bitmap_tails_clear": True,
-        "flush_one": list(m.flush_one),
-        "flush_all": [0] * V,
-        "hash_hits": list(m.hash_hits),
-        "exhaustions": list(m.exhaustions),
-        "refcount_errors": list(m.refcount_errors),
-        "lock_acquisitions": [0] * V,
-    }
-
-
-def percpu_compiled_state(c: Compiled) -> dict:
-    cfg = c.cfg
-    V, H, E = cfg.vcpus, cfg.hash_entries, cfg.entries
-    hm, hi, hr, iu, gb, _ = percpu._offsets(H, E)
-    vst = c.views["vst"]
-    return {
-        "pte": [int(x) for x in c.views["pte"][:V * E]],
-        "cursor": [int(vst[v, percpu.V_CURSOR]) for v in range(V)],
-        "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b]), int(vst[v, hr + b])) for b in range(H)]
-                 for v in range(V)],
-        "inuse": [_bits(vst[v], iu, E) for v in range(V)],
-        "garbage": [_bits(vst[v], gb, E) for v in range(V)],
-        "bitmap_tails_clear": all(_tail_clear(vst[v], iu, E) and _tail_clear(vst[v], gb, E) for v in range(V)),
-        "flush_all": _stat(c, abi.S_FLUSH_ALL),
-        "flush_one": _stat(c, abi.S_FLUSH_ONE),
-        "harvests": _stat(c, abi.S_HARVEST),
-        "hash_hits": _stat(c, abi.S_HASH_HITS),
-        "exhaustions": _stat(c, abi.S_EXHAUSTED),
-        "refcount_errors": _stat(c, abi.S_REFCNT_ERR),
-        "lock_acquisitions": _stat(c, abi.S_LOCK_ACQ),
-    }
-
-
-def percpu_model_state(m: PercpuModel) -> dict:
-    V = m.vcpus
-    return {
-        "pte": _pte_words(m.pte),
-        "cursor": list(m.cursor),
-        "hash": [[e.as_tuple() for e in row] for row in m.hash],
-        "inuse": [list(u) for u in m.inuse],
-        "garbage": [list(g) for g in m.garbage],
-        "bitmap_tails_clear": True,
-        "flush_all": list(m.flush_all),
-        "flush_one": [0] * V,
-        "harvests": list(m.harvests),
-        "hash_hits": list(m.hash_hits),
-        "exhaustions": list(m.exhaustions),
-        "refcount_errors": list(m.refcount_errors),
-        "lock_acquisitions": [0] * V,
-    }
-
-
-def kmap_compiled_state(c: Compiled) -> dict:
-    V, E = c.cfg.vcpus, c.cfg.entries
-    return {
-        "pte": [int(x) for x in c.views["pte"][:V * E]],
-        "top": [int(c.views["vst"][v, kmap_local.V_TOP]) for v in range(V)],
-        "flush_one": _stat(c, abi.S_FLUSH_ONE),
-        "flush_all": _stat(c, abi.S_FLUSH_ALL),
-        "exhaustions": _stat(c, abi.S_EXHAUSTED),
-        "bug_on_present": _stat(c, abi.S_INVARIANT),
-        "hash_hits": _stat(c, abi.S_HASH_HITS),
-        "lock_acquisitions": _stat(c, abi.S_LOCK_ACQ),
-    }
-
-
-def kmap_model_state(m: KmapLocalModel) -> dict:
-    V = m.vcpus
-    return {
-        "pte": _pte_words(m.pte),
-        "top": [len(s) for s in m.stack],
-        "flush_one": list(m.flush_one),
-        "flush_all": [0] * V,
-        "exhaustions": list(m.exhaustions),
-        "bug_on_present": list(m.bug_on_present),
-        "hash_hits": [0] * V,
-        "lock_acquisitions": [0] * V,
-    }
-
-
-STATES = {LockedModel: (locked_model_state, locked_compiled_state),
-          LocklessModel: (lockless_model_state, lockless_compiled_state),
-          PercpuModel: (percpu_model_state, percpu_compiled_state),
-          KmapLocalModel: (kmap_model_state, kmap_compiled_state)}
-
-
 def _short_diff(a, b):
     """Where two (nested) lists differ: the first few differing positions."""
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
@@ -358,20 +155,10 @@ def _short_diff(a, b):
     return f"model={a!r} compiled={b!r}"
 
 
-# What a negative control does differently on purpose: it skips flushes, so the
-# flush counters and (for locked) the TLB clock words differ from the model's.
-SKIP = {
-    "locked-noflush": {"flush_all", "epoch_flushes", "tlbflush_time", "tlbflush_clock", "tlbflush_timestamp"},
-    "lockless-noflush": {"flush_one"},
-    "percpu-noflush": {"flush_all"},
-    "kmap-local-noflush": {"flush_one"},
-}
-
-
 def compare_state(model, c: Compiled, ctx: str) -> None:
-    of_model, of_compiled = STATES[type(model)]
-    exp, got = of_model(model), of_compiled(c)
-    skip = SKIP.get(c.variant, set())
+    a = design(c.variant)
+    exp, got = a.model_state(model), a.compiled_state(c)
+    skip = skipped(registry.get(c.variant))     # what a negative control does differently on purpose
     diffs = [f"  {k}: {_short_diff(exp[k], got[k])}" for k in exp if k not in skip and exp[k] != got[k]]
     assert not diffs, f"{ctx}: model and compiled state differ:\n" + "\n".join(diffs)
 
@@ -381,126 +168,9 @@ def compare_state(model, c: Compiled, ctx: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _set_bit(words, base, i, on):
-    w = base + i // 64
-    mask = np.int64(1) << np.int64(i % 64)
-    words[w] = (words[w] | mask) if on else (words[w] & ~mask)
-
-
-def corruptions(variant, model, c: Compiled, live: dict, rng: random.Random):
-    """(description, mutate(views), metric that must grow) for what this state allows."""
-    cfg = c.cfg
-    out = []
-    held = [(v, slot) for v, maps in live.items() for slot, _ in maps]
-    if family(variant) == "locked":
-        S, H = model.slots, model.hash_entries
-        gb = int(locked.garbage_base(S))
-        free = [i for i in range(S) if not model.inuse[i]]
-        hashed = [(v, b, e) for v, row in enumerate(model.hash) for b, e in enumerate(row) if e.idx != NOTINUSE]
-        garbage = [i for i in range(S) if model.garbage[i]]
-        if free:
-            i = rng.choice(free)
-            out.append((f"set inuse bit of free slot {i}",
-                        lambda w, i=i: _set_bit(w["dbits"], 0, i, True), "slot_leaks"))
-        if hashed:
-            v, b, e = rng.choice(hashed)
-            out.append((f"change the PTE under vcpu {v} bucket {b} (slot {e.idx})",
-                        lambda w, e=e: w["pte"].__setitem__(e.idx, (e.mfn + 1) | PRESENT), "invariant_violations"))
-            out.append((f"bump the refcount of vcpu {v} bucket {b}",
-                        lambda w, v=v, b=b: w["vst"].__setitem__((v, locked.V_HASH + 2 * H + b),
-                                                                 w["vst"][v, locked.V_HASH + 2 * H + b] + 1),
-                        "invariant_violations"))
-        if held:
-            v, slot = rng.choice(held)
-            out.append((f"clear the inuse bit of held slot {slot}",
-                        lambda w, s=slot: _set_bit(w["dbits"], 0, s, False), "invariant_violations"))
-        if garbage:
-            i = rng.choice(garbage)
-            out.append((f"clear the garbage bit of slot {i}",
-                        lambda w, i=i: _set_bit(w["dbits"], gb, i, False), "slot_leaks"))
-        # a ticket taken and never served: the tail one past the head (xen: the high half of the
-        # one word; padded: the word after the head), or the mcs tail / tas word set
-        lw = locked.dom_words(cfg.dom_layout, cfg.lock)["lock"]
-        taken = {"xen": (lw, locks.TICKET_ONE), "padded": (lw + 1, 1)}[cfg.dom_layout] if cfg.lock == "ticket" \
-            else (lw, 1)
-        out.append(("leave the lock taken",
-                    lambda w, at=taken: w["dom"].__setitem__(at[0], w["dom"][at[0]] + at[1]), "invariant_violations"))
-    elif family(variant) == "percpu":
-        E, H = cfg.entries, cfg.hash_entries
-        hm, hi, hr, iu, gb, _ = percpu._offsets(H, E)
-        free = [(v, i) for v in range(model.vcpus) for i in range(E) if not model.inuse[v][i]]
-        hashed = [(v, b, e) for v, row in enumerate(model.hash) for b, e in enumerate(row) if e.idx != NOTINUSE]
-        garbage = [(v, i) for v in range(model.vcpus) for i in range(E) if model.garbage[v][i]]
-        if free:
-            v, i = rng.choice(free)
-            out.append((f"set inuse bit of free slot {i} of vcpu {v}",
-                        lambda w, v=v, i=i: _set_bit(w["vst"][v], iu, i, True), "slot_leaks"))
-            out.append((f"give free slot {i} of vcpu {v} a PTE",
-                        lambda w, v=v, i=i: w["pte"].__setitem__(v * E + i, 5 | PRESENT), "invariant_violations"))
-        if hashed:
-            v, b, e = rng.choice(hashed)
-            out.append((f"change the PTE under vcpu {v} bucket {b} (slot {e.idx})",
-                        lambda w, v=v, e=e: w["pte"].__setitem__(v * E + e.idx, (e.mfn + 1) | PRESENT),
-                        "invariant_violations"))
-            out.append((f"bump the refcount of vcpu {v} bucket {b}",
-                        lambda w, v=v, b=b: w["vst"].__setitem__((v, hr + b), w["vst"][v, hr + b] + 1),
-                        "invariant_violations"))
-            out.append((f"send vcpu {v} bucket {b}'s slot {e.idx} to garbage",
-                        lambda w, v=v, e=e: _set_bit(w["vst"][v], gb, e.idx, True), "invariant_violations"))
-        if held:
-            v, slot = rng.choice(held)
-            out.append((f"clear the inuse bit of held slot {slot}",
-                        lambda w, v=v, i=slot - v * E: _set_bit(w["vst"][v], iu, i, False), "invariant_violations"))
-        if garbage:
-            v, i = rng.choice(garbage)
-            out.append((f"clear the garbage bit of slot {i} of vcpu {v}",
-                        lambda w, v=v, i=i: _set_bit(w["vst"][v], gb, i, False), "slot_leaks"))
-    elif family(variant) == "kmap_local":
-        E = cfg.entries
-        v = rng.randrange(model.vcpus)
-        top = len(model.stack[v])
-        if top < E:
-            out.append((f"leave a PTE above the top of vcpu {v}",
-                        lambda w, s=v * E + top: w["pte"].__setitem__(s, 5 | PRESENT), "slot_leaks"))
-        out.append((f"push vcpu {v}'s top",
-                    lambda w, v=v: w["vst"].__setitem__((v, kmap_local.V_TOP), w["vst"][v, kmap_local.V_TOP] + 1),
-                    "invariant_violations"))
-        if held:
-            v, slot = rng.choice(held)
-            out.append((f"change the PTE of held slot {slot}",
-                        lambda w, s=slot: w["pte"].__setitem__(s, (int(w["pte"][s]) + 1) | PRESENT),
-                        "invariant_violations"))
-    else:
-        E, H = cfg.entries, cfg.hash_entries
-        hm, hi, rc, iu, _ = lockless._offsets(H, E)
-        free = [(v, i) for v in range(model.vcpus) for i in range(E) if not model.inuse[v][i]]
-        hashed = [(v, b) for v in range(model.vcpus) for b in range(H) if model.hash_idx[v][b] != NOTINUSE]
-        if free:
-            v, i = rng.choice(free)
-            out.append((f"set inuse bit of free slot {i} of vcpu {v}",
-                        lambda w, v=v, i=i: _set_bit(w["vst"][v], iu, i, True), "slot_leaks"))
-            out.append((f"give free slot {i} of vcpu {v} a refcount",
-                        lambda w, v=v, i=i: w["vst"].__setitem__((v, rc + i), 1), "invariant_violations"))
-        if hashed:
-            v, b = rng.choice(hashed)
-            slot = v * E + model.hash_idx[v][b]
-            mfn = model.hash_mfn[v][b]
-            out.append((f"change the PTE under vcpu {v} bucket {b} (slot {slot})",
-                        lambda w, s=slot, m=mfn: w["pte"].__setitem__(s, (m + 1) | PRESENT), "invariant_violations"))
-        if held:
-            v, slot = rng.choice(held)
-            i = slot - v * E
-            out.append((f"clear the inuse bit of held slot {slot}",
-                        lambda w, v=v, i=i: _set_bit(w["vst"][v], iu, i, False), "invariant_violations"))
-            out.append((f"drop a reference of held slot {slot}",
-                        lambda w, v=v, i=i: w["vst"].__setitem__((v, rc + i), w["vst"][v, rc + i] - 1),
-                        "invariant_violations"))
-    return out
-
-
 def check_corruptions(variant, model, c, live, rng, ctx):
     base = c.check(live)
-    for what, mutate, metric in corruptions(variant, model, c, live, rng):
+    for what, mutate, metric in design(variant).corruptions(model, c, live, rng):
         views = c.clone_views()
         mutate(views)
         got = c.mod.check(views, c.cfg, to_va(live))
@@ -552,7 +222,7 @@ class Pair:
         s["maps"] += 1
         if exp[0] == "ok":
             self.live[v].append((exp[1], mfn))
-            local = exp[1] - v * self.g.entries if family(self.variant) in PER_VCPU else exp[1]
+            local = exp[1] - v * self.g.entries if design(self.variant).PER_VCPU else exp[1]
             s["max_slot"] = max(s["max_slot"], local)
         elif exp[0] == "exhausted":
             s["exhausted"] += 1
@@ -577,14 +247,16 @@ class Pair:
         compare_state(model, c, ctx)
         # every live mapping of this vCPU reaches its frame through the vCPU's TLB
         for slot, mfn in live[v]:
+            if slot < 0:
+                continue                  # a direct-map address: no TLB entry of the mapcache's
             pfn = c.translate(v, slot)
             if pfn != mfn:
                 s["stale"] += 1
                 assert not self.tlb_strict, f"{ctx}: slot {slot} mapped to mfn {mfn} translates to {pfn} (stale TLB)"
         leaks = model.leaks(live)
         s["leaks_max"] = max(s["leaks_max"], leaks)
-        if family(self.variant) != "lockless":
-            assert leaks == 0, f"{ctx}: the {family(self.variant)} model leaks {leaks} slots (model bug or design flaw)"
+        if not design(self.variant).MAY_LEAK:
+            assert leaks == 0, f"{ctx}: the {self.variant} model leaks {leaks} slots (model bug or design flaw)"
         res = c.check(live)
         assert res == {"slot_leaks": leaks, "invariant_violations": 0}, (
             f"{ctx}: check() = {res}, model expects slot_leaks={leaks}, invariant_violations=0"
@@ -600,20 +272,8 @@ class Pair:
                 self.verify(v)
 
     def finish(self) -> dict:
-        s = self.summary
-        m = self.model
-        if isinstance(m, LockedModel):
-            s.update(wraps=sum(m.wraps), harvests=sum(m.harvests), evictions=sum(m.evictions),
-                     epoch_flushes=sum(m.epoch_flushes), hash_hits=sum(m.hash_hits))
-        elif isinstance(m, PercpuModel):
-            s.update(wraps=sum(m.wraps), harvests=sum(m.harvests), evictions=sum(m.evictions),
-                     hash_hits=sum(m.hash_hits), flush_all=sum(m.flush_all))
-        elif isinstance(m, KmapLocalModel):
-            s.update(flush_one=sum(m.flush_one))
-        else:
-            s.update(hash_hits=sum(m.hash_hits), idle_frees=sum(m.idle_frees),
-                     replacements=sum(m.hash_replacements), flush_one=sum(m.flush_one))
-        return s
+        self.summary.update(design(self.variant).summary(self.model))
+        return self.summary
 
 
 def run_sequence(variant: str, g: Geom, seed: int, steps: int, *, corrupt_every: int = 0,
@@ -631,7 +291,7 @@ def run_sequence(variant: str, g: Geom, seed: int, steps: int, *, corrupt_every:
 
     # the sequence's character (a stack design is only ever released in LIFO order)
     order = rng.choice(["lifo", "random", "mixed"])
-    if family(variant) == "kmap_local":
+    if design(variant).LIFO:
         order = "lifo"
     max_nest = [rng.choice([1, 2, 4, 8, MAX_NEST, MAX_NEST, rng.randint(1, MAX_NEST)]) for _ in range(V)]
     c0 = rng.randrange(H)
@@ -692,7 +352,7 @@ def run_fill(variant: str, g: Geom, seed: int, rounds: int = 3) -> dict:
             if res[0] != "ok":
                 break
         assert pair.summary["exhausted"] == r + 1, f"{pair.ctx}: round {r} never exhausted the cache"
-        lifo = family(variant) == "kmap_local"
+        lifo = design(variant).LIFO
         for _ in range(rng.randint(1, len(pair.live[v]))):
             k = len(pair.live[v]) - 1 if lifo else rng.randrange(len(pair.live[v]))
             pair.unmap(v, k, f"round {r} release: ")
@@ -714,54 +374,6 @@ def _total(summaries):
 # randomised comparisons over geometries
 # --------------------------------------------------------------------------------------
 
-# (geometry, what the seeds together must exercise there)
-L_ALL = ("hash_hits", "wraps", "harvests", "evictions", "exhausted", "epoch_flushes")
-LOCKED_GEOMS = [
-    (Geom(1, 1, 1), ("hash_hits", "wraps", "evictions", "exhausted")),   # one slot: never garbage
-    (Geom(2, 1, 1), L_ALL),
-    (Geom(1, 4, 2), ("hash_hits", "wraps", "harvests", "evictions", "exhausted")),
-    (Geom(2, 2, 2), L_ALL),
-    (Geom(2, 4, 2), L_ALL),
-    (Geom(3, 4, 4), L_ALL),
-    (Geom(2, 2, 8), L_ALL),                                               # more buckets than slots
-    (Geom(3, 4, 2, tlb_entries=8, tlb_ways=2), L_ALL),
-    (Geom(3, 16, 8), ("hash_hits", "wraps", "harvests", "epoch_flushes")),  # the default geometry
-    (Geom(2, 32, 8), ("hash_hits", "wraps", "harvests", "epoch_flushes")),  # 64 slots: one full word
-    (Geom(3, 32, 8), ("hash_hits", "wraps", "harvests", "epoch_flushes")),  # 96 slots: two words
-]
-LL_ALL = ("hash_hits", "replacements", "idle_frees", "exhausted", "leaks_max")
-LOCKLESS_GEOMS = [
-    (Geom(1, 2, 1), ("hash_hits", "replacements", "idle_frees", "exhausted")),
-    (Geom(1, 4, 2), LL_ALL),
-    (Geom(2, 4, 2), LL_ALL),
-    (Geom(3, 3, 2), LL_ALL),
-    (Geom(2, 2, 2, unchecked=True), ("hash_hits", "replacements", "idle_frees", "exhausted")),
-    (Geom(2, 8, 4), LL_ALL),
-    (Geom(2, 4, 2, tlb_entries=8, tlb_ways=2), LL_ALL),
-    (Geom(2, 32, 8, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # the default
-    (Geom(1, 64, 32, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # one full word
-    (Geom(2, 80, 64, levels=4), ("hash_hits", "replacements", "idle_frees", "leaks_max")),  # two words
-]
-P_ALL = ("hash_hits", "wraps", "harvests", "evictions", "exhausted")
-PERCPU_GEOMS = [
-    (Geom(1, 1, 1), ("hash_hits", "wraps", "evictions", "exhausted")),   # one slot: never garbage
-    (Geom(2, 2, 2), P_ALL),
-    (Geom(1, 4, 2), P_ALL),
-    (Geom(2, 4, 2), P_ALL),
-    (Geom(3, 4, 4), P_ALL),
-    (Geom(2, 2, 8), P_ALL),                                               # more buckets than slots
-    (Geom(2, 4, 2, tlb_entries=8, tlb_ways=2), P_ALL),
-    (Geom(2, 32, 8, levels=4), ("hash_hits", "wraps", "harvests")),       # the default geometry
-    (Geom(1, 64, 8, levels=4), ("hash_hits", "wraps", "harvests")),       # one full word
-    (Geom(2, 80, 8, levels=4), ("hash_hits",)),       # two words (test_fill_to_exhaustion wraps them)
-]
-KMAP_GEOMS = [
-    (Geom(1, 1, 1), ("exhausted", "flush_one")),
-    (Geom(2, 2, 1), ("exhausted", "flush_one")),
-    (Geom(3, 4, 2), ("exhausted", "flush_one")),
-    (Geom(2, 4, 2, tlb_entries=8, tlb_ways=2), ("exhausted", "flush_one")),
-    (Geom(2, 16, 8, levels=4), ("flush_one",)),                           # Linux's KM_MAX_IDX
-]
 SEEDS = 8
 STEPS = 300
 
@@ -771,53 +383,42 @@ def _covers(tot, events, what):
     assert not missing, f"{what}: never exercised {missing}; totals {tot}"
 
 
-@pytest.mark.parametrize("g,events", LOCKED_GEOMS, ids=[str(g) for g, _ in LOCKED_GEOMS])
-def test_locked_matches_model(g, events):
-    tot = _total(run_sequence("locked", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
-    _covers(tot, events, f"seeds 0..{SEEDS - 1} locked {g}")
+# (design, geometry, what the seeds together must exercise there): tests/designs/<module>.py GEOMS
+SEQUENCES = [(name, g, events) for name in DESIGNS for g, events in design(name).GEOMS]
+FILL = [(name, g) for name in DESIGNS for g in design(name).FILL]
+STALE = [v.name for v in registry.CONTROLS if keeps_model_state(v)]
 
 
-@pytest.mark.parametrize("g,events", LOCKLESS_GEOMS, ids=[str(g) for g, _ in LOCKLESS_GEOMS])
-def test_lockless_matches_model(g, events):
-    tot = _total(run_sequence("lockless", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
-    _covers(tot, events, f"seeds 0..{SEEDS - 1} lockless {g}")
+@pytest.mark.parametrize("variant,g,events", SEQUENCES, ids=[f"{v}-{g}" for v, g, _ in SEQUENCES])
+def test_design_matches_model(variant, g, events):
+    tot = _total(run_sequence(variant, g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
+    _covers(tot, events, f"seeds 0..{SEEDS - 1} {variant} {g}")
+    design(variant).check_totals(tot)
 
 
-@pytest.mark.parametrize("g,events", PERCPU_GEOMS, ids=[str(g) for g, _ in PERCPU_GEOMS])
-def test_percpu_matches_model(g, events):
-    tot = _total(run_sequence("percpu", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
-    _covers(tot, events, f"seeds 0..{SEEDS - 1} percpu {g}")
-    # batched: one full flush per wrap that found a slot (an exhausted one has nothing to hand out),
-    # and never an invlpg (compare_state checks flush_one == 0)
-    assert tot["flush_all"] == tot["wraps"] - tot["exhausted"], tot
-
-
-@pytest.mark.parametrize("g,events", KMAP_GEOMS, ids=[str(g) for g, _ in KMAP_GEOMS])
-def test_kmap_local_matches_model(g, events):
-    tot = _total(run_sequence("kmap-local", g, seed, STEPS, corrupt_every=60) for seed in range(SEEDS))
-    _covers(tot, events, f"seeds 0..{SEEDS - 1} kmap-local {g}")
-    assert tot["flush_one"] == tot["unmaps"], tot       # one invlpg per unmap
-
-
-FILL = [("locked", Geom(3, 32, 8)), ("locked", Geom(2, 32, 8)), ("locked", Geom(2, 4, 2)),
-        ("lockless", Geom(2, 80, 64, levels=4)), ("lockless", Geom(1, 64, 32, levels=4)),
-        ("lockless", Geom(2, 32, 8, levels=4)), ("lockless", Geom(2, 4, 2)),
-        ("percpu", Geom(2, 80, 8, levels=4)), ("percpu", Geom(2, 4, 2)), ("kmap-local", Geom(2, 70, 1)),
-        ("kmap-local", Geom(2, 16, 8, levels=4))]
+def test_every_design_has_sequences():
+    """A design whose file lists no geometry would be compared nowhere."""
+    assert {v for v, _, _ in SEQUENCES} == set(DESIGNS)
 
 
 @pytest.mark.parametrize("variant,g", FILL, ids=[f"{v}-{g}" for v, g in FILL])
 def test_fill_to_exhaustion_matches_model(variant, g):
     for seed in range(2):
         s = run_fill(variant, g, seed)
-        per_vcpu = g.entries if family(variant) in PER_VCPU else g.vcpus * g.entries
+        per_vcpu = g.entries if design(variant).PER_VCPU else g.vcpus * g.entries
         assert s["max_slot"] == per_vcpu - 1, f"seed={seed} {variant} {g}: highest slot used {s['max_slot']}"
 
 
-@pytest.mark.parametrize("variant", ["locked-noflush", "lockless-noflush", "percpu-noflush", "kmap-local-noflush"])
+def test_the_stale_controls_are_the_flushless_ones():
+    """The controls the TLB oracle runs below (each design's control that only skips a flush, by its
+    design's SKIP): there are some, and each is one the registry says stale translations catch."""
+    assert STALE and all("stale_translations" in registry.get(v).catches for v in STALE), STALE
+
+
+@pytest.mark.parametrize("variant", STALE)
 def test_tlb_oracle_catches_missing_flush(variant):
     """The negative controls keep the same state as the model, but a TLB goes stale."""
-    g = Geom(3, 4, 2) if variant.startswith("locked") else Geom(2, 4, 2)
+    g = design(variant).STALE_GEOM
     stale = 0
     seeds = []
     for seed in range(12):
@@ -834,7 +435,7 @@ if given is not None:
     @settings(max_examples=25, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(
-        variant=st.sampled_from(["locked", "lockless", "percpu", "kmap-local"]),
+        variant=st.sampled_from([v for v in DESIGNS if not registry.get(v).baseline]),
         vcpus=st.integers(1, 3),
         entries=st.integers(1, 6),
         hash_log=st.integers(0, 3),

@@ -13,7 +13,7 @@ Mutations that make it fail (both tried): in testbed_op.c ``flush_one``, delete
 ``translate``, take ``age = tlb[w * T_COLS + T_AGE]`` for an invalid way too
 (the TLB fills other ways: 24 cases fail on tlb_hits / tlb_misses and the TLB).
 In the designs ported later (tried together): in
-``tas_lock``, delete ``srow[S_LOCK_ACQ] += 1;``, and in ``percpu_map``, delete
+``tas_lock`` (csrc/locks.h), delete ``srow[S_LOCK_ACQ] += 1;``, and in ``percpu_map`` (csrc/variants/percpu.h), delete
 ``if (freed) srow[S_HARVEST] += 1;`` (22 cases fail: locked under tas on all
 five workloads, percpu on all five and percpu-noflush, at both frame counts).
 The negative controls run as well, so the fault-bit paths are ported too.
@@ -98,7 +98,7 @@ def test_port_numbers_variants_as_the_registry(nat):
 @pytest.mark.parametrize("variant,workload,lock,layout", CASES)
 @pytest.mark.parametrize("frames", [256, 4096])
 def test_same_counters_as_compiled_loop(nat, variant, workload, lock, layout, frames):
-    """Mutation tried for the layouts: in testbed_op.c, ``#define X_LOCK 12`` (the C port's ticket
+    """Mutation tried for the layouts: in csrc/variants/locked.h, ``#define X_LOCK 12`` (the C port's ticket
     word off the numba one's): 18 cases fail on dom, locked under the ticket lock in the xen layout
     on every workload and the locked controls, at both frame counts."""
     cost = dict(cost_flush_one=0, cost_flush_all=0, cost_walk=0) if frames == 4096 else {}
@@ -169,7 +169,7 @@ def test_same_state_with_interrupts_at_chosen_points(nat, variant, workload):
     Before each slice of three operations both loops get the same pending
     interrupt, arriving at the k-th arrival point from there, and must agree
     word for word afterwards, interrupt counters included. Mutation: delete one
-    ``irq_point(a, vcpu, irq);`` in lockless_map of testbed_op.c and the lockless
+    ``irq_point(a, vcpu, irq);`` in lockless_map of csrc/variants/lockless.h and the lockless
     cases fail on irq_inside or the state (tried: 3 cases fail).
     """
     extra = {"nest": 8} if variant == "locked" else {}

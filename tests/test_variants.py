@@ -1,20 +1,27 @@
 """The variants through the real harness: real ones pass, broken ones are caught.
 
-Every registered variant must be listed here (docs/variants.md: the contract is
-tested); a variant added to the registry without a row here fails the suite.
+Every test over designs is parametrised by the registry; a design is a unit of
+three files and a registry line (docs/variants.md), and
+``test_every_registered_design_has_all_its_parts`` fails when a registered design
+lacks one of them.
 """
+
+import types
 
 import pytest
 
-from testbed import abi, kernels, loops
+from testbed import abi, kernels, loops, native
 from testbed import variants as registry
 from testbed.config import RunConfig
 from testbed.harness import run
 
-REAL = ("directmap", "locked", "lockless", "percpu", "kmap-local")
-CONTROLS = ("locked-nolock", "locked-noflush", "lockless-noflush", "percpu-noflush", "percpu-eager",
-            "kmap-local-noflush", "lockless-free-held", "locked-garbage-held", "locked-garbage-pte", "lockless-wrap",
-            "lockless-noirqsave")
+try:
+    import designs
+except ImportError:  # tests/ made a package
+    from tests import designs
+
+REAL = tuple(v.name for v in registry.REAL)
+CONTROLS = tuple(v.name for v in registry.CONTROLS)
 XEN = ("xen",)          # a Xen tree's own code: tests/test_xen.py
 LOCKS = ("ticket", "mcs", "tas")
 
@@ -23,10 +30,11 @@ def test_every_registered_variant_is_covered_here():
     from testbed.variants import contract
 
     assert set(registry.VARIANTS) == set(REAL) | set(CONTROLS) | set(XEN)
+    assert set(REAL) >= {"directmap", "locked", "lockless", "percpu", "kmap-local"} and len(CONTROLS) >= 11
     for v in registry.VARIANTS.values():
-        native = v.module.NATIVE          # runs its C loop: no compiled map_page / unmap_page
+        native_ = v.module.NATIVE          # runs its C loop: no compiled map_page / unmap_page
         for hook in contract.REQUIRED + tuple(contract.OPTIONAL):
-            assert hasattr(v.module, hook) or (native and hook in contract.COMPILED), f"{v.name} lacks {hook}"
+            assert hasattr(v.module, hook) or (native_ and hook in contract.COMPILED), f"{v.name} lacks {hook}"
     assert [v.name for v in registry.VARIANTS.values() if v.module.NATIVE] == list(XEN)
     assert registry.XEN not in registry.REAL + registry.CONTROLS and registry.XEN.kind == "xen"
     vids = [v.vid for v in registry.REAL]
@@ -42,16 +50,54 @@ def test_every_registered_variant_is_covered_here():
     assert registry.get("locked").locks == LOCKS
 
 
-def test_the_contract_refuses_an_incomplete_module():
-    """Mutation: drop the REQUIRED check in contract.complete and this fails."""
-    import types
+def missing_parts(modules) -> list[str]:
+    """What a design unit lacks, for each module: its C file, its test file, what that file must hold.
 
-    from testbed.variants import contract
+    The module itself is there (the registry imported it and the contract checked it); a native
+    kind (xen) has its C elsewhere, in the user's tree, and no model of its own."""
+    out = []
+    for m in modules:
+        if m.NATIVE:
+            continue
+        if not native.c_file(m).is_file():
+            out.append(f"{m.NAME}: no C map and unmap ({native.c_file(m)})")
+        if designs.missing([m]):
+            out.append(f"{m.NAME}: no reference model and adapter ({designs.path_of(m)})")
+            continue
+        try:
+            designs.adapter(m)
+        except designs.AdapterError as e:
+            out.append(f"{m.NAME}: {e}")
+    return out
 
-    m = types.ModuleType("testbed.variants.half")
-    m.NAME = "half"
-    with pytest.raises(contract.ContractError, match="lacks DESCRIPTION"):
-        contract.complete(m)
+
+def test_every_registered_design_has_all_its_parts():
+    """Its numba module (the registry imports it), its C file and its tests/designs file."""
+    modules = list(registry.MODULES) + [registry.XEN.module]
+    assert missing_parts(modules) == []
+    for m in registry.MODULES:      # the C port includes each design's file, and it names the design's functions
+        text = native.c_file(m).read_text()
+        name = native.module_name(m)
+        assert f"{name}_map(" in text and f"{name}_unmap(" in text, native.c_file(m)
+        assert f'#include "variants/{name}.h"' in native.designs_header()
+
+
+def test_a_design_without_its_parts_is_named(tmp_path, monkeypatch):
+    """The negative control: a module registered with no C file and no test file, then a test file
+    that lacks the model. Mutation: make missing_parts skip the C file and this fails."""
+    m = types.ModuleType("testbed.variants.halfway")
+    m.NAME, m.NATIVE = "halfway", False
+    got = missing_parts([m])
+    assert len(got) == 2 and "no C map and unmap" in got[0] and "no reference model" in got[1], got
+    import sys
+
+    monkeypatch.setattr(designs, "HERE", tmp_path)
+    (tmp_path / "halfway.py").write_text("PER_VCPU = True\n")
+    half = types.ModuleType(f"{designs.__name__}.halfway")
+    half.PER_VCPU = True
+    monkeypatch.setitem(sys.modules, half.__name__, half)     # what importing that file gives
+    got = missing_parts([m])
+    assert any("lacks Model" in x for x in got), got
 
 
 def _run(variant, seed, **kw):
@@ -64,11 +110,8 @@ def _run(variant, seed, **kw):
 @pytest.mark.parametrize("variant", REAL)
 def test_real_variants_pass_every_check(variant, workload, exclusive, no_leftovers):
     seed = 11
-    # The old design's pool holds one walk per vCPU only if other vCPUs' idle hash
-    # entries leave room: see test_locked_pool_runs_out_when_every_vcpu_walks_deep.
-    extra = {"nest": 8} if (variant, workload) == ("locked", "ptwalk") else {}
-    if (variant, workload) == ("locked", "nest-same"):
-        extra = {"nest": 4}         # locked maps each of the nest maps to a slot of its own
+    # what a design needs to run a workload at all (its tests/designs file's RUN_OPTIONS)
+    extra = designs.adapter(registry.get(variant).module).RUN_OPTIONS.get(workload, {})
     res = _run(variant, seed, workload=workload, **extra)
     assert res["verdict"] == "SUCCESS", f"seed {seed}: {res['checks']} {res['failure']}"
     assert all(v == 0 for v in res["checks"].values()), f"seed {seed}: {res['checks']}"
@@ -77,17 +120,10 @@ def test_real_variants_pass_every_check(variant, workload, exclusive, no_leftove
     for key in ("maps", "hash_hits", "tlb_hits", "tlb_misses", "tlb_flush_one", "tlb_flush_all",
                 "lock_acquisitions", "lock_contended", "lock_spin_cycles"):
         assert key in t
-    if variant == "locked":
-        assert t["lock_acquisitions"] > 0 and t["tlb_flush_all"] > 0
-    if variant == "lockless":
-        assert t["lock_acquisitions"] == 0 and t["tlb_flush_one"] > 0
-    if variant == "percpu":     # batched: full flushes at wraps, never an invlpg
-        assert t["lock_acquisitions"] == 0 and t["tlb_flush_one"] == 0
+    designs.adapter(registry.get(variant).module).check_run(t)
+    if not registry.get(variant).locks:
         assert res["lock"] is None
-    if variant == "kmap-local":     # an invlpg per unmap, no hash
-        assert t["lock_acquisitions"] == 0 and t["hash_hits"] == 0 and t["tlb_flush_one"] == t["maps"]
-        assert t["tlb_flush_all"] == 0
-    if variant != "directmap":
+    if not registry.get(variant).baseline:
         assert t["tlb_hits"] + t["tlb_misses"] == t["writes"]      # the oracle's rechecks leave the TLB alone
         # every mapcache mapping was checked again before its unmap: one recheck per map
         assert t["held_rechecks"] == t["maps"] > 0

@@ -1,21 +1,22 @@
 /* testbed_op.c: the operation loop of testbed.kernels.run_ops, in C.
  *
  * The yardstick for the compiled loop: what the same work costs without numba. It is a
- * line-by-line port of run_ops and everything it calls (kernels.py, tlb.py, atomics.py, and
- * every design of the registry: variants/directmap.py, locked.py with its three locks,
- * lockless.py, percpu.py, kmap_local.py, fault bits of the negative controls included, and the
- * simulated interrupts of irq.py),
- * every workload included, and it runs on
- * the very arrays the harness lays out (testbed.native passes their addresses and row
- * strides), so over the same seed and operation count it leaves the same counters, frames,
- * expect rows, TLB and mapcache state as the compiled loop (tests/test_native.py checks
- * this). Counters that measure time (cycle sums, the latency histogram's bins) differ, as
- * they do between two runs of the compiled loop.
+ * line-by-line port of run_ops and everything it calls (kernels.py, tlb.py, atomics.py, the
+ * simulated interrupts of irq.py, every workload), and it runs on the very arrays the harness
+ * lays out (testbed.native passes their addresses and row strides), so over the same seed and
+ * operation count it leaves the same counters, frames, expect rows, TLB and mapcache state as
+ * the compiled loop (tests/test_native.py checks this). Counters that measure time (cycle
+ * sums, the latency histogram's bins) differ, as they do between two runs of the compiled loop.
  *
- * Keep it in step with the kernels: a change to run_ops or to a variant's map / unmap
- * changes this file in the same commit, or the equality test fails. The variant ids are the
- * registry's (variants/__init__.py TABLE, n-th distinct module = id n); testbed_variants
- * below names them in that order and testbed.native refuses to load a port that disagrees.
+ * The designs are not in this file: each design's map and unmap, fault bits of its negative
+ * controls included, is csrc/variants/<module>.h (the spinlocks a design takes, locks.h), and
+ * the table that lists them (ids, names, the includes) is testbed_designs.h, which
+ * testbed.native writes from the registry (variants/__init__.py TABLE, n-th distinct module =
+ * id n) next to the build; nothing here names a design. The dispatch, the loops of each
+ * design and run_ops' switch expand TESTBED_DESIGNS(X), X(module, id) per design.
+ *
+ * Keep it in step with the kernels: a change to run_ops or to a design's map / unmap changes
+ * the C in the same commit, or the equality test fails.
  *
  * Every tunable is read from the int64 array p[] at run time, as the kernels read it, so the
  * C compiler cannot specialise on values numba cannot see either. Helpers numba inlines at
@@ -74,59 +75,6 @@ enum { T_TAG = 0, T_PFN = 1, T_AGE = 2, T_COLS = 3 };
 #define CLOCK_MASK 0xFFFFFFFFLL
 #define GUEST_TAG ((i64)1 << 32)
 
-/* --- variants ------------------------------------------------------------------------------- */
-/* Variant ids, in the registry's order (variants/__init__.py TABLE). */
-enum { VID_DIRECTMAP = 0, VID_LOCKED = 1, VID_LOCKLESS = 2, VID_PERCPU = 3, VID_KMAP_LOCAL = 4 };
-const char testbed_variants[] = "directmap,locked,lockless,percpu,kmap-local";
-/* locked.py */
-enum { LOCK_TICKET = 0, LOCK_MCS = 1, LOCK_TAS = 2 };
-const char testbed_locks[] = "ticket,mcs,tas";
-#define TAS_BACKOFF_MAX 256
-enum { LAYOUT_XEN = 0, LAYOUT_PADDED = 1 };
-const char testbed_dom_layouts[] = "xen,padded";
-#define X_CURSOR 8
-#define X_LOCK 9
-#define X_EPOCH 10
-#define X_TLBFLUSH_TS 11
-#define X_LOCK_OWNER 16
-#define X_HANDOFF_TSC 17
-#define X_HANDOFF_FROM 18
-#define D_LOCK_HEAD 8
-#define D_LOCK_TAIL 9
-#define D_LOCK_OWNER 10
-#define D_MCS_TAIL 11
-#define D_TAS 12
-#define D_HANDOFF_TSC 13
-#define D_HANDOFF_FROM 14
-#define D_CURSOR 16
-#define D_EPOCH 24
-#define D_TLBFLUSH_TS 32
-#define D_TAS_WAITERS 40
-#define D_MCS_NODES 48
-#define N_NEXT 0
-#define N_LOCKED 1
-#define V_SHADOW_EPOCH V_RESERVED
-#define V_HASH (V_RESERVED + 8)
-#define NOTINUSE (-1)
-#define LK_FAULT_NO_LOCK 1
-#define LK_FAULT_NO_EPOCH_FLUSH 2
-#define LK_FAULT_GARBAGE_HELD 4
-#define LK_FAULT_GARBAGE_PTE 8
-#define REFCNT_LIMIT ((i64)1 << 32)
-/* lockless.py */
-#define LL_FAULT_NO_FLUSH 1
-#define LL_FAULT_FREE_HELD 2
-#define LL_FAULT_NO_IRQSAVE 4
-#define REFCNT_MASK 0xFF
-/* percpu.py */
-#define PC_FAULT_NO_FLUSH 1
-#define PC_FAULT_EAGER_REUSE 2
-#define PC_V_CURSOR V_RESERVED
-#define PC_V_HASH (V_RESERVED + 1)
-/* kmap_local.py */
-#define KM_FAULT_NO_FLUSH 1
-#define KM_V_TOP V_RESERVED
-
 #define INLINE static inline __attribute__((always_inline))
 
 /* The arrays of one call: base pointers and row strides in int64 words. */
@@ -158,6 +106,7 @@ INLINE i64 lowest_bit(i64 x) { return __builtin_ctzll((u64)x); }
 INLINE i64 bit64(i64 k) { return (i64)((u64)1 << k); }
 
 #include "ticket_lock.h"
+#include "locks.h"
 
 /* --- the random generator (kernels.py) ------------------------------------------------------ */
 INLINE u64 next_rand(u64 *rng) {
@@ -309,192 +258,6 @@ static int need_flush(i64 cpu_stamp, i64 lastuse, i64 now) {
   return cpu_stamp <= lastuse && lastuse <= now;
 }
 
-/* --- variants/locked.py --------------------------------------------------------------------- */
-static i64 bitmap_words(i64 slots) { return (slots + 63) / 64; }
-static i64 garbage_base(i64 slots) { return (bitmap_words(slots) + 7) / 8 * 8; }
-
-/* locked.domain_words, lock_word, owner_words: the domain words of a layout */
-INLINE void domain_words(i64 layout, i64 *cursor, i64 *epoch, i64 *ts) {
-  int xen = layout == LAYOUT_XEN;
-  *cursor = xen ? X_CURSOR : D_CURSOR;
-  *epoch = xen ? X_EPOCH : D_EPOCH;
-  *ts = xen ? X_TLBFLUSH_TS : D_TLBFLUSH_TS;
-}
-
-INLINE i64 lock_word(i64 layout, i64 kind) {
-  if (layout == LAYOUT_XEN) return X_LOCK;
-  if (kind == LOCK_MCS) return D_MCS_TAIL;
-  if (kind == LOCK_TAS) return D_TAS;
-  return D_LOCK_HEAD;
-}
-
-INLINE void owner_words(i64 layout, i64 *own, i64 *hts, i64 *hfrom) {
-  int xen = layout == LAYOUT_XEN;
-  *own = xen ? X_LOCK_OWNER : D_LOCK_OWNER;
-  *hts = xen ? X_HANDOFF_TSC : D_HANDOFF_TSC;
-  *hfrom = xen ? X_HANDOFF_FROM : D_HANDOFF_FROM;
-}
-
-static i64 mcs_node(i64 vcpu) { return D_MCS_NODES + 8 * vcpu; }
-
-static void mcs_lock(i64 *dom, i64 *srow, i64 vcpu, i64 lw, i64 own) {
-  i64 node = mcs_node(vcpu);
-  srow[S_LOCK_ACQ] += 1;
-  dom[node + N_NEXT] = 0;
-  dom[node + N_LOCKED] = 1;
-  i64 pred = exchange(dom, lw, vcpu + 1);
-  if (pred != 0) {
-    srow[S_LOCK_CONTENDED] += 1;
-    i64 t0 = rdtsc();
-    store_release(dom, mcs_node(pred - 1) + N_NEXT, vcpu + 1);
-    while (load_acquire(dom, node + N_LOCKED) != 0) {
-      cpu_relax();
-      srow[S_PROGRESS] += 1;
-    }
-    srow[S_LOCK_SPIN] += rdtsc() - t0;
-  } else {
-    dom[node + N_LOCKED] = 0;
-  }
-  dom[own] = vcpu + 1;
-}
-
-static i64 mcs_successor(i64 *dom, i64 *srow, i64 vcpu, i64 lw) {
-  i64 node = mcs_node(vcpu);
-  i64 nxt = load_acquire(dom, node + N_NEXT);
-  if (nxt == 0) {
-    if (cas(dom, lw, vcpu + 1, 0) == vcpu + 1) return 0;
-    while (nxt == 0) {
-      cpu_relax();
-      srow[S_PROGRESS] += 1;
-      nxt = load_acquire(dom, node + N_NEXT);
-    }
-  }
-  return nxt;
-}
-
-static int tas_try(i64 *dom, i64 lw) { return load_acquire(dom, lw) == 0 && exchange(dom, lw, 1) == 0; }
-
-static void tas_lock(i64 *dom, i64 *srow, i64 vcpu, i64 lw, i64 own) {
-  srow[S_LOCK_ACQ] += 1;
-  if (!tas_try(dom, lw)) {
-    srow[S_LOCK_CONTENDED] += 1;
-    i64 t0 = rdtsc();
-    fetch_add(dom, D_TAS_WAITERS, 1);
-    i64 delay = 1;
-    for (;;) {
-      for (i64 k = 0; k < delay; k++) cpu_relax();
-      srow[S_PROGRESS] += 1;
-      if (tas_try(dom, lw)) break;
-      delay = 2 * delay < TAS_BACKOFF_MAX ? 2 * delay : TAS_BACKOFF_MAX;
-    }
-    fetch_add(dom, D_TAS_WAITERS, -1);
-    srow[S_LOCK_SPIN] += rdtsc() - t0;
-  }
-  dom[own] = vcpu + 1;
-}
-
-/* locked.acquire: the lock of kind `kind` in layout `layout`; a token for lk_release (the ticket). */
-static i64 lk_acquire(i64 *dom, i64 *srow, i64 vcpu, i64 kind, i64 layout) {
-  i64 lw = lock_word(layout, kind), own, hts, hfrom;
-  owner_words(layout, &own, &hts, &hfrom);
-  i64 my = 0;
-  if (kind == LOCK_MCS) {
-    mcs_lock(dom, srow, vcpu, lw, own);
-  } else if (kind == LOCK_TAS) {
-    tas_lock(dom, srow, vcpu, lw, own);
-  } else if (layout == LAYOUT_XEN) {
-    my = ticket_lock(&dom[lw], srow);
-    dom[own] = vcpu + 1;
-  } else {
-    my = fetch_add(dom, lw + 1, 1);
-    srow[S_LOCK_ACQ] += 1;
-    if (load_acquire(dom, lw) != my) {
-      srow[S_LOCK_CONTENDED] += 1;
-      i64 t0 = rdtsc();
-      while (load_acquire(dom, lw) != my) {
-        cpu_relax();
-        srow[S_PROGRESS] += 1;
-      }
-      srow[S_LOCK_SPIN] += rdtsc() - t0;
-    }
-    dom[own] = vcpu + 1;
-  }
-  i64 t_rel = dom[hts];
-  if (t_rel != 0) {
-    dom[hts] = 0;
-    if (dom[hfrom] == vcpu + 1) {
-      srow[S_LOCK_REACQ] += 1;
-    } else {
-      i64 dt = rdtsc() - t_rel;
-      if (dt >= 0) {
-        srow[S_HANDOFFS] += 1;
-        srow[S_HANDOFF_CYCLES] += dt;
-      }
-    }
-  }
-  return my;
-}
-
-/* locked.release */
-static void lk_release(i64 *dom, i64 my, i64 *srow, i64 t_hold, i64 vcpu, i64 kind, i64 layout) {
-  i64 lw = lock_word(layout, kind), own, hts, hfrom;
-  owner_words(layout, &own, &hts, &hfrom);
-  if (t_hold != 0) {
-    srow[S_LOCK_HOLD] += rdtsc() - t_hold;
-    srow[S_LOCK_HOLD_SAMPLES] += 1;
-  }
-  if (kind == LOCK_MCS) {
-    dom[own] = 0;
-    i64 nxt = mcs_successor(dom, srow, vcpu, lw);
-    if (nxt != 0) {
-      dom[hfrom] = vcpu + 1;
-      dom[hts] = rdtsc();
-      store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0);
-    }
-  } else if (kind == LOCK_TAS) {
-    dom[own] = 0;
-    if (load_acquire(dom, D_TAS_WAITERS) > 0) {
-      dom[hfrom] = vcpu + 1;
-      dom[hts] = rdtsc();
-    }
-    store_release(dom, lw, 0);
-  } else if (layout == LAYOUT_XEN) {
-    if (ticket_waiters(&dom[lw], my)) {
-      dom[hfrom] = vcpu + 1;
-      dom[hts] = rdtsc();
-    }
-    dom[own] = 0;
-    ticket_unlock(&dom[lw], my);
-  } else {
-    if (load_acquire(dom, lw + 1) != my + 1) {
-      dom[hfrom] = vcpu + 1;
-      dom[hts] = rdtsc();
-    }
-    dom[own] = 0;
-    store_release(dom, lw, my + 1);
-  }
-}
-
-/* Python's // and % on int64: floor division (the indices here are never negative). */
-static i64 find_zero(i64 *dbits, i64 start, i64 slots) {
-  i64 i = start;
-  while (i < slots) {
-    i64 w = load_acquire(dbits, i / 64);
-    i64 free_ = ~(w >> (i % 64));          /* arithmetic shift of an int64, as numba's */
-    if (free_ != 0) {
-      i64 bit = lowest_bit(free_);
-      if (i % 64 + bit < 64) {
-        i64 j = i + bit;
-        return j < slots ? j : slots;
-      }
-    }
-    i = (i / 64 + 1) * 64;
-  }
-  return slots;
-}
-
-static void set_bit(i64 *dbits, i64 base, i64 idx) { fetch_or(dbits, base + idx / 64, bit64(idx % 64)); }
-
 /* --- irq.py: what a variant calls; `irq` is a constant, 0 in the loop without interrupts ------ */
 static void irq_take(struct arrays *a, i64 vcpu, i64 inside);
 INLINE void irq_point(struct arrays *a, i64 vcpu, int irq) {
@@ -507,419 +270,22 @@ INLINE void irq_restore(struct arrays *a, int irq, int on) {
   if (irq && on) a->vrow[V_IRQ_OFF] -= 1;
 }
 
-INLINE i64 locked_map_(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
-  const i64 *p = a->p;
-  i64 *dom = a->dom, *pte = a->pte, *dbits = a->dbits, *vrow = a->vrow, *srow = a->srow;
-  i64 h = p[P_HASH], slots = p[P_SLOTS], fault = p[P_FAULT];
-  i64 hm = V_HASH, hi = V_HASH + h, hr = V_HASH + 2 * h;
-  i64 b = mfn & (h - 1);
-  if (vrow[hm + b] == mfn) {
-    i64 r = vrow[hr + b] + 1;
-    vrow[hr + b] = r;
-    srow[S_HASH_HITS] += 1;
-    if (r >= REFCNT_LIMIT) {
-      srow[S_REFCNT_ERR] += 1;
-      return -ST_REFCOUNT;
-    }
-    return MAPCACHE_VA + vrow[hi + b];
-  }
-  int nolock = (fault & LK_FAULT_NO_LOCK) != 0;
-  i64 kind = p[P_LOCK];
-  i64 layout = p[P_DOM_LAYOUT], d_cursor, d_epoch, d_tlbflush_ts;
-  domain_words(layout, &d_cursor, &d_epoch, &d_tlbflush_ts);
-  i64 my = 0;
-  /* an NMI handler inside this CPU's own critical section: named, not spun on for ever */
-  i64 own, hts, hfrom;
-  owner_words(layout, &own, &hts, &hfrom);
-  if (vrow[V_IRQ_OFF] != 0 && !nolock && dom[own] == vcpu + 1) {
-    srow[S_DEADLOCKS] += 1;
-    return -ST_DEADLOCK;
-  }
-  if (!nolock) my = lk_acquire(dom, srow, vcpu, kind, layout);
-  i64 t_hold = srow[S_SAMPLING] != 0 ? rdtsc() : 0;
-  irq_point(a, vcpu, irq);                                         /* lock held */
-  i64 epoch = dom[d_epoch];
-  if (epoch != vrow[V_SHADOW_EPOCH]) {
-    vrow[V_SHADOW_EPOCH] = epoch;
-    if ((fault & LK_FAULT_NO_EPOCH_FLUSH) == 0 &&
-        need_flush(vrow[V_TLBFLUSH_TIME], dom[d_tlbflush_ts], clock_now(dom))) {
-      flush_all(a);
-      srow[S_EPOCH_FLUSH] += 1;
-    }
-  }
-  i64 idx = find_zero(dbits, dom[d_cursor], slots);
-  if (idx >= slots) {
-    i64 gb = garbage_base(slots), nw = bitmap_words(slots), freed = 0;
-    for (i64 i = 0; i < nw; i++) {
-      i64 g = exchange(dbits, gb + i, 0);
-      if (g != 0) {
-        fetch_and(dbits, i, ~g);
-        freed += 1;
-      }
-    }
-    if (freed) srow[S_HARVEST] += 1;
-    idx = find_zero(dbits, 0, slots);
-    if (idx >= slots) {
-      /* Replace one of this vCPU's idle hash entries, starting at the MFN's bucket. */
-      i64 i = b;
-      for (i64 k = 0; k < h; k++) {
-        if (vrow[hi + i] != NOTINUSE && vrow[hr + i] == 0) {
-          idx = vrow[hi + i];
-          store_release(pte, idx, 0);
-          vrow[hi + i] = NOTINUSE;
-          vrow[hm + i] = NOTINUSE;
-          break;
-        }
-        i = (i + 1) & (h - 1);
-      }
-    }
-    if (idx >= slots) {
-      srow[S_EXHAUSTED] += 1;
-      if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind, layout);
-      return -ST_EXHAUSTED;
-    }
-    flush_all(a);
-    epoch = dom[d_epoch] + 1;
-    dom[d_epoch] = epoch;
-    vrow[V_SHADOW_EPOCH] = epoch;
-    dom[d_tlbflush_ts] = clock_now(dom);
-  }
-  set_bit(dbits, 0, idx);
-  dom[d_cursor] = idx + 1;
-  if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
-  if (!nolock) lk_release(dom, my, srow, t_hold, vcpu, kind, layout);
-  irq_point(a, vcpu, irq);                                         /* slot taken, PTE not yet written */
-  store_release(pte, idx, mfn | PTE_PRESENT);
-  return MAPCACHE_VA + idx;
-}
-
-/* local_irq_save around the whole of map and unmap, as in Xen */
-INLINE i64 locked_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
-  irq_save(a, irq, 1);
-  i64 va = locked_map_(a, vcpu, mfn, irq);
-  irq_restore(a, irq, 1);
-  return va;
-}
-
-INLINE i64 locked_unmap_(struct arrays *a, i64 vcpu, i64 va, int irq) {
-  const i64 *p = a->p;
-  i64 *pte = a->pte, *dbits = a->dbits, *vrow = a->vrow, *srow = a->srow;
-  i64 h = p[P_HASH], slots = p[P_SLOTS];
-  i64 hm = V_HASH, hi = V_HASH + h, hr = V_HASH + 2 * h;
-  i64 idx = va - MAPCACHE_VA;
-  if (idx < 0 || idx >= slots) return ST_BAD_VA;
-  i64 e = pte[idx];
-  if ((e & PTE_PRESENT) == 0) return ST_BAD_VA;
-  i64 mfn = e & PTE_MFN_MASK;
-  i64 b = mfn & (h - 1);
-  i64 gb = garbage_base(slots);
-  i64 fault = p[P_FAULT];
-  int zap = (fault & LK_FAULT_GARBAGE_PTE) == 0;
-  irq_point(a, vcpu, irq);                                         /* bucket not yet updated */
-  if (vrow[hi + b] == idx) {
-    i64 r = vrow[hr + b];
-    if (r == 0) {
-      srow[S_REFCNT_ERR] += 1;
-      return ST_REFCOUNT;
-    }
-    vrow[hr + b] = r - 1;
-  } else if (vrow[hr + b] == 0 || (fault & LK_FAULT_GARBAGE_HELD) != 0) {
-    i64 old = vrow[hi + b];
-    if (old != NOTINUSE) {
-      if (zap) store_release(pte, old, 0);
-      set_bit(dbits, gb, old);
-    }
-    vrow[hm + b] = mfn;
-    vrow[hi + b] = idx;
-  } else {
-    if (zap) store_release(pte, idx, 0);
-    set_bit(dbits, gb, idx);
-  }
-  return ST_OK;
-}
-
-INLINE i64 locked_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
-  irq_save(a, irq, 1);
-  i64 st = locked_unmap_(a, vcpu, va, irq);
-  irq_restore(a, irq, 1);
-  return st;
-}
-
-/* --- variants/lockless.py ------------------------------------------------------------------- */
-/* local_irq_save from entry to every return, as in the seed; lockless-noirqsave leaves it out */
-INLINE i64 lockless_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
-  const i64 *p = a->p;
-  i64 *vrow = a->vrow, *srow = a->srow;
-  int save = (p[P_FAULT] & LL_FAULT_NO_IRQSAVE) == 0;
-  irq_save(a, irq, save);
-  i64 h = p[P_HASH], e = p[P_ENTRIES];
-  i64 hm = V_RESERVED, hi = hm + h, rc = hm + 2 * h, iu = hm + 2 * h + e;
-  i64 base = vcpu * e;
-  i64 b = hm + (mfn & (h - 1));
-  i64 old = vrow[hi - hm + b];
-  i64 idx;
-  if (vrow[b] != mfn) {
-    idx = -1;
-    for (i64 w = 0; w < (e + 63) / 64; w++) {
-      i64 free_ = ~vrow[iu + w];
-      if (free_ != 0) {
-        i64 bit = lowest_bit(free_);
-        if (w * 64 + bit < e) idx = w * 64 + bit;
-        break;
-      }
-    }
-    if (idx < 0) {
-      srow[S_EXHAUSTED] += 1;
-      irq_restore(a, irq, save);
-      return -ST_EXHAUSTED;
-    }
-    irq_point(a, vcpu, irq);                                       /* slot chosen, not yet marked */
-    vrow[iu + idx / 64] |= bit64(idx % 64);
-    irq_point(a, vcpu, irq);                                       /* marked, PTE not yet written */
-    store_release(a->pte, base + idx, mfn | PTE_PRESENT);
-    if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
-    if ((p[P_FAULT] & LL_FAULT_NO_FLUSH) == 0) flush_one(a, base + idx);
-    irq_point(a, vcpu, irq);                                       /* PTE written, bucket not yet updated */
-    /* LL_FAULT_FREE_HELD: free it at refcount 1, while a mapping still holds it */
-    if (old >= 0 && vrow[rc + old] <= ((p[P_FAULT] & LL_FAULT_FREE_HELD) >> 1)) vrow[iu + old / 64] &= ~bit64(old % 64);
-    vrow[b] = mfn;
-    vrow[hi - hm + b] = idx;
-  } else {
-    idx = old;
-    srow[S_HASH_HITS] += 1;
-  }
-  irq_point(a, vcpu, irq);                                         /* slot known, refcount not yet raised */
-  i64 r = (vrow[rc + idx] + 1) & REFCNT_MASK;
-  vrow[rc + idx] = r;
-  irq_restore(a, irq, save);
-  if (r == 0 && p[P_REFCOUNT_WRAP] == 0) {
-    srow[S_REFCNT_ERR] += 1;
-    return -ST_REFCOUNT;
-  }
-  return MAPCACHE_VA + base + idx;
-}
-
-INLINE i64 lockless_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
-  const i64 *p = a->p;
-  i64 *vrow = a->vrow, *srow = a->srow;
-  i64 h = p[P_HASH], e = p[P_ENTRIES];
-  i64 hm = V_RESERVED, rc = hm + 2 * h, iu = hm + 2 * h + e;
-  i64 base = vcpu * e;
-  i64 idx = va - MAPCACHE_VA - base;
-  if (idx < 0 || idx >= e) return ST_BAD_VA;
-  int save = (p[P_FAULT] & LL_FAULT_NO_IRQSAVE) == 0;
-  irq_save(a, irq, save);
-  i64 mfn = a->pte[base + idx] & PTE_MFN_MASK;
-  i64 r = vrow[rc + idx];
-  if (r == 0 && p[P_REFCOUNT_WRAP] == 0) {
-    srow[S_REFCNT_ERR] += 1;
-    irq_restore(a, irq, save);
-    return ST_REFCOUNT;
-  }
-  r = (r - 1) & REFCNT_MASK;
-  vrow[rc + idx] = r;
-  irq_point(a, vcpu, irq);                                         /* refcount lowered, slot not yet freed */
-  if (vrow[hm + (mfn & (h - 1))] != mfn && r == 0) vrow[iu + idx / 64] &= ~bit64(idx % 64);
-  irq_restore(a, irq, save);
-  return ST_OK;
-}
-
-/* --- variants/percpu.py --------------------------------------------------------------------- */
-INLINE i64 pc_find_zero(const i64 *vrow, i64 iu, i64 start, i64 e) {
-  i64 i = start;
-  while (i < e) {
-    i64 free_ = ~(vrow[iu + i / 64] >> (i % 64));
-    if (free_ != 0) {
-      i64 bit = lowest_bit(free_);
-      if (i % 64 + bit < 64) return i + bit < e ? i + bit : e;
-    }
-    i = (i / 64 + 1) * 64;
-  }
-  return e;
-}
-
-INLINE i64 percpu_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
-  const i64 *p = a->p;
-  i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
-  irq_save(a, irq, 1);
-  i64 h = p[P_HASH], e = p[P_ENTRIES];
-  i64 w = (e + 63) / 64;
-  i64 hm = PC_V_HASH, hi = hm + h, hr = hm + 2 * h, iu = hm + 3 * h, gb = iu + w;
-  i64 base = vcpu * e;
-  i64 b = mfn & (h - 1);
-  if (vrow[hm + b] == mfn) {
-    i64 r = vrow[hr + b] + 1;
-    vrow[hr + b] = r;
-    srow[S_HASH_HITS] += 1;
-    irq_restore(a, irq, 1);
-    if (r >= REFCNT_LIMIT) {
-      srow[S_REFCNT_ERR] += 1;
-      return -ST_REFCOUNT;
-    }
-    return MAPCACHE_VA + base + vrow[hi + b];
-  }
-  i64 idx = pc_find_zero(vrow, iu, vrow[PC_V_CURSOR], e);
-  irq_point(a, vcpu, irq);                                         /* slot chosen, not yet marked */
-  if (idx >= e) {
-    i64 freed = 0;
-    for (i64 k = 0; k < w; k++) {
-      i64 g = vrow[gb + k];
-      if (g != 0) {
-        vrow[iu + k] &= ~g;
-        vrow[gb + k] = 0;
-        freed += 1;
-      }
-    }
-    if (freed) srow[S_HARVEST] += 1;
-    idx = pc_find_zero(vrow, iu, 0, e);
-    if (idx >= e) {
-      /* Take one of this vCPU's idle hash entries, starting at the MFN's bucket. */
-      i64 i = b;
-      for (i64 k = 0; k < h; k++) {
-        if (vrow[hi + i] != NOTINUSE && vrow[hr + i] == 0) {
-          idx = vrow[hi + i];
-          store_release(pte, base + idx, 0);
-          vrow[hi + i] = NOTINUSE;
-          vrow[hm + i] = NOTINUSE;
-          break;
-        }
-        i = (i + 1) & (h - 1);
-      }
-    }
-    if (idx >= e) {
-      srow[S_EXHAUSTED] += 1;
-      irq_restore(a, irq, 1);
-      return -ST_EXHAUSTED;
-    }
-    if ((p[P_FAULT] & PC_FAULT_NO_FLUSH) == 0) flush_all(a);
-  }
-  vrow[iu + idx / 64] |= bit64(idx % 64);
-  vrow[PC_V_CURSOR] = idx + 1;
-  irq_point(a, vcpu, irq);                                         /* slot marked, PTE not yet written */
-  store_release(pte, base + idx, mfn | PTE_PRESENT);
-  if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
-  irq_restore(a, irq, 1);
-  return MAPCACHE_VA + base + idx;
-}
-
-INLINE void pc_retire(i64 *vrow, i64 *pte, i64 base, i64 gb, i64 iu, i64 idx, int eager) {
-  store_release(pte, base + idx, 0);
-  if (eager)
-    vrow[iu + idx / 64] &= ~bit64(idx % 64);
-  else
-    vrow[gb + idx / 64] |= bit64(idx % 64);
-}
-
-INLINE i64 percpu_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
-  const i64 *p = a->p;
-  i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
-  irq_save(a, irq, 1);
-  i64 h = p[P_HASH], e = p[P_ENTRIES];
-  i64 w = (e + 63) / 64;
-  i64 hm = PC_V_HASH, hi = hm + h, hr = hm + 2 * h, iu = hm + 3 * h, gb = iu + w;
-  i64 base = vcpu * e;
-  i64 idx = va - MAPCACHE_VA - base;
-  if (idx < 0 || idx >= e) {
-    irq_restore(a, irq, 1);
-    return ST_BAD_VA;
-  }
-  i64 ent = pte[base + idx];
-  if ((ent & PTE_PRESENT) == 0) {
-    irq_restore(a, irq, 1);
-    return ST_BAD_VA;
-  }
-  i64 mfn = ent & PTE_MFN_MASK;
-  i64 b = mfn & (h - 1);
-  int eager = (p[P_FAULT] & PC_FAULT_EAGER_REUSE) != 0;
-  irq_point(a, vcpu, irq);                                         /* bucket not yet updated */
-  if (vrow[hi + b] == idx) {
-    i64 r = vrow[hr + b];
-    if (r == 0) {
-      srow[S_REFCNT_ERR] += 1;
-      irq_restore(a, irq, 1);
-      return ST_REFCOUNT;
-    }
-    vrow[hr + b] = r - 1;
-  } else if (vrow[hr + b] == 0) {
-    i64 old = vrow[hi + b];
-    if (old != NOTINUSE) pc_retire(vrow, pte, base, gb, iu, old, eager);
-    vrow[hm + b] = mfn;
-    vrow[hi + b] = idx;
-  } else {
-    pc_retire(vrow, pte, base, gb, iu, idx, eager);
-  }
-  irq_restore(a, irq, 1);
-  return ST_OK;
-}
-
-/* --- variants/kmap_local.py ----------------------------------------------------------------- */
-INLINE i64 kmap_local_map(struct arrays *a, i64 vcpu, i64 mfn, int irq) {
-  const i64 *p = a->p;
-  i64 *vrow = a->vrow, *srow = a->srow, *pte = a->pte;
-  i64 e = p[P_ENTRIES];
-  i64 top = vrow[KM_V_TOP];
-  if (top >= e) {
-    srow[S_EXHAUSTED] += 1;
-    return -ST_EXHAUSTED;
-  }
-  i64 slot = vcpu * e + top;
-  vrow[KM_V_TOP] = top + 1;
-  irq_point(a, vcpu, irq);                                         /* pushed, PTE not yet written */
-  if ((pte[slot] & PTE_PRESENT) != 0) srow[S_INVARIANT] += 1;     /* BUG_ON(!pte_none(...)) */
-  store_release(pte, slot, mfn | PTE_PRESENT);
-  irq_point(a, vcpu, irq);                                         /* mapped, not yet returned */
-  if (p[P_LONG_HOLD] > 0) spin_cycles(p[P_LONG_HOLD]);
-  return MAPCACHE_VA + slot;
-}
-
-INLINE i64 kmap_local_unmap(struct arrays *a, i64 vcpu, i64 va, int irq) {
-  const i64 *p = a->p;
-  i64 *vrow = a->vrow, *pte = a->pte;
-  i64 e = p[P_ENTRIES];
-  i64 slot = va - MAPCACHE_VA;
-  i64 idx = slot - vcpu * e;
-  if (idx < 0 || idx >= e || (pte[slot] & PTE_PRESENT) == 0) return ST_BAD_VA;
-  i64 top = vrow[KM_V_TOP];
-  if (idx != top - 1) return ST_ORDER;
-  store_release(pte, slot, 0);
-  irq_point(a, vcpu, irq);                                         /* PTE cleared, not yet flushed */
-  if ((p[P_FAULT] & KM_FAULT_NO_FLUSH) == 0) flush_one(a, slot);
-  irq_point(a, vcpu, irq);                                         /* flushed, not yet popped */
-  vrow[KM_V_TOP] = top - 1;
-  return ST_OK;
-}
-
-/* --- a Xen tree's own domain_page.c (testbed/xen.py builds it with -DTESTBED_XEN) ------------- */
-#ifdef TESTBED_XEN
-/* Defined after the Xen file, in csrc/xen/glue.c: its map_domain_page / unmap_domain_page on
- * the shim's Xen, with the port's arrays. VID_XEN is the registry's variants.xen.VID. */
-#define VID_XEN 64
-static i64 xen_map(struct arrays *a, i64 vcpu, i64 mfn, int irq);
-static i64 xen_unmap(struct arrays *a, i64 vcpu, i64 va, int irq);
-#endif
+/* --- the designs: generated from the registry by testbed.native (designs_header) -------- */
+/* Each design's map and unmap (csrc/variants/<module>.h), TESTBED_DESIGNS(X) listing them as
+ * X(module, id), and testbed_variants naming the ids; a native kind (xen) adds its entry under
+ * its own build flag, its C being the user's tree. */
+#include "testbed_designs.h"
 
 /* --- kernels.py: dispatch, timed map, access, the loop -------------------------------------- */
+#define MAP_CASE(name, id) if (vid == (id)) return name##_map(a, vcpu, mfn, irq);
+#define UNMAP_CASE(name, id) if (vid == (id)) return name##_unmap(a, vcpu, va, irq);
 INLINE i64 map_page(struct arrays *a, i64 vid, i64 vcpu, i64 mfn, int irq) {
-#ifdef TESTBED_XEN
-  if (vid == VID_XEN) return xen_map(a, vcpu, mfn, irq);
-#endif
-  if (vid == VID_DIRECTMAP) return mfn;
-  if (vid == VID_LOCKED) return locked_map(a, vcpu, mfn, irq);
-  if (vid == VID_LOCKLESS) return lockless_map(a, vcpu, mfn, irq);
-  if (vid == VID_PERCPU) return percpu_map(a, vcpu, mfn, irq);
-  if (vid == VID_KMAP_LOCAL) return kmap_local_map(a, vcpu, mfn, irq);
+  TESTBED_DESIGNS(MAP_CASE)
   return -ST_BAD_VARIANT;
 }
 
 INLINE i64 unmap_page(struct arrays *a, i64 vid, i64 vcpu, i64 va, int irq) {
-#ifdef TESTBED_XEN
-  if (vid == VID_XEN) return xen_unmap(a, vcpu, va, irq);
-#endif
-  if (vid == VID_DIRECTMAP) return ST_OK;
-  if (vid == VID_LOCKED) return locked_unmap(a, vcpu, va, irq);
-  if (vid == VID_LOCKLESS) return lockless_unmap(a, vcpu, va, irq);
-  if (vid == VID_PERCPU) return percpu_unmap(a, vcpu, va, irq);
-  if (vid == VID_KMAP_LOCAL) return kmap_local_unmap(a, vcpu, va, irq);
+  TESTBED_DESIGNS(UNMAP_CASE)
   return ST_BAD_VARIANT;
 }
 
@@ -1234,22 +600,12 @@ INLINE i64 ops_loop(i64 vid, int irq, i64 n, i64 vcpu, struct arrays A) {
  * loop when p[P_IRQ_INTERVAL] is not 0. */
 #define LOOP(name, vid, irq) \
   static __attribute__((noinline)) i64 name(i64 n, i64 vcpu, struct arrays A) { return ops_loop(vid, irq, n, vcpu, A); }
-LOOP(loop_directmap, VID_DIRECTMAP, 0)
-LOOP(loop_locked, VID_LOCKED, 0)
-LOOP(loop_lockless, VID_LOCKLESS, 0)
-LOOP(loop_percpu, VID_PERCPU, 0)
-LOOP(loop_kmap_local, VID_KMAP_LOCAL, 0)
+#define LOOP_OF(name, id) LOOP(loop_##name, id, 0)
+#define LOOP_IRQ_OF(name, id) LOOP(loop_##name##_irq, id, 1)
+TESTBED_DESIGNS(LOOP_OF)
 LOOP(loop_any, A.p[P_VARIANT], 0)
-LOOP(loop_directmap_irq, VID_DIRECTMAP, 1)
-LOOP(loop_locked_irq, VID_LOCKED, 1)
-LOOP(loop_lockless_irq, VID_LOCKLESS, 1)
-LOOP(loop_percpu_irq, VID_PERCPU, 1)
-LOOP(loop_kmap_local_irq, VID_KMAP_LOCAL, 1)
+TESTBED_DESIGNS(LOOP_IRQ_OF)
 LOOP(loop_any_irq, A.p[P_VARIANT], 1)
-#ifdef TESTBED_XEN
-LOOP(loop_xen, VID_XEN, 0)
-LOOP(loop_xen_irq, VID_XEN, 1)
-#endif
 
 /* kernels.run_ops. Each 2-D array comes as its base pointer and its row stride in words;
  * tlb_rows is the TLB's entry count plus one (the last entry's first word is the LRU tick). */
@@ -1263,25 +619,16 @@ i64 testbed_run_ops(i64 n, i64 vcpu, const i64 *p, i64 *dom, i64 *pte, i64 *dbit
       .vrow = vst + vcpu * vst_stride, .hrow = hist + vcpu * hist_stride, .lrow = live + vcpu * live_stride,
       .rng = rng, .fw = frames_stride, .tlb_rows = tlb_rows,
   };
-#ifdef TESTBED_XEN
-  if (p[P_VARIANT] == VID_XEN) return p[P_IRQ_INTERVAL] != 0 ? loop_xen_irq(n, vcpu, A) : loop_xen(n, vcpu, A);
-#endif
+#define RUN_CASE(name, id) case id: return loop_##name(n, vcpu, A);
+#define RUN_IRQ_CASE(name, id) case id: return loop_##name##_irq(n, vcpu, A);
   if (p[P_IRQ_INTERVAL] != 0) {
     switch (p[P_VARIANT]) {
-      case VID_DIRECTMAP: return loop_directmap_irq(n, vcpu, A);
-      case VID_LOCKED: return loop_locked_irq(n, vcpu, A);
-      case VID_LOCKLESS: return loop_lockless_irq(n, vcpu, A);
-      case VID_PERCPU: return loop_percpu_irq(n, vcpu, A);
-      case VID_KMAP_LOCAL: return loop_kmap_local_irq(n, vcpu, A);
+      TESTBED_DESIGNS(RUN_IRQ_CASE)
       default: return loop_any_irq(n, vcpu, A);
     }
   }
   switch (p[P_VARIANT]) {
-    case VID_DIRECTMAP: return loop_directmap(n, vcpu, A);
-    case VID_LOCKED: return loop_locked(n, vcpu, A);
-    case VID_LOCKLESS: return loop_lockless(n, vcpu, A);
-    case VID_PERCPU: return loop_percpu(n, vcpu, A);
-    case VID_KMAP_LOCAL: return loop_kmap_local(n, vcpu, A);
+    TESTBED_DESIGNS(RUN_CASE)
     default: return loop_any(n, vcpu, A);
   }
 }

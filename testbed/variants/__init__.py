@@ -1,7 +1,9 @@
 """The registry of mapcache variants: the only place that knows variants by name.
 
-A variant is one module in this package (the contract: ``contract.py``; how to
-write one: docs/variants.md) and one ``real(...)`` line below. A negative
+A design is one module in this package (the contract: ``contract.py``), its C
+map and unmap (``csrc/variants/<module>.h``), its reference model and test
+adapter (``tests/designs/<module>.py``) and one ``real(...)`` line below (how
+to write them: docs/variants.md). A negative
 control is a real variant run with fault bits that break it on purpose (or with
 run options under which the real design is wrong), and the checks that must
 catch it; it is one ``control(...)`` line, selectable by name but never part of
@@ -10,9 +12,10 @@ nested workload, say) lists them: ``testbed variants --json`` prints them, and
 ``scripts/detection.py`` and the tests run it with them.
 
 Variant ids come from this table: the n-th distinct module listed has id n.
-The compiled dispatch on that id (``dispatch.py``) is generated from the table,
-so a module listed here is reachable from the kernels with no other edit, and
-an id the table does not know runs nothing (``abi.ST_BAD_VARIANT``).
+The compiled dispatch on that id (``dispatch.py``) and the C port's table of
+designs (``testbed.native.designs_header``) are generated from the table, so a
+module listed here is reachable from the kernels and the C loop with no other
+edit, and an id the table does not know runs nothing (``abi.ST_BAD_VARIANT``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """What a mapcache variant module provides (docs/variants.md explains how to write one).
 
-A variant is one module in ``testbed/variants/`` and one line in the registry
-(``testbed/variants/__init__.py``). The registry checks every module against
+A design is one module in ``testbed/variants/``, its C map and unmap
+(``testbed/csrc/variants/<module>.h``), its test model and adapter
+(``tests/designs/<module>.py``) and one line in the registry
+(``testbed/variants/__init__.py``); this is the module's part. The registry checks every module against
 this contract when it is imported and fills each optional hook the module
 leaves out with the do-nothing default below, so that the harness, the CLI and
 the stress driver call hooks without asking which variant they run.
@@ -90,6 +92,37 @@ def domain_vcpus(cfg) -> int:
 
 def validate(cfg) -> None:
     """Default: every geometry the generic checks accept is fine."""
+
+
+def nested_walk(name: str, beside_hash: bool = False, note: str = "", then: str = ""):
+    """The ``validate`` of a design whose vCPU holds the deepest nested walk in slots of its own.
+
+    The rule: a vCPU's ``--entries`` (less its ``--hash`` buckets when each bucket may pin a slot
+    of its own, ``beside_hash``) must hold ``irq.walk_slots(cfg)`` (PAGING_LEVELS**2, and an
+    interrupt handler's slot when interrupts are on); ``--unchecked`` runs it anyway. ``note``
+    follows the fix in the message, ``then`` the way past it.
+    """
+
+    def validate(cfg) -> None:
+        from ..errors import UsageError
+        from ..irq import walk_slots
+
+        need, words = walk_slots(cfg)
+        room = cfg.entries - (cfg.hash_entries if beside_hash else 0)
+        if room >= need or cfg.unchecked:
+            return
+        if beside_hash:
+            raise UsageError(
+                f"--entries {cfg.entries} with --hash {cfg.hash_entries}: {name} needs entries - hash >= "
+                f"{words} slots beside the hash for a nested walk; raise --entries to "
+                f"{cfg.hash_entries + need}{note}, or pass --unchecked to run it anyway{then}")
+        raise UsageError(
+            f"--entries {cfg.entries}: {name} needs at least {words} slots per vCPU for a nested walk; raise "
+            f"--entries to {need}{note}, or pass --unchecked to run it anyway{then}")
+
+    validate.__doc__ = (f"{name}'s geometry: room for a nested walk"
+                        + (" beside the hash" if beside_hash else "") + " (contract.nested_walk).")
+    return validate
 
 
 def describe_stall(views, cfg, vcpu) -> dict:

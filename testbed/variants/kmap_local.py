@@ -50,9 +50,9 @@ as a stale translation.
 from ..jit import inline_kernel
 
 from .. import abi, tlb
-from .contract import domain_vcpus
+from .contract import domain_vcpus, nested_walk
 from ..atomics import store_release
-from ..irq import irq_point, walk_slots
+from ..irq import irq_point
 
 NAME = "kmap-local"
 DESCRIPTION = "Linux's kmap_local_page: per-vCPU stack of 16 slots, PTE cleared and invlpg at LIFO unmap, no hash"
@@ -70,16 +70,8 @@ IRQS_OFF = ()                   # safe by ordering, see above
 V_TOP = abi.V_RESERVED          # stack depth: slots 0..top-1 are mapped
 
 
-def validate(cfg):
-    """The stack must hold the deepest nested walk: E >= PAGING_LEVELS**2 (Linux: 16 = 4**2)."""
-    from ..errors import UsageError
-
-    need, words = walk_slots(cfg)
-    if cfg.entries < need and not cfg.unchecked:
-        raise UsageError(
-            f"--entries {cfg.entries}: kmap-local needs at least {words} slots per vCPU for a nested walk; raise "
-            f"--entries to {need}, or pass --unchecked to run it anyway"
-        )
+# The stack must hold the deepest nested walk: E >= PAGING_LEVELS**2 (Linux: 16 = 4**2).
+validate = nested_walk("kmap-local")
 
 
 def state_shape(cfg):

@@ -57,9 +57,9 @@ import numpy as np
 from ..jit import inline_kernel, nonneg
 
 from .. import abi, tlb
-from .contract import domain_vcpus
+from .contract import domain_vcpus, nested_walk
 from ..atomics import lowest_bit, store_release
-from ..irq import irq_point, irq_restore, irq_save, walk_slots
+from ..irq import irq_point, irq_restore, irq_save
 
 NAME = "lockless"
 DESCRIPTION = "the seed's per-vCPU mapcache: no lock, 8-bit refcounts, invlpg on slot reuse"
@@ -79,7 +79,10 @@ REFCNT_MASK = 0xFF
 IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in the seed
 
 
+@inline_kernel
 def _offsets(h, e):
+    """(hash_mfn, hash_idx, refcnt, inuse, end) word offsets in a vCPU's row: the one place they
+    are written, for the compiled hooks and the Python side (layout, check) alike."""
     hm = abi.V_RESERVED
     hi = hm + h
     rc = hi + h
@@ -87,18 +90,9 @@ def _offsets(h, e):
     return hm, hi, rc, iu, iu + (e + 63) // 64
 
 
-def validate(cfg):
-    """The seed's geometry rule, stated the right way round: room for a nested walk beside the hash."""
-    from ..errors import UsageError
-
-    need, words = walk_slots(cfg)
-    if cfg.entries - cfg.hash_entries < need and not cfg.unchecked:
-        raise UsageError(
-            f"--entries {cfg.entries} with --hash {cfg.hash_entries}: lockless needs entries - hash >= "
-            f"{words} slots beside the hash for a nested walk; raise --entries to "
-            f"{cfg.hash_entries + need} (the seed's BUILD_BUG_ON states this check inverted), or "
-            "pass --unchecked to run it anyway and watch it exhaust"
-        )
+# The seed's geometry rule, stated the right way round: room for a nested walk beside the hash.
+validate = nested_walk("lockless", beside_hash=True, note=" (the seed's BUILD_BUG_ON states this check inverted)",
+                       then=" and watch it exhaust")
 
 
 def state_shape(cfg):
@@ -113,21 +107,15 @@ def init_state(views, cfg):
     vst[:, hi:hi + cfg.hash_entries] = -1
 
 
-@inline_kernel
-def _layout(p):
-    h = p[abi.P_HASH]
-    e = p[abi.P_ENTRIES]
-    hm = abi.V_RESERVED
-    return h, e, hm, hm + h, hm + 2 * h, hm + 2 * h + e
-
-
 # local_irq_save from entry to every return, written out at each return (as percpu does) rather
 # than around a wrapped body: one level less of numba IR inlining, which has mis-compiled before.
 @inline_kernel
 def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     save = (p[abi.P_FAULT] & FAULT_NO_IRQSAVE) == 0      # lockless-noirqsave leaves it out
     irq_save(irq, vrow, save)
-    h, e, hm, hi, rc, iu = _layout(p)
+    h = p[abi.P_HASH]
+    e = p[abi.P_ENTRIES]
+    hm, hi, rc, iu, _ = _offsets(h, e)
     base = vcpu * e
     # Every index below is >= 0 (mfn >= 0, idx and old checked): unsigned, no wraparound code.
     b = nonneg(hm + (mfn & (h - 1)))
@@ -175,7 +163,9 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
 
 @inline_kernel
 def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
-    h, e, hm, hi, rc, iu = _layout(p)
+    h = p[abi.P_HASH]
+    e = p[abi.P_ENTRIES]
+    hm, hi, rc, iu, _ = _offsets(h, e)
     base = vcpu * e
     idx = va - abi.MAPCACHE_VA - base
     if idx < 0 or idx >= e:

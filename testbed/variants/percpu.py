@@ -62,9 +62,9 @@ import numpy as np
 from ..jit import inline_kernel
 
 from .. import abi, tlb
-from .contract import domain_vcpus
+from .contract import domain_vcpus, nested_walk
 from ..atomics import lowest_bit, store_release
-from ..irq import irq_point, irq_restore, irq_save, walk_slots
+from ..irq import irq_point, irq_restore, irq_save
 
 NAME = "percpu"
 DESCRIPTION = "per-vCPU mapcache of the ASI series: no lock, no epoch, garbage reclaimed with one flush per wrap"
@@ -89,24 +89,18 @@ V_CURSOR = abi.V_RESERVED
 V_HASH = abi.V_RESERVED + 1     # then hash_mfn[H], hash_idx[H], hash_ref[H], inuse[W], garbage[W]
 
 
+@inline_kernel
 def _offsets(h, e):
-    """(hash_mfn, hash_idx, hash_ref, inuse, garbage, end) word offsets in a vCPU's row."""
+    """(hash_mfn, hash_idx, hash_ref, inuse, garbage, end) word offsets in a vCPU's row: the one
+    place they are written, for the compiled hooks and the Python side (layout, check) alike."""
     w = (e + 63) // 64
     hm = V_HASH
     iu = hm + 3 * h
     return hm, hm + h, hm + 2 * h, iu, iu + w, iu + 2 * w
 
 
-def validate(cfg):
-    """Every slot may be held at once by a nested walk: E must cover PAGING_LEVELS**2."""
-    from ..errors import UsageError
-
-    need, words = walk_slots(cfg)
-    if cfg.entries < need and not cfg.unchecked:
-        raise UsageError(
-            f"--entries {cfg.entries}: percpu needs at least {words} slots per vCPU for a nested walk; raise "
-            f"--entries to {need}, or pass --unchecked to run it anyway"
-        )
+# Every slot may be held at once by a nested walk: E must cover PAGING_LEVELS**2.
+validate = nested_walk("percpu")
 
 
 def state_shape(cfg):
@@ -145,11 +139,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     h = p[abi.P_HASH]
     e = p[abi.P_ENTRIES]
     w = (e + 63) // 64
-    hm = V_HASH
-    hi = hm + h
-    hr = hm + 2 * h
-    iu = hm + 3 * h
-    gb = iu + w
+    hm, hi, hr, iu, gb, _ = _offsets(h, e)
     base = vcpu * e
     b = mfn & (h - 1)
     if vrow[hm + b] == mfn:
@@ -218,12 +208,7 @@ def unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     irq_save(irq, vrow)
     h = p[abi.P_HASH]
     e = p[abi.P_ENTRIES]
-    w = (e + 63) // 64
-    hm = V_HASH
-    hi = hm + h
-    hr = hm + 2 * h
-    iu = hm + 3 * h
-    gb = iu + w
+    hm, hi, hr, iu, gb, _ = _offsets(h, e)
     base = vcpu * e
     idx = va - abi.MAPCACHE_VA - base
     if idx < 0 or idx >= e:

@@ -49,7 +49,7 @@ GEOMETRY = {
     "pool": "the tree's own domain_page.c: mapcache_domain_init / mapcache_vcpu_init, run as they are",
 }
 NATIVE = True               # runs the C loop: no numba map_page / unmap_page
-VID = 64                    # p[P_VARIANT]; csrc/testbed_op.c VID_XEN
+VID = 64                    # p[P_VARIANT]; its entry in the C port's generated table (native.py)
 IRQS_OFF = ("map", "unmap")  # the files tried run both under local_irq_save
 HEAP_WORD = 8               # the shim's heap starts after the testbed's own domain words
 
@@ -143,7 +143,7 @@ def init_state(views, cfg):
 
 
 def runner(cfg):
-    """kernels.run_ops's signature, on the C loop with the tree's file in it."""
+    """loops.run_ops's signature, on the C loop with the tree's file in it."""
     from ..native import Native
 
     native = Native(lib=build_of(cfg).dir + "/lib.so")
