@@ -16,9 +16,7 @@ stress loop in ``stress``, the experiments in ``experiments``, diffs in ``diff``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import os
 import sys
 import textwrap
@@ -73,7 +71,7 @@ def cmd_run(args) -> int:
     _check_outputs(args)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
-    chosen = "" if args.variant else f" (the baseline: no --variant given; 'testbed variants' lists the others)"
+    chosen = "" if args.variant else " (the baseline: no --variant given; 'testbed variants' lists the others)"
     print(f"testbed run: variant {registry.get(cfg.variant).module.label(cfg)}{f' (lock {cfg.lock})' if cfg.lock else ''}{chosen}, {cfg.vcpus} "
           f"vCPUs, workload {cfg.workload}, seed {cfg.seed}" + (f", {args.repeat} repetitions (seeds {cfg.seed}.."
                                                                 f"{cfg.seed + args.repeat - 1})" if args.repeat > 1
@@ -399,7 +397,7 @@ def cmd_rerun(args) -> int:
     """Run a result's command again into a new file; say what differs in host facts and figures."""
     import os
 
-    from . import hostinfo, results
+    from . import hostinfo, output, results
 
     old = results.read_json(args.result)
     cmd = old.get("command") or {}
@@ -414,14 +412,17 @@ def cmd_rerun(args) -> int:
     print(f"testbed rerun: {' '.join(['testbed', *new_argv])}", flush=True)
     global ARGV
     saved, ARGV = ARGV, new_argv
-    held = _HoldVerdict(sys.stdout)
+    held: list[str] = []
     try:
         sub = build_parser().parse_args(new_argv)
-        with contextlib.redirect_stdout(held):
+        with output.hold_verdict() as held:
             code = sub.func(sub)
+    except BaseException:
+        if held:
+            print("\n".join(held), flush=True)  # stopped: the verdict as the command printed it
+        raise
     finally:
         ARGV = saved
-        held.flush()
     if os.path.exists(out):
         new = results.read_json(out)
         refused, flagged = hostinfo.compare_facts(old.get("host"), new.get("host"))
@@ -430,36 +431,9 @@ def cmd_rerun(args) -> int:
         if not refused and not flagged:
             print("rerun: host facts as in the original")
         print("\n".join(f"rerun: {line}" for line in results.diff_lines(old, new)))
-    if held.verdict:
-        print(held.verdict, flush=True)        # the rerun's own verdict stays the last line
+    if held:
+        print(held[-1], flush=True)            # the rerun's own verdict stays the last line
     return code
-
-
-class _HoldVerdict(io.TextIOBase):
-    """Passes a command's output through line by line, holding back its ``verdict:`` line so that
-    ``rerun`` can print what differs before it."""
-
-    def __init__(self, out):
-        self.out, self.part, self.verdict = out, "", None
-
-    def write(self, text: str) -> int:
-        self.part += text
-        *lines, self.part = self.part.split("\n")
-        for line in lines:
-            if line.startswith("verdict: "):
-                self.verdict = line
-            else:
-                self.out.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        if self.part:
-            if self.part.startswith("verdict: "):
-                self.verdict, self.part = self.part, ""
-            else:
-                self.out.write(self.part)
-                self.part = ""
-        self.out.flush()
 
 
 def cmd_listing(args) -> int:

@@ -7,6 +7,7 @@ be written: the result was saved to a fallback file, whose name is printed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -116,6 +117,7 @@ class Terminal(io.TextIOBase):
     def __init__(self, stream, width: int | None = WIDTH):
         self.stream, self.width, self.closed_pipe, self._line = stream, width, False, ""
         self.wide = False
+        self.held: list[str] | None = None      # verdict lines kept back (hold_verdict)
 
     def writable(self) -> bool:
         return True
@@ -132,17 +134,20 @@ class Terminal(io.TextIOBase):
     def write(self, text: str) -> int:
         if self.closed_pipe:
             return len(text)
-        if self.width is None:
+        if self.width is None and self.held is None:
             self._emit(text)
             return len(text)
         self._line += text
         *done, self._line = self._line.split("\n")
+        if self.held is not None:
+            self.held += [line for line in done if line.startswith("verdict: ")]
+            done = [line for line in done if not line.startswith("verdict: ")]
         if done:
             self._emit("".join(wrap(line, self.width) + "\n" for line in done))
         return len(text)
 
     def flush(self) -> None:
-        if self._line and self.width is None:
+        if self._line and self.width is None and self.held is None:
             self._emit(self._line)
             self._line = ""
         if not self.closed_pipe:
@@ -177,6 +182,25 @@ class Terminal(io.TextIOBase):
                 os.close(devnull)
             return
         raise e
+
+
+@contextlib.contextmanager
+def hold_verdict():
+    """Inside, the command's ``verdict:`` lines are kept back from stdout and collected in the list
+    this yields, every other line passing as it comes: ``rerun`` prints what differs first and the
+    verdict last, so that the last line stays the verdict."""
+    saved = sys.stdout
+    term = saved if isinstance(saved, Terminal) else Terminal(saved, None)
+    sys.stdout, term.held = term, []
+    try:
+        yield term.held
+    finally:
+        term.held = None
+        if term is saved:
+            term.flush()
+        else:
+            term.finish()                 # a Terminal of its own: its unfinished line too
+        sys.stdout = saved
 
 
 def wrap(line: str, width: int | None) -> str:

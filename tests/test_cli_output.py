@@ -549,3 +549,23 @@ def test_a_recorded_run_has_the_worst_latency_of_each_second():
     """tests/data/run-locked.json is a real run of this tree: 2.5 s, so three seconds."""
     worst = TEMPLATE["latency"]["worst_per_s"]
     assert len(worst) == 3 and max(worst) == TEMPLATE["latency"]["max"]
+
+
+def test_hold_verdict_keeps_back_only_the_verdict_line(monkeypatch):
+    """rerun's hold: every other line passes as it comes, through the command's own Terminal (so
+    a terminal stays a terminal for the command), the verdict is collected for the caller to print
+    last. Breaks if the hold dropped lines, let the verdict through, or replaced the Terminal."""
+    import io
+
+    buf = io.StringIO()
+    term = output.Terminal(buf, None)
+    monkeypatch.setattr(sys, "stdout", term)
+    with output.hold_verdict() as held:
+        assert sys.stdout is term
+        print("testbed run: ...")
+        print("verdict: SUCCESS (checks passed in 1 run); figures: x")
+        print("partial", end="")
+        print(" line")
+    print("after")
+    assert buf.getvalue() == "testbed run: ...\npartial line\nafter\n"
+    assert held == ["verdict: SUCCESS (checks passed in 1 run); figures: x"]
