@@ -144,6 +144,19 @@ def stat(c, col):
     return [int(c.views["stats"][v, col]) for v in range(c.cfg.vcpus)]
 
 
+# the models' names for the compiled run's per-vCPU counters: one table, so that one name reads
+# the same stats column in every design's state
+COUNTER_COLS = {"flush_one": abi.S_FLUSH_ONE, "flush_all": abi.S_FLUSH_ALL, "hash_hits": abi.S_HASH_HITS,
+                "exhaustions": abi.S_EXHAUSTED, "refcount_errors": abi.S_REFCNT_ERR,
+                "lock_acquisitions": abi.S_LOCK_ACQ, "harvests": abi.S_HARVEST,
+                "epoch_flushes": abi.S_EPOCH_FLUSH, "bug_on_present": abi.S_INVARIANT}
+
+
+def counters(c, *names) -> dict:
+    """The compiled run's counters ``names`` (keys of COUNTER_COLS), each a list per vCPU."""
+    return {n: stat(c, COUNTER_COLS[n]) for n in names}
+
+
 def pte_words(ptes):
     return [0 if m is None else (m | PRESENT) for m in ptes]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from testbed import abi
 
-from . import Geom, stat
+from . import Geom, counters
 
 try:
     from model import Geometry
@@ -46,16 +46,15 @@ PER_VCPU = False
 IRQ_GEOM = Geom(2, 8, 4, levels=2)
 GEOMS = [(Geom(1, 1, 1), ("maps", "unmaps")), (Geom(3, 4, 2), ("maps", "unmaps"))]
 FILL = []                                   # nothing to exhaust
-COUNTERS = (("hash_hits", abi.S_HASH_HITS), ("flush_one", abi.S_FLUSH_ONE), ("flush_all", abi.S_FLUSH_ALL),
-            ("exhaustions", abi.S_EXHAUSTED), ("lock_acquisitions", abi.S_LOCK_ACQ))
+COUNTERS = ("hash_hits", "flush_one", "flush_all", "exhaustions", "lock_acquisitions")
 
 
 def compiled_state(c) -> dict:
-    return {key: stat(c, col) for key, col in COUNTERS}
+    return counters(c, *COUNTERS)
 
 
 def model_state(m: DirectmapModel) -> dict:
-    return {key: [0] * m.vcpus for key, _ in COUNTERS}
+    return {key: [0] * m.vcpus for key in COUNTERS}
 
 
 def summary(m: DirectmapModel) -> dict:

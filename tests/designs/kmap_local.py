@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from testbed import abi
 from testbed.variants import kmap_local
 
-from . import PRESENT, Geom, pte_words, stat
+from . import PRESENT, Geom, counters, pte_words
 
 try:
     from model import BadUnmap, Exhausted, Geometry, OrderError
@@ -93,12 +92,8 @@ def compiled_state(c) -> dict:
     return {
         "pte": [int(x) for x in c.views["pte"][:V * E]],
         "top": [int(c.views["vst"][v, kmap_local.V_TOP]) for v in range(V)],
-        "flush_one": stat(c, abi.S_FLUSH_ONE),
-        "flush_all": stat(c, abi.S_FLUSH_ALL),
-        "exhaustions": stat(c, abi.S_EXHAUSTED),
-        "bug_on_present": stat(c, abi.S_INVARIANT),
-        "hash_hits": stat(c, abi.S_HASH_HITS),
-        "lock_acquisitions": stat(c, abi.S_LOCK_ACQ),
+        **counters(c, "flush_one", "flush_all", "exhaustions", "bug_on_present", "hash_hits",
+                   "lock_acquisitions"),
     }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from testbed import abi, locks, tlb
 from testbed.variants import locked
 
-from . import PRESENT, Geom, bits, pte_words, set_bit, stat, tail_clear
+from . import PRESENT, Geom, bits, counters, pte_words, set_bit, tail_clear
 
 try:
     from model import CLOCK_MASK, NOTINUSE, Exhausted, Geometry, HashEntry, RefcountError, BadUnmap
@@ -237,12 +237,8 @@ def compiled_state(c) -> dict:
         "tlbflush_time": [int(vst[v, abi.V_TLBFLUSH_TIME]) for v in range(V)],
         "hash": [[(int(vst[v, hm + b]), int(vst[v, hi + b]), int(vst[v, hr + b])) for b in range(H)]
                  for v in range(V)],
-        "flush_all": stat(c, abi.S_FLUSH_ALL),
-        "epoch_flushes": stat(c, abi.S_EPOCH_FLUSH),
-        "harvests": stat(c, abi.S_HARVEST),
-        "hash_hits": stat(c, abi.S_HASH_HITS),
-        "exhaustions": stat(c, abi.S_EXHAUSTED),
-        "refcount_errors": stat(c, abi.S_REFCNT_ERR),
+        **counters(c, "flush_all", "epoch_flushes", "harvests", "hash_hits", "exhaustions",
+                   "refcount_errors"),
     }
 
 

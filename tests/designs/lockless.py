@@ -9,10 +9,9 @@ caches elsewhere is never freed: ``MAY_LEAK``).
 
 from __future__ import annotations
 
-from testbed import abi
 from testbed.variants import lockless
 
-from . import PRESENT, Geom, bits, pte_words, set_bit, stat, tail_clear
+from . import PRESENT, Geom, bits, counters, pte_words, set_bit, tail_clear
 
 try:
     from model import NOTINUSE, BadUnmap, Exhausted, Geometry, RefcountError
@@ -142,12 +141,8 @@ def compiled_state(c) -> dict:
         "refcnt": [[int(vst[v, rc + i]) for i in range(E)] for v in range(V)],
         "inuse": [bits(vst[v], iu, E) for v in range(V)],
         "bitmap_tails_clear": all(tail_clear(vst[v], iu, E) for v in range(V)),
-        "flush_one": stat(c, abi.S_FLUSH_ONE),
-        "flush_all": stat(c, abi.S_FLUSH_ALL),
-        "hash_hits": stat(c, abi.S_HASH_HITS),
-        "exhaustions": stat(c, abi.S_EXHAUSTED),
-        "refcount_errors": stat(c, abi.S_REFCNT_ERR),
-        "lock_acquisitions": stat(c, abi.S_LOCK_ACQ),
+        **counters(c, "flush_one", "flush_all", "hash_hits", "exhaustions", "refcount_errors",
+                   "lock_acquisitions"),
     }
 
 

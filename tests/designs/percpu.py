@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from testbed import abi
 from testbed.variants import percpu
 
-from . import PRESENT, Geom, bits, pte_words, set_bit, stat, tail_clear
+from . import PRESENT, Geom, bits, counters, pte_words, set_bit, tail_clear
 
 try:
     from model import NOTINUSE, BadUnmap, Exhausted, Geometry, HashEntry, RefcountError
@@ -164,13 +163,8 @@ def compiled_state(c) -> dict:
         "inuse": [bits(vst[v], iu, E) for v in range(V)],
         "garbage": [bits(vst[v], gb, E) for v in range(V)],
         "bitmap_tails_clear": all(tail_clear(vst[v], iu, E) and tail_clear(vst[v], gb, E) for v in range(V)),
-        "flush_all": stat(c, abi.S_FLUSH_ALL),
-        "flush_one": stat(c, abi.S_FLUSH_ONE),
-        "harvests": stat(c, abi.S_HARVEST),
-        "hash_hits": stat(c, abi.S_HASH_HITS),
-        "exhaustions": stat(c, abi.S_EXHAUSTED),
-        "refcount_errors": stat(c, abi.S_REFCNT_ERR),
-        "lock_acquisitions": stat(c, abi.S_LOCK_ACQ),
+        **counters(c, "flush_all", "flush_one", "harvests", "hash_hits", "exhaustions", "refcount_errors",
+                   "lock_acquisitions"),
     }
 
 
