@@ -182,13 +182,14 @@ def plot_groups(runs: list[dict]) -> dict:
         if not r["partial"]:
             by_plot.setdefault((host_id(r["host"]), r["workload"]), []).append(r)
     for key, members in by_plot.items():
+        cfgs = [_scaling_config(m) for m in members]
         # options that vary within one design (not per-design defaults such as entries) split its line
         varying = [k for k in CONFIG_KEYS if k not in GROUP_FREE + ("variant", "workload")
-                   and any(len({json.dumps(_scaling_config(m).get(k)) for m in members if m["variant"] == v}) > 1
+                   and any(len({json.dumps(c.get(k)) for m, c in zip(members, cfgs) if m["variant"] == v}) > 1
                            for v in {m["variant"] for m in members})]
         points: dict = {}
-        for m in members:
-            label = " ".join([m["variant"]] + [f"{k}={_scaling_config(m).get(k)}" for k in varying])
+        for m, c in zip(members, cfgs):
+            label = " ".join([m["variant"]] + [f"{k}={c.get(k)}" for k in varying])
             points.setdefault((label, m["vcpus"]), []).append(m)
         lines = {}
         for (label, n), ms in points.items():
