@@ -28,7 +28,7 @@ count (``D_TAS_WAITERS``) and the mcs nodes (``D_MCS_NODES``, one line per vCPU,
 design's own per-domain words may follow).
 """
 
-from .jit import inline_kernel
+from .jit import kernel
 
 DOM_LAYOUTS = ("xen", "padded")
 LAYOUT_XEN, LAYOUT_PADDED = 0, 1
@@ -67,7 +67,7 @@ def mapcache_words(layout: str) -> dict:
     return {"cursor": D_CURSOR, "epoch": D_EPOCH, "tlbflush_ts": D_TLBFLUSH_TS}
 
 
-@inline_kernel
+@kernel
 def domain_words(layout):
     """(cursor, epoch, TLB flush timestamp) of layout ``layout`` (LAYOUT_*)."""
     if layout == LAYOUT_XEN:

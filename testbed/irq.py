@@ -68,7 +68,7 @@ from numba.extending import overload
 
 from . import abi
 from .atomics import rdtsc
-from .jit import inline_kernel, kernel
+from .jit import kernel
 
 SPAN = 128                     # a pending interrupt arrives within this many arrival points (a 16-deep walk has ~100)
 HANDLER_MAPS = 1               # mappings a handler holds at once
@@ -121,7 +121,7 @@ def _handler():
 # --- the interrupt clock: each vCPU's own generator and the time of its next interrupt ----------
 
 
-@inline_kernel
+@kernel
 def irq_rand(vrow, n):
     """Uniform integer in [0, n) from the vCPU's interrupt generator (xorshift64* in V_IRQ_RNG)."""
     x = np.uint64(vrow[abi.V_IRQ_RNG])

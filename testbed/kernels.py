@@ -47,7 +47,7 @@ def seed_state(seed: int, vcpu: int) -> np.ndarray:
     return np.array([z or 1], dtype=np.uint64)
 
 
-@inline_kernel
+@kernel
 def next_rand(rng):
     x = rng[0]
     x ^= x >> np.uint64(12)
@@ -57,13 +57,13 @@ def next_rand(rng):
     return x * np.uint64(0x2545F4914F6CDD1D)
 
 
-@inline_kernel
+@kernel
 def draw(rng, n):
     """Uniform integer in [0, n), n < 2**32: Lemire's multiply-shift, no division."""
     return np.int64(((next_rand(rng) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
 
 
-@inline_kernel
+@kernel
 def draw_mfn(rng, p):
     ws = p[abi.P_WORKING_SET]
     if p[abi.P_WORKLOAD] == WL_HOT and p[abi.P_HOT] > 0:
@@ -128,7 +128,7 @@ def access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv):
     srow[abi.S_WRITES] += 1
 
 
-@inline_kernel
+@kernel
 def recheck(vcpu, va, mfn, p, pte, frames, srow, tlbv):
     """The oracle, again, on a mapping still held, just before its unmap.
 
@@ -300,7 +300,7 @@ def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
 # --- exposure: how long an unmapped frame stays reachable (docs/cost-model.md) ----------
 
 
-@inline_kernel
+@kernel
 def reachable(tlbv, p, pte, slot, mfn):
     """Can this CPU still reach ``mfn`` through ``slot``: its PTE maps it, or the TLB does?"""
     if load_acquire(pte, slot) == (mfn | tlb.PTE_PRESENT):

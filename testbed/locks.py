@@ -67,7 +67,7 @@ from .atomics import cas, cpu_relax, exchange, fetch_add, load_acquire, rdtsc, s
 from .dom_layout import (D_HANDOFF_FROM, D_HANDOFF_TSC, D_LOCK_HEAD, D_LOCK_OWNER, D_MCS_NODES, D_MCS_TAIL, D_TAS,
                          D_TAS_WAITERS, LAYOUT_XEN, X_HANDOFF_FROM, X_HANDOFF_TSC, X_LOCK,
                          X_LOCK_OWNER)
-from .jit import inline_kernel, kernel
+from .jit import kernel
 
 LOCKS = ("ticket", "mcs", "tas")
 LOCK_TICKET, LOCK_MCS, LOCK_TAS = 0, 1, 2
@@ -87,7 +87,7 @@ def words(layout: str, lock: str = "ticket") -> dict:
     return {"lock": lw, "owner": D_LOCK_OWNER, "handoff_tsc": D_HANDOFF_TSC, "handoff_from": D_HANDOFF_FROM}
 
 
-@inline_kernel
+@kernel
 def lock_word(layout, kind):
     """The lock's word: the ticket word (xen) or the head (padded; the tail is the next), the mcs tail,
     the tas word."""
@@ -100,7 +100,7 @@ def lock_word(layout, kind):
     return D_LOCK_HEAD
 
 
-@inline_kernel
+@kernel
 def owner_words(layout):
     """(owner, handoff stamp, handoff releaser) of layout ``layout``."""
     if layout == LAYOUT_XEN:
@@ -110,7 +110,7 @@ def owner_words(layout):
 
 # --- ticket, one word (the xen layout): Xen's spin_lock / spin_unlock ---------------------------
 
-@inline_kernel
+@kernel
 def ticket_lock(dom, srow, lw):
     """Xen's ``spin_lock`` on the word ``dom[lw]``: the ticket taken (pass it to ``ticket_unlock``).
 
@@ -131,13 +131,13 @@ def ticket_lock(dom, srow, lw):
     return my
 
 
-@inline_kernel
+@kernel
 def ticket_waiters(dom, lw, my):
     """Whether a ticket was taken after ``my``: someone waits for the release."""
     return ((load_acquire(dom, lw) >> 32) & TICKET_MASK) != ((my + 1) & TICKET_MASK)
 
 
-@inline_kernel
+@kernel
 def ticket_unlock(dom, lw, my):
     """Xen's ``spin_unlock``: ``add_sized(&head, 1)``. Only the holder writes the head, and it knows
     the head is its ticket, so it stores ticket + 1 into the low half alone (a release store of 4
@@ -150,7 +150,7 @@ def ticket_unlock(dom, lw, my):
 
 # --- ticket, two words (the padded layout): head at lw, tail at lw + 1 ---------------------------
 
-@inline_kernel
+@kernel
 def split_ticket_lock(dom, srow, lw):
     my = fetch_add(dom, lw + 1, 1)
     srow[abi.S_LOCK_ACQ] += 1
@@ -164,12 +164,12 @@ def split_ticket_lock(dom, srow, lw):
     return my
 
 
-@inline_kernel
+@kernel
 def split_ticket_waiters(dom, lw, my):
     return load_acquire(dom, lw + 1) != my + 1
 
 
-@inline_kernel
+@kernel
 def split_ticket_unlock(dom, lw, my):
     store_release(dom, lw, my + 1)
 
@@ -215,7 +215,7 @@ def mcs_successor(dom, srow, vcpu, lw):
     return nxt
 
 
-@inline_kernel
+@kernel
 def mcs_unlock(dom, nxt):
     """Hand the lock to the successor ``nxt`` (vcpu + 1): the one write its spin waits for."""
     store_release(dom, mcs_node(nxt - 1) + N_LOCKED, 0)
@@ -247,12 +247,12 @@ def tas_lock(dom, srow, lw):
         srow[abi.S_LOCK_SPIN] += rdtsc() - t0
 
 
-@inline_kernel
+@kernel
 def tas_waiters(dom):
     return load_acquire(dom, D_TAS_WAITERS) > 0
 
 
-@inline_kernel
+@kernel
 def tas_unlock(dom, lw):
     store_release(dom, lw, 0)
 

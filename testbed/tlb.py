@@ -62,7 +62,7 @@ full flush per microsecond it takes over an hour to reach.
 """
 
 import numpy as np
-from .jit import inline_kernel, kernel
+from .jit import kernel
 
 from . import abi
 from .atomics import cas, load_acquire, rdtsc
@@ -113,7 +113,7 @@ def spin_cycles(cycles):
         pass
 
 
-@inline_kernel
+@kernel
 def translate(tlb, p, pte, slot, srow):
     """Machine frame that ``slot`` maps to, through the TLB; -1 if not present."""
     ways = p[abi.P_TLB_WAYS]
@@ -146,7 +146,7 @@ def translate(tlb, p, pte, slot, srow):
     return pfn
 
 
-@inline_kernel
+@kernel
 def peek(tlb, p, pte, slot):
     """The frame an access to ``slot`` would reach now, for the oracle: -1 if none.
 
@@ -164,7 +164,7 @@ def peek(tlb, p, pte, slot):
     return e & PTE_MFN_MASK
 
 
-@inline_kernel
+@kernel
 def flush_one(tlb, p, slot, srow):
     """invlpg: drop the entry for one slot, if cached."""
     ways = p[abi.P_TLB_WAYS]
@@ -177,7 +177,7 @@ def flush_one(tlb, p, slot, srow):
         spin_cycles(p[abi.P_COST_FLUSH_ONE])
 
 
-@inline_kernel
+@kernel
 def touch_guest(tlb, p, page, srow):
     """The guest touching its own page ``page`` through the TLB: a hit, or a walk and a fill.
 

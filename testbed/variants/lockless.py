@@ -54,7 +54,7 @@ its next hit, an invariant violation in ``check``). Only a run with
 """
 
 import numpy as np
-from ..jit import inline_kernel, nonneg
+from ..jit import inline_kernel, kernel, nonneg
 
 from .. import abi, tlb
 from .contract import domain_vcpus, nested_walk
@@ -79,7 +79,7 @@ REFCNT_MASK = 0xFF
 IRQS_OFF = ("map", "unmap")     # local_irq_save around both, as in the seed
 
 
-@inline_kernel
+@kernel
 def _offsets(h, e):
     """(hash_mfn, hash_idx, refcnt, inuse, end) word offsets in a vCPU's row: the one place they
     are written, for the compiled hooks and the Python side (layout, check) alike."""

@@ -59,7 +59,7 @@ once instead of sending it to garbage, the per-reuse scheme without its
 """
 
 import numpy as np
-from ..jit import inline_kernel
+from ..jit import inline_kernel, kernel
 
 from .. import abi, tlb
 from .contract import domain_vcpus, nested_walk
@@ -89,7 +89,7 @@ V_CURSOR = abi.V_RESERVED
 V_HASH = abi.V_RESERVED + 1     # then hash_mfn[H], hash_idx[H], hash_ref[H], inuse[W], garbage[W]
 
 
-@inline_kernel
+@kernel
 def _offsets(h, e):
     """(hash_mfn, hash_idx, hash_ref, inuse, garbage, end) word offsets in a vCPU's row: the one
     place they are written, for the compiled hooks and the Python side (layout, check) alike."""
@@ -116,7 +116,7 @@ def init_state(views, cfg):
     vst[:, hr:end] = 0
 
 
-@inline_kernel
+@kernel
 def _find_zero(vrow, iu, start, e):
     """First slot at or after ``start`` whose inuse bit is clear; ``e`` if none."""
     i = start
@@ -131,8 +131,9 @@ def _find_zero(vrow, iu, start, e):
 
 
 # local_irq_save from entry to every return, written out at each return rather than around a
-# wrapped body: numba's IR inliner mis-compiles a helper inlined twice (_find_zero, _retire)
-# into a function that is itself inlined into another (the state then diverges from the model).
+# wrapped body: numba's IR inliner has mis-compiled a helper inlined twice (_find_zero and
+# _retire, when they were inlined at that level; they are plain kernels now, left to LLVM) into
+# a function that is itself inlined into another (the state then diverged from the model).
 @inline_kernel
 def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     irq_save(irq, vrow)
@@ -193,7 +194,7 @@ def map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv, irq=None):
     return abi.MAPCACHE_VA + base + idx
 
 
-@inline_kernel
+@kernel
 def _retire(vrow, pte, base, gb, iu, idx, eager):
     """A slot leaves use: PTE cleared, then garbage until the next wrap (or free at once, when broken)."""
     store_release(pte, base + idx, 0)
