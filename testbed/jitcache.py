@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import signal
@@ -108,9 +109,9 @@ def _compile_one(plan) -> None:
     runplan.compile_kernels(plan.cfg, plan.params.copy(), plan.module)
 
 
-def _worker(plans, tasks, results, parent_pid: int) -> None:
-    """A compiling process: takes an index into ``plans`` from ``tasks`` until None, says when each starts
-    and ends. The plans come with the fork (a plan holds its design's module, which does not pickle)."""
+def _worker(jobs, tasks, results, parent_pid: int) -> None:
+    """A compiling process: takes an index into ``jobs`` (callables) from ``tasks`` until None, says when
+    each starts and ends. The jobs come with the fork (a plan holds its design's module, which does not pickle)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the parent's: it kills us
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
@@ -125,7 +126,7 @@ def _worker(plans, tasks, results, parent_pid: int) -> None:
         i = task
         results.put(("start", i, ""))
         try:
-            _compile_one(plans[i])
+            jobs[i]()
             results.put(("done", i, ""))
         except Exception as e:          # the run compiles it again in process and reports it there
             results.put(("failed", i, f"{type(e).__name__}: {e}"))
@@ -167,31 +168,35 @@ def _names(labels) -> str:
     return "the " + ", ".join(labels[:-1]) + f" and {labels[-1]} loops"
 
 
-def prepare(cfgs, stream=None, processes: int | None = None) -> float:
+def prepare(cfgs, stream=None, processes: int | None = None, extra=()) -> float:
     """Compile the loops ``cfgs`` (run plans or validated configs) will run and the cache lacks, in
     parallel; the seconds it took.
 
     ``processes``: how many at once (default: the CPUs this process may use, at most one per loop).
+    ``extra``: more to compile among them, as (label, weight, callable, dispatcher): the callable
+    compiles, the dispatcher says whether the cache holds it already, the weight orders it among the
+    loops (``_weight``: the larger, the sooner); the test suite's standalone kernels.
     """
     cfgs = list(cfgs)
-    todo = missing(cfgs)
+    todo = [(label, _weight(plan), functools.partial(_compile_one, plan)) for label, plan in missing(cfgs)]
+    todo += [(label, weight, fn) for label, weight, fn, dispatcher in extra if not cached(dispatcher)]
     if not todo:
         return 0.0
     t0 = time.perf_counter()
     stream = stream or sys.stderr
-    todo.sort(key=lambda t: -_weight(t[1]))
+    todo.sort(key=lambda t: -t[1])
     n = min(len(todo), processes or len(os.sched_getaffinity(0)))
     line = _Line(stream)
-    labels = [label for label, _ in todo]
+    labels = [label for label, _, _ in todo]
     if n <= 1:
         try:
-            for i, (label, plan) in enumerate(todo):
+            for i, (label, _, job) in enumerate(todo):
                 if line.tty:
                     line.say(f"compiling {_names([label])} ({WHY}) {i + 1}/{len(todo)}",
                              f"compiling {_names([label])} {i + 1}/{len(todo)}")
                 else:
                     line.say(f"compiling {_names(labels)} ({WHY})")
-                _compile_one(plan)
+                job()
         finally:
             line.close()
         return time.perf_counter() - t0
@@ -199,7 +204,7 @@ def prepare(cfgs, stream=None, processes: int | None = None) -> float:
 
     ctx = mp.get_context("fork")
     tasks, results = ctx.SimpleQueue(), ctx.SimpleQueue()
-    procs = [ctx.Process(target=_worker, args=([plan for _, plan in todo], tasks, results, os.getpid()), name=f"testbed-compile{k}", daemon=True)
+    procs = [ctx.Process(target=_worker, args=([job for _, _, job in todo], tasks, results, os.getpid()), name=f"testbed-compile{k}", daemon=True)
              for k in range(n)]
     for i in range(len(todo)):
         tasks.put(i)

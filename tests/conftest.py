@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from testbed import abi
 from testbed.shared import arena as arena_mod
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +36,17 @@ REPO = Path(__file__).resolve().parent.parent
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 SHM_DIR = "/dev/shm"
+
+# The slow tier: tests that take many seconds each (fresh kernel caches, a wheel in a fresh
+# environment, long end-to-end runs) run only with TESTBED_SLOW=1, as `.ci/run` does; the
+# README's test command leaves them out, to stay within its time.
+SLOW_TIER = bool(os.environ.get("TESTBED_SLOW"))
+
+
+def slow(why: str):
+    """Mark a test (or a parameter set) for the slow tier, saying why it is slow."""
+    return pytest.mark.skipif(not SLOW_TIER, reason=f"{why}: the slow tier, TESTBED_SLOW=1 (.ci/run runs it)")
+
 LOCK_PATH = os.path.join(tempfile.gettempdir(), f"testbed-tests-{os.getuid()}.lock")
 LOCK_WAIT_S = 600.0
 
@@ -42,22 +54,49 @@ LOCK_WAIT_S = 600.0
 # --- the compiled loops -----------------------------------------------------------------
 
 
+def _standalone(irq: bool) -> None:
+    """Call the kernels the tests drive one operation at a time (``kernels.map_page`` and
+    ``unmap_page``, the if-chain over every design; with ``irq`` the interrupt context and
+    ``kernels.irq_take`` too) once, with the argument types the tests pass: that compiles them."""
+    from testbed import config as cfgmod
+    from testbed import harness, kernels, tlb
+    from testbed import variants as registry
+
+    cfg = cfgmod.validate(cfgmod.RunConfig(variant=registry.REAL[0].name, vcpus=1, frames=1,
+                                           cost_flush_one=0, cost_flush_all=0, cost_walk=0))
+    p = cfgmod.params(cfg)
+    layout = harness.build_layout(cfg)
+    w = layout.views(bytearray(layout.size))
+    harness.init_state(w, cfg)
+    args = (p, w["dom"], w["pte"], w["dbits"], w["vst"][0], w["stats"][0],
+            tlb.make_tlb(int(p[abi.P_TLB_SETS]), int(p[abi.P_TLB_WAYS])))
+    ctx = ((w["frames"], w["expect"][0]),) if irq else ()
+    kernels.unmap_page(0, kernels.map_page(0, 0, *args, *ctx), *args, *ctx)
+    if irq:
+        kernels.irq_take(0, *args, w["frames"], w["expect"][0], 0)
+
+
 def pytest_sessionstart(session):
     """Under ``-n``, the controller compiles every loop the suite runs before the workers start.
 
     Each worker would otherwise compile the loops its tests meet, inside those tests, the
     same loops in both workers at once and one CPU each (``jitcache.prepare`` runs one
-    compiling process per CPU, and the workers then load the loops from the disk cache). A
-    warm cache costs a look at a few index files. Without ``-n`` (one test file while
+    compiling process per CPU, and the workers then load the loops from the disk cache). The
+    kernels the tests call one operation at a time (``_standalone``) are compiled beside them.
+    A warm cache costs a look at a few index files. Without ``-n`` (one test file while
     working on it) each test compiles what it needs, as before.
     """
     config = session.config
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
         return
-    from testbed import jitcache
+    import functools
 
+    from testbed import jitcache, kernels
+
+    extra = [("standalone map and unmap", 1 << 21, functools.partial(_standalone, False), kernels.map_page),
+             ("standalone interrupt", 1 << 21, functools.partial(_standalone, True), kernels.irq_take)]
     t0 = time.perf_counter()
-    if jitcache.prepare(jitcache.every_loop()):
+    if jitcache.prepare(jitcache.every_loop(), extra=extra):
         sys.stderr.write(f"compiled the suite's loops in {time.perf_counter() - t0:.0f} s\n")
 
 

@@ -334,18 +334,26 @@ def expect_lost_updates(kind: int, n0: int, run=None, **lock):
 
     ``n`` grows fourfold per try up to 64 times ``n0``, then stays there (a busy shared host can
     keep one process off its core for a while; a longer loop is more likely to meet the other).
+    An overlapping run that lost nothing is tried again (two cores can take turns on the counter's
+    line for a whole run); the test fails when no overlapping run of the tries lost an update.
     Mutation tried: ``overlapped`` returning False: fails after the last try, where it skipped before.
     """
     run = run or run_pair
-    n, seen = n0, []
+    n, seen, met = n0, [], 0
     for _ in range(OVERLAP_TRIES):
         r = run(kind, n, **lock)
         seen.append((n, r["times"], r["overlap"], r["count"]))
+        assert r["count"] >= n          # each process itself counts all of its own increments at least once
         if overlapped(r):
-            assert r["count"] < 2 * n, f"no update lost in an overlapping run: {seen[-1]}"
-            assert r["count"] >= n      # each process itself counts all of its own increments at least once
-            return r
+            met += 1
+            if r["count"] < 2 * n:
+                return r
+            # Overlapping, and yet no increment lost: the two cores may have taken turns on the
+            # counter's line the whole time. Another try, longer; a lock that locks never loses one.
         n = min(n * 4, 64 * n0)
+    if met:
+        pytest.fail(f"no update lost in {met} overlapping runs of {OVERLAP_TRIES} "
+                    f"(n, TSC intervals, overlap, count): {seen}")
     pytest.fail(f"the two processes never ran at the same time in {OVERLAP_TRIES} tries "
                 f"(n, TSC intervals, overlap, count): {seen}")
 

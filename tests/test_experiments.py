@@ -16,7 +16,7 @@ from testbed import config
 from testbed import variants as registry
 
 from conftest import alive as alive_pid
-from conftest import cli_env, kill_pids, testbed_cli
+from conftest import cli_env, kill_pids, slow, testbed_cli
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "testbed" / "schema.json").read_text())
 TINY = ["--duration", "0.3", "--warmup", "0", "--frames", "256", "--seed", "3"]
@@ -115,6 +115,7 @@ def _timer_rows(tmp_path, name, slack_us):
     return rows
 
 
+@slow("three timers runs end to end (about 8 s)")
 def test_timers_etime_follows_the_slack(tmp_path, exclusive, no_leftovers):
     """Deadlines that cannot pass give no -ETIME; deadlines that always pass give -ETIME every time.
 
@@ -143,6 +144,7 @@ def test_run_repeat_and_csv(tmp_path, exclusive, no_leftovers):
     assert res["kind"] == "testbed.repeat" and len(res["runs"]) == 2
 
 
+@slow("four runs end to end (about 10 s)")
 def test_diff_refuses_other_configs_unless_forced(tmp_path, exclusive, no_leftovers):
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     for path, frames in ((a, 256), (b, 256), (c, 128)):
@@ -158,6 +160,7 @@ def test_diff_refuses_other_configs_unless_forced(tmp_path, exclusive, no_leftov
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not a complete results file" in r.stderr
 
 
+@slow("a stress run of every control and design (about 14 s)")
 def test_stress_finds_every_control_and_passes_real_variants(tmp_path, exclusive, no_leftovers):
     js = tmp_path / "st.json"
     r = testbed_cli("stress", "--variants", "locked,lockless", "--duration", "1.5", "--seed", "3", "--shuffle",
@@ -234,6 +237,7 @@ def test_stress_kill_injection(tmp_path, exclusive, no_leftovers):
     assert f"vCPU {inj['vcpu']} was killed by SIGKILL" in r.stdout
 
 
+@slow("a scale of every lock (about 7 s)")
 def test_scale_shows_each_lock_of_locked(tmp_path, exclusive, no_leftovers):
     js = tmp_path / "s.json"
     r = testbed_cli("scale", *TINY, "--variants", "locked,percpu", "--lock", "ticket,mcs,tas", "--vcpus", "1,2",
@@ -255,6 +259,7 @@ def test_scale_shows_each_lock_of_locked(tmp_path, exclusive, no_leftovers):
     assert len(r.stderr.splitlines()) == 1
 
 
+@slow("runs and diffs end to end (about 9 s)")
 def test_diff_refuses_another_cpu_model_end_to_end(tmp_path, exclusive, no_leftovers):
     """Two real runs; one result edited to come from another CPU model: diff exits 2 naming it.
 
@@ -276,6 +281,7 @@ def test_diff_refuses_another_cpu_model_end_to_end(tmp_path, exclusive, no_lefto
     assert testbed_cli("diff", a, b, "--force").returncode == 0
 
 
+@slow("compiles into a fresh kernel cache (about 20 s)")
 def test_cache_dir_is_used_and_a_warm_run_measures_within_2_s(tmp_path, exclusive, no_leftovers):
     """$TESTBED_CACHE_DIR holds the compiled kernels; the next run loads them and measures within 2 s.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import REPO, LineReader, cli_env, dead_owners, testbed_cli, testbed_segments, track
+from conftest import REPO, LineReader, cli_env, dead_owners, slow, testbed_cli, testbed_segments, track
 from testbed import cli, sweepexec, sweepplan, sweepstore
 
 SCHEMA = json.loads((REPO / "testbed" / "schema.json").read_text())
@@ -143,6 +143,7 @@ def _results(out: Path) -> dict:
     return {p.name: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
 
 
+@slow("a sweep resumed, corrupted and retried end to end (about 16 s)")
 def test_local_sweep_resume_corruption_retry_and_report(tmp_path, exclusive, no_leftovers):
     """Every cell's JSON, the merged CSV and plot, a second run that starts nothing, a corrupted result
     run again, a FAILURE skipped unless --retry-failed. Breaks if read_complete accepted a truncated file
@@ -220,6 +221,7 @@ def test_a_changed_plan_runs_only_its_new_cells(tmp_path, exclusive, no_leftover
     assert len(list(out.glob("*.json"))) == 2
 
 
+@slow("a sweep interrupted and resumed (about 10 s)")
 def test_an_interrupted_sweep_loses_at_most_the_cell_in_progress(tmp_path, exclusive, no_leftovers):
     """SIGINT during the second cell: exit 130, the first cell's result kept, no partial file, and the next
     run does the two cells left. Breaks if run_cell wrote an interrupted run's result, or if write_atomic
