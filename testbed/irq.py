@@ -118,6 +118,32 @@ def _handler():
     return _HANDLER[0]
 
 
+# Each design's own handler, by variant id (the generated loops module registers them: ``handlers``).
+# A design's interrupt loop passes the context ``(frames, erow, tag)``, where ``tag`` is a tuple of
+# vid + 1 zeros: its length, part of its type, tells the arrival points at compile time which
+# design's handler to call, so that loop compiles that design's map and unmap in its handler and
+# no other's. The context ``(frames, erow)`` gets the handler that reads the id from ``p``.
+_BY_VID: list = []
+
+
+def handlers(fns) -> None:
+    """Register each design's own handler, in variant-id order (``variants/dispatch.py``)."""
+    _BY_VID[:] = list(fns)
+
+
+def context_tag(vid: int) -> str:
+    """The source of the tag of variant ``vid``'s interrupt context: a tuple of vid + 1 zeros."""
+    return "(" + "0, " * (vid + 1) + ")"
+
+
+def _handler_of(irq):
+    """The handler the arrival points of context type ``irq`` call (see ``_BY_VID``)."""
+    tys = getattr(irq, "types", ())
+    if len(tys) == 3 and isinstance(tys[2], types.UniTuple) and tys[2].count - 1 < len(_BY_VID):
+        return _BY_VID[tys[2].count - 1]
+    return _handler()
+
+
 # --- the interrupt clock: each vCPU's own generator and the time of its next interrupt ----------
 
 
@@ -208,7 +234,7 @@ def _arrival(inside: int):
     def typer(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
         if _off(irq):
             return lambda irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv: None
-        irq_take = _handler()
+        irq_take = _handler_of(irq)
 
         def point(irq, vcpu, p, dom, pte, dbits, vrow, srow, tlbv):
             if vrow[abi.V_IRQ_PENDING] != 0:

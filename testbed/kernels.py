@@ -254,6 +254,15 @@ def ops_loop(vid, irq, n, vcpu, p, dom, pte, dbits, vst, frames, expect, stats, 
 @irq_handler
 @kernel
 def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
+    """An arrival point with an interrupt pending (``irq_body``), the variant id read from ``p``: the
+    handler of the interrupt context ``(frames, erow)``, compiled with every design's map and unmap.
+    A design's interrupt loop passes its id in the context and gets its own handler
+    (``variants/dispatch.py``, ``irq.handlers``)."""
+    irq_body(p[abi.P_VARIANT], vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside)
+
+
+@inline_kernel
+def irq_body(vid, vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
     """An arrival point with an interrupt pending: count down, defer, or run the handler.
 
     The handler maps an MFN drawn from the interrupt generator, accesses it
@@ -282,14 +291,14 @@ def irq_take(vcpu, p, dom, pte, dbits, vrow, srow, tlbv, frames, erow, inside):
             srow[abi.S_NMI_IRQS_OFF] += 1      # an NMI: local_irq_save does not hold it back
     vrow[abi.V_IRQ_OFF] += 1
     mfn = irq_rand(vrow, p[abi.P_WORKING_SET])
-    va = map_page(vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
+    va = map_vid(vid, vcpu, mfn, p, dom, pte, dbits, vrow, srow, tlbv)
     if va < 0:
         if vrow[abi.V_IRQ_STATUS] == abi.ST_OK:
             vrow[abi.V_IRQ_STATUS] = -va
     else:
         srow[abi.S_IRQ_MAPS] += 1
         access(vcpu, va, mfn, p, pte, frames, erow, srow, tlbv)
-        st = unmap_page(vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
+        st = unmap_vid(vid, vcpu, va, p, dom, pte, dbits, vrow, srow, tlbv)
         if st != abi.ST_OK and vrow[abi.V_IRQ_STATUS] == abi.ST_OK:
             if st == abi.ST_BAD_VA:
                 srow[abi.S_INVARIANT] += 1
