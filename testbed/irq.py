@@ -48,9 +48,9 @@ into itself.
 Cost when off: nothing. The interrupt context ``irq`` is an argument whose
 *type* decides: ``None`` (the loop every run without ``--irq-rate`` uses)
 compiles every point, save, restore and arming to no code at all; a tuple
-``(frames, erow)`` (the loop of a run with ``--irq-rate``, a separate compiled
-function, see ``variants/dispatch.py``) compiles them to one load and a branch
-each. ``p[abi.P_IRQ_INTERVAL]`` picks the loop: 0 the plain one; > 0 the
+``(frames, erow, tag)`` (the loop of a run with ``--irq-rate``, a separate compiled
+function, see ``variants/dispatch.py``; the tag picks the design's own handler,
+``_handler_of``) compiles them to one load and a branch each. ``p[abi.P_IRQ_INTERVAL]`` picks the loop: 0 the plain one; > 0 the
 interrupt loop with timed arrivals; < 0 the interrupt loop with no timer, where
 only a test makes interrupts pending (``tests/test_irq.py``).
 
